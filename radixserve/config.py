@@ -1,0 +1,69 @@
+"""Frozen configuration dataclasses. CLI flags are generated from ``ServerArgs`` (see cli.py).
+
+Every field's ``metadata["help"]`` is its ``--help`` text; flag names follow SGLang's where the
+meaning is the same (``model_path`` → ``--model-path``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+def _opt(default, help_text: str, **extra):
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running_requests: int = 256
+    chunked_prefill_size: int = 2048
+    schedule_policy: str = "lpm"
+    # A request waiting this many steps goes first, whatever its cache hit.
+    aging_steps: int = 256
+    # Fraction of each running request's remaining max_new_tokens kept free at admission.
+    new_token_ratio: float = 0.3
+    # Defer a new request whose uncached prefix is being computed by another this many tokens deep.
+    in_batch_prefix_threshold: int = 32
+    context_length: int = 2048
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    model_path: str | None = _opt(
+        None, "HF model dir, .gguf file, or config dir for --load-format dummy; default: embedded SmolLM2-135M-Instruct"
+    )
+    tokenizer_path: str | None = _opt(None, "tokenizer dir (default: the model dir)")
+    load_format: str = _opt("auto", "weights format", choices=("auto", "safetensors", "gguf", "dummy"))
+    dtype: str = _opt("auto", "float32 | bfloat16 | float16 | auto (float32 on CPU, bfloat16 on CUDA)")
+    device: str = _opt("auto", "cpu | cuda | auto")
+    context_length: int | None = _opt(None, "max prompt + output tokens (default: the model's)")
+    served_model_name: str | None = _opt(None, "model id reported by the API (default: the model path's name)")
+    chat_template: str | None = _opt(None, "Jinja chat template file or string overriding the model's")
+    mem_fraction_static: float = _opt(0.85, "fraction of device memory for weights + KV pool (CUDA)")
+    max_total_tokens: int | None = _opt(None, "KV pool size in tokens (overrides --mem-fraction-static)")
+    max_running_requests: int = _opt(256, "max concurrently running requests")
+    chunked_prefill_size: int = _opt(2048, "max tokens computed per step (prefill chunk budget)")
+    schedule_policy: str = _opt("lpm", "waiting-queue order", choices=("lpm", "fcfs", "dfs-weight"))
+    disable_radix_cache: bool = _opt(False, "turn prefix reuse off (for comparisons)")
+    attention_backend: str = _opt("auto", "torch_native | flashinfer | triton | auto")
+    random_seed: int = _opt(0, "seed for unseeded sampling and dummy weights")
+    host: str = _opt("127.0.0.1", "HTTP host")
+    port: int = _opt(30000, "HTTP port")
+    api_key: str | None = _opt(None, "require this bearer key on every endpoint but /health")
+    log_level: str = _opt("info", "logging level")
+
+    def scheduler_config(self, context_length: int) -> SchedulerConfig:
+        return SchedulerConfig(
+            max_running_requests=self.max_running_requests,
+            chunked_prefill_size=self.chunked_prefill_size,
+            schedule_policy=self.schedule_policy,
+            context_length=context_length,
+        )
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> ServerArgs:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown engine argument(s): {', '.join(unknown)}")
+        return cls(**kwargs)

@@ -1,0 +1,101 @@
+"""Wiring: from ``ServerArgs`` to a loaded model, KV pool, backend, sampler, cache and scheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from radixserve.attention import create_backend
+from radixserve.cache.prefix_cache import PrefixCache
+from radixserve.config import ServerArgs
+from radixserve.model.loader import load_model, resolve_model_path
+from radixserve.model.model_config import ModelConfig
+from radixserve.runner.kv_pool import KVPool
+from radixserve.runner.model_runner import ModelRunner
+from radixserve.runner.sampler import Sampler
+from radixserve.scheduler.scheduler import Scheduler
+from radixserve.tokenizer.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# On CPU the pool lives in host RAM: never take more than this share of it by default.
+_CPU_RAM_FRACTION = 0.15
+_CPU_MAX_DEFAULT_TOKENS = 32768
+
+
+@dataclass
+class EngineParts:
+    model_path: Path
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    runner: ModelRunner
+    scheduler: Scheduler
+    cache: PrefixCache
+    context_length: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r} (choose from auto, {', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def build_engine_parts(args: ServerArgs) -> EngineParts:
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    torch.manual_seed(args.random_seed)
+    model_path = resolve_model_path(args.model_path)
+    model, model_config = load_model(model_path, load_format=args.load_format, dtype=dtype, device=device)
+    tokenizer = Tokenizer.from_path(args.tokenizer_path or _tokenizer_dir(model_path), chat_template=args.chat_template)
+    context_length = args.context_length or model_config.max_position_embeddings
+    pool_size = _pool_size(args, model_config, dtype, device, context_length)
+    kv_pool = KVPool(
+        pool_size + 1, model_config.num_layers, model_config.num_kv_heads, model_config.head_dim, dtype, device
+    )
+    backend = create_backend(_backend_name(args.attention_backend, device), kv_pool)
+    sampler = Sampler(model_config.vocab_size, device=device, seed=args.random_seed)
+    runner = ModelRunner(model, kv_pool, backend, sampler)
+    cache = PrefixCache(pool_size, disable_radix_cache=args.disable_radix_cache)
+    scheduler = Scheduler(args.scheduler_config(context_length), cache)
+    logger.info("KV pool: %d tokens (%s, %s); context length %d", pool_size, dtype, device, context_length)
+    return EngineParts(model_path, model_config, tokenizer, runner, scheduler, cache, context_length, device, dtype)
+
+
+def _tokenizer_dir(model_path: Path) -> Path:
+    return model_path if model_path.is_dir() else model_path.parent
+
+
+def _backend_name(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    return "torch_native"
+
+
+def _pool_size(args: ServerArgs, config: ModelConfig, dtype: torch.dtype, device: torch.device, context: int) -> int:
+    if args.max_total_tokens is not None:
+        if args.max_total_tokens < 2:
+            raise ValueError("--max-total-tokens must be at least 2")
+        return args.max_total_tokens
+    per_slot = KVPool.bytes_per_slot(config.num_layers, config.num_kv_heads, config.head_dim, dtype)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        used_by_others = total - free  # weights are loaded by now
+        budget = total * args.mem_fraction_static - used_by_others
+        return max(int(budget // per_slot), context)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(min(int(ram * _CPU_RAM_FRACTION // per_slot), _CPU_MAX_DEFAULT_TOKENS), 256)

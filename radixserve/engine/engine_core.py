@@ -1,0 +1,116 @@
+"""The engine loop body: schedule → execute → update → detokenize, one call to ``step()``.
+
+``EngineCore`` is synchronous and single-threaded; the offline ``Engine`` drives it in-process and
+the HTTP server drives it in its own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from radixserve.config import ServerArgs
+from radixserve.core.request import FinishReason, Request
+from radixserve.core.sampling_params import InvalidParamError, SamplingParams
+from radixserve.engine.build import build_engine_parts
+from radixserve.engine.output_processor import OutputProcessor, RequestOutput
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, args: ServerArgs):
+        self.args = args
+        parts = build_engine_parts(args)
+        self.parts = parts
+        self.tokenizer = parts.tokenizer
+        self.scheduler = parts.scheduler
+        self.cache = parts.cache
+        self.runner = parts.runner
+        self.model_config = parts.model_config
+        self.context_length = parts.context_length
+        self.outputs = OutputProcessor(parts.tokenizer)
+        self.requests: dict[str, Request] = {}
+        self.num_tokens_computed = 0
+        self.num_steps = 0
+        self.vocab_size = parts.model_config.vocab_size
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def add_request(
+        self, request_id: str, prompt_ids: list[int], sampling: SamplingParams, extra_key: str | None = None
+    ) -> None:
+        """Queue a request, or raise ``InvalidParamError`` if it can never run."""
+        if request_id in self.requests:
+            raise InvalidParamError(f"duplicate request id {request_id!r}", "rid")
+        sampling.validate(self.vocab_size)
+        if any(not (0 <= t < self.vocab_size) for t in prompt_ids):
+            raise InvalidParamError("prompt token ids must be in [0, vocab_size)", "input_ids")
+        eos = () if sampling.ignore_eos else tuple(self.tokenizer.eos_token_ids)
+        stop_ids = tuple(dict.fromkeys(eos + tuple(sampling.stop_token_ids)))
+        request = Request(request_id, list(prompt_ids), sampling, extra_key=extra_key, stop_token_ids=stop_ids)
+        self.scheduler.add_request(request)
+        self.requests[request_id] = request
+        self.outputs.add(request)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        request = self.scheduler.abort(request_id)
+        if request is None:
+            return None
+        output, _ = self.outputs.process(request)
+        self.requests.pop(request_id, None)
+        return output
+
+    def flush_cache(self) -> bool:
+        if self.scheduler.has_work:
+            return False
+        return self.cache.flush()
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    # ---- the loop body ----------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduler step; return an output for every request that produced tokens."""
+        plan = self.scheduler.schedule()
+        if not plan:
+            return []
+        started = time.perf_counter()
+        result = self.runner.execute(plan)
+        self.scheduler.update(plan, result)  # finished requests are among the sampled ones below
+        self.num_tokens_computed += result.num_tokens_computed
+        self.num_steps += 1
+        logger.debug(
+            "step %d: %d seqs, %d tokens, %.1f ms",
+            self.num_steps,
+            len(plan.sequences),
+            plan.num_tokens,
+            1e3 * (time.perf_counter() - started),
+        )
+        touched = [self.requests[s.request_id] for s in plan.sequences if s.sample]
+        outputs = []
+        for request in touched:
+            output, matched_stop = self.outputs.process(request)
+            if matched_stop is not None:
+                self.scheduler.finish(request, FinishReason("stop", matched=matched_stop))
+            if output.finished:
+                self.requests.pop(request.request_id, None)
+            outputs.append(output)
+        return outputs
+
+    def stats(self) -> dict:
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "num_steps": self.num_steps,
+            "num_tokens_computed": self.num_tokens_computed,
+            "num_retractions": self.scheduler.num_retractions,
+            "prefix_query_tokens": self.cache.num_query_tokens,
+            "prefix_hit_tokens": self.cache.num_hit_tokens,
+            "kv": self.cache.accounting(),
+        }
+
+    def check_invariants(self) -> None:
+        self.scheduler.check_invariants()

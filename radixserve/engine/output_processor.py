@@ -1,0 +1,95 @@
+"""Per-request incremental detokenization and stop-string matching, run after every step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radixserve.core.request import FinishReason, Request
+from radixserve.tokenizer.detokenizer import IncrementalDetokenizer
+from radixserve.tokenizer.stop_strings import StopStringMatcher
+from radixserve.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass
+class RequestOutput:
+    """What a step produced for one request: the new tokens and text since the last output."""
+
+    request_id: str
+    new_token_ids: list[int]
+    text_delta: str
+    new_logprobs: list[float | None] = field(default_factory=list)
+    new_top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class _RequestStream:
+    def __init__(self, tokenizer: Tokenizer, request: Request):
+        params = request.sampling
+        self.detokenizer = IncrementalDetokenizer(
+            tokenizer,
+            prompt_ids=request.prompt_ids,
+            skip_special_tokens=params.skip_special_tokens,
+            spaces_between_special_tokens=params.spaces_between_special_tokens,
+        )
+        self.matcher = StopStringMatcher(params.stop, params.no_stop_trim) if params.stop else None
+        self.num_sent = 0  # output tokens already reported
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.streams: dict[str, _RequestStream] = {}
+
+    def add(self, request: Request) -> None:
+        self.streams[request.request_id] = _RequestStream(self.tokenizer, request)
+
+    def process(self, request: Request) -> tuple[RequestOutput, str | None]:
+        """Detokenize the request's new tokens. Returns the output and the stop string that matched, if any.
+
+        The caller finishes the request when a stop string matched; the output already carries
+        ``finish_reason`` then.
+        """
+        stream = self.streams[request.request_id]
+        new_ids = request.output_ids[stream.num_sent :]
+        first = stream.num_sent
+        stream.num_sent = len(request.output_ids)
+        text = stream.detokenizer.step(new_ids) if new_ids else ""
+        matched = None
+        if stream.matcher is not None and text:
+            check = stream.matcher.feed(text)
+            text, matched = check.emit, check.matched
+        reason = FinishReason("stop", matched=matched) if matched is not None else request.finish_reason
+        if reason is not None and matched is None:
+            text += self._flush(stream)
+        if reason is not None:
+            del self.streams[request.request_id]
+        output = RequestOutput(
+            request_id=request.request_id,
+            new_token_ids=new_ids,
+            text_delta=text,
+            new_logprobs=request.output_logprobs[first:],
+            new_top_logprobs=request.output_top_logprobs[first:],
+            finish_reason=reason,
+            prompt_tokens=len(request.prompt_ids),
+            cached_tokens=request.num_cached_tokens,
+            completion_tokens=len(request.output_ids),
+        )
+        return output, matched
+
+    def _flush(self, stream: _RequestStream) -> str:
+        tail = stream.detokenizer.flush()
+        if stream.matcher is None:
+            return tail
+        check = stream.matcher.feed(tail) if tail else None
+        emitted = check.emit if check is not None else ""
+        return emitted + stream.matcher.flush()
+
+    def drop(self, request_id: str) -> None:
+        self.streams.pop(request_id, None)

@@ -1,0 +1,234 @@
+"""The sampler: one step's logits in, one token (and optionally its logprobs) per sequence out.
+
+Order of operations; every op is one vectorised ``[B, V]`` pass over the rows and is skipped when no
+row needs it, so a batch of plain greedy rows costs a single argmax:
+
+1. ``logit_bias``                                                    (``penalties.process_logits``, 1-5)
+2. repetition penalty: HF semantics over prompt + output tokens
+3. frequency / presence penalties: OpenAI semantics over output tokens only
+4. ``min_new_tokens``: stop tokens set to ``-inf`` until the row has generated enough
+5. grammar ``vocab_mask``: tokens it does not allow set to ``-inf``
+6. logprobs: ``log_softmax`` of these processed logits at temperature 1, before temperature and
+   top_k / top_p / min_p. The reported number is then the model's (penalised, constrained) belief,
+   independent of the sampling knobs, and comparable across requests; a truncated distribution
+   would report 0.0 for every token of a top_k=1-like row and say nothing about the alternatives.
+7. greedy rows (``SamplingParams.is_greedy``): argmax, lowest id on ties.
+8. sampled rows: divide by temperature → top_k → top_p (the smallest set of most likely tokens whose
+   mass is ≥ top_p, never empty) → min_p (drop tokens with prob < min_p * max prob) → draw.
+
+The draw is the exponential race: with ``E_t ~ Exp(1)`` i.i.d., ``argmax_t p_t / E_t`` picks token t
+with probability ``p_t``. It is computed as ``argmax(logit / T - log E)``, which needs no softmax and
+can never pick a ``-inf`` (masked) token.
+
+Seeds: a row with ``params.seed`` takes its noise from a counter-based hash of
+(seed, len(output_ids), token id), so its token depends on nothing else in the batch, needs no
+generator state, and the noise is bit-identical on CPU and GPU (integer ops only). Rows without a
+seed draw from the sampler's own ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from radixserve.core.plan import SequencePlan
+from radixserve.core.sampling_params import SamplingParams
+from radixserve.runner.penalties import process_logits
+
+_MASK32 = 0xFFFFFFFF
+_MASK64 = (1 << 64) - 1
+# Odd (so multiplying is a bijection mod 2**32) and < 2**27, so a 32-bit value times it fits in int64.
+_HASH_MULTIPLIER = 0x45D9F3B
+
+
+@dataclass
+class SamplingRow:
+    """One sampled sequence's view of a step, built by the runner from a ``SequencePlan``."""
+
+    params: SamplingParams
+    prompt_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)  # generated before this step
+    # EOS + user stop ids; masked (-inf) while len(output_ids) < params.min_new_tokens.
+    stop_token_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_plan(cls, plan: SequencePlan) -> SamplingRow:
+        return cls(plan.sampling, plan.prompt_ids, plan.output_ids, plan.stop_token_ids)
+
+
+@dataclass
+class SampleOutput:
+    """Per row of the batch, in order."""
+
+    token_ids: list[int]
+    # Logprob of the chosen token, when params.return_logprob.
+    logprobs: list[float | None]
+    # top_logprobs_num best (id, logprob), best first, when params.return_logprob and top_logprobs_num > 0.
+    top_logprobs: list[list[tuple[int, float]] | None]
+
+
+class Sampler:
+    def __init__(self, vocab_size: int, device: torch.device | str = "cpu", seed: int | None = None):
+        """``seed`` seeds the generator of unseeded rows (a random seed when None)."""
+        self.vocab_size = vocab_size
+        self.device = torch.device(device)
+        self.generator = self._init_generator(seed)
+        self._token_ids = torch.arange(vocab_size, device=self.device)  # [V]
+
+    def _init_generator(self, seed: int | None) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def sample(
+        self, logits: torch.Tensor, rows: Sequence[SamplingRow], vocab_mask: torch.Tensor | None = None
+    ) -> SampleOutput:
+        """Pick one token per row (see the module docstring for the order of operations).
+
+        ``logits``: ``[B, V]`` float32 on the sampler's device, ``V == vocab_size``; not modified.
+        ``vocab_mask``: optional ``[B, V]`` bool of allowed tokens; each row must allow at least one.
+        """
+        self._check_shapes(logits, rows)
+        if not rows:
+            return SampleOutput([], [], [])
+        logits = process_logits(logits, rows, vocab_mask)  # [B, V]
+        token_ids = self._choose(logits, rows)  # [B]
+        return _build_output(logits, token_ids, rows)
+
+    def _check_shapes(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
+        if logits.dim() != 2 or logits.shape != (len(rows), self.vocab_size):
+            raise ValueError(f"logits must be [{len(rows)}, {self.vocab_size}], got {list(logits.shape)}")
+
+    def _choose(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """``[B]`` token ids: argmax for greedy rows, a draw for the others."""
+        sampled = [i for i, row in enumerate(rows) if not row.params.is_greedy]
+        if not sampled:
+            return logits.argmax(dim=-1)
+        if len(sampled) == len(rows):
+            return self._draw(logits, rows)
+        token_ids = logits.argmax(dim=-1)  # [B]
+        index = torch.tensor(sampled, device=logits.device)  # [S]
+        token_ids[index] = self._draw(logits[index], [rows[i] for i in sampled])
+        return token_ids
+
+    def _draw(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """``[S]`` token ids drawn from non-greedy rows' ``[S, V]`` processed logits."""
+        temperature = torch.tensor([row.params.temperature for row in rows], device=logits.device)  # [S]
+        scaled = truncate(logits / temperature[:, None], rows)  # [S, V]
+        noise = self._exponential_noise(rows)  # [S, V]
+        return (scaled - noise.log()).argmax(dim=-1)
+
+    def _exponential_noise(self, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """``[S, V]`` i.i.d. Exp(1): hashed from (seed, step) for seeded rows, else from ``self.generator``."""
+        seeded = [i for i, row in enumerate(rows) if row.params.seed is not None]
+        if not seeded:
+            return self._generator_noise(len(rows))
+        keys = [_row_key(rows[i].params.seed, len(rows[i].output_ids)) for i in seeded]
+        if len(seeded) == len(rows):
+            return seeded_exponential(keys, self._token_ids)
+        unseeded = [i for i, row in enumerate(rows) if row.params.seed is None]
+        noise = torch.empty(len(rows), self.vocab_size, device=self.device)  # [S, V]
+        noise[torch.tensor(seeded, device=self.device)] = seeded_exponential(keys, self._token_ids)
+        noise[torch.tensor(unseeded, device=self.device)] = self._generator_noise(len(unseeded))
+        return noise
+
+    def _generator_noise(self, num_rows: int) -> torch.Tensor:
+        noise = torch.empty(num_rows, self.vocab_size, device=self.device)  # [U, V]
+        noise.exponential_(generator=self.generator)
+        # A zero would make -log(E) = +inf and turn masked tokens into NaN scores.
+        return noise.clamp_min_(torch.finfo(noise.dtype).tiny)
+
+
+def truncate(scaled: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """Apply top_k, then top_p, then min_p to ``[S, V]`` temperature-scaled logits (dropped → ``-inf``)."""
+    vocab_size = scaled.shape[1]
+    top_k = [row.params.top_k if row.params.top_k > 0 else vocab_size for row in rows]
+    top_p = [row.params.top_p for row in rows]
+    min_p = [row.params.min_p for row in rows]
+    if any(k < vocab_size for k in top_k) or any(p < 1.0 for p in top_p):
+        scaled = _top_k_top_p(scaled, top_k, top_p)
+    if any(p > 0.0 for p in min_p):
+        scaled = _min_p(scaled, min_p)
+    return scaled
+
+
+def _top_k_top_p(scaled: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+    device = scaled.device
+    # Stable, so that tied logits are cut the same way whatever the batch looks like.
+    sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)  # [S, V] each
+    positions = torch.arange(scaled.shape[1], device=device)[None, :]  # [1, V]
+    keep = positions < torch.tensor(top_k, device=device)[:, None]  # [S, V], sorted order
+    probs = sorted_logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)  # renormalised after top_k
+    mass_before = probs.cumsum(dim=-1) - probs  # exactly 0 at position 0, so one token always stays
+    top_p_column = torch.tensor(top_p, device=device)[:, None]  # [S, 1]
+    # top_p == 1 keeps everything, even tail tokens whose float cumsum rounds up to 1.
+    keep &= (mass_before < top_p_column) | (top_p_column >= 1.0)
+    keep_in_vocab_order = torch.zeros_like(keep).scatter_(1, order, keep)  # [S, V]
+    return scaled.masked_fill(~keep_in_vocab_order, float("-inf"))
+
+
+def _min_p(scaled: torch.Tensor, min_p: list[float]) -> torch.Tensor:
+    """Drop tokens with ``p < min_p * p_max``, i.e. ``logit < max_logit + log(min_p)`` (min_p = 0 drops none)."""
+    log_min_p = torch.tensor(min_p, device=scaled.device).log()[:, None]  # [S, 1]
+    threshold = scaled.amax(dim=-1, keepdim=True) + log_min_p  # [S, 1]
+    return scaled.masked_fill(scaled < threshold, float("-inf"))
+
+
+def seeded_exponential(keys: Sequence[tuple[int, int]], token_ids: torch.Tensor) -> torch.Tensor:
+    """``[S, V]`` Exp(1) noise that is a pure function of each row's key pair and the token id."""
+    key = torch.tensor(keys, dtype=torch.long, device=token_ids.device)  # [S, 2], values < 2**32
+    bits = _mix32(_mix32(token_ids[None, :] ^ key[:, :1]) ^ key[:, 1:])  # [S, V], values < 2**32
+    # 23 bits on a half-offset grid: uniform in [2**-24, 1 - 2**-24], exact in float32, never 0 or 1.
+    uniform = ((bits >> 9).to(torch.float32) + 0.5) * 2.0**-23
+    return -uniform.log()
+
+
+def _row_key(seed: int, step: int) -> tuple[int, int]:
+    """Two 32-bit keys from (seed, step); ``step`` is ``len(output_ids)``."""
+    key = _splitmix64(_splitmix64(seed & _MASK64) ^ step)
+    return key & _MASK32, key >> 32
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijection on 32-bit values held in int64 (xorshift-multiply rounds; no int64 overflow)."""
+    x = ((x >> 16) ^ x) * _HASH_MULTIPLIER & _MASK32
+    x = ((x >> 16) ^ x) * _HASH_MULTIPLIER & _MASK32
+    return (x >> 16) ^ x
+
+
+def _build_output(logits: torch.Tensor, token_ids: torch.Tensor, rows: Sequence[SamplingRow]) -> SampleOutput:
+    num_rows = len(rows)
+    output = SampleOutput(token_ids.tolist(), [None] * num_rows, [None] * num_rows)
+    wanted = [i for i, row in enumerate(rows) if row.params.return_logprob]
+    if not wanted:
+        return output
+    index = torch.tensor(wanted, device=logits.device)  # [W]
+    logprobs = logits[index].float().log_softmax(dim=-1)  # [W, V], temperature 1
+    chosen = logprobs.gather(1, token_ids[index][:, None]).squeeze(1).tolist()  # [W]
+    top = _top_logprobs(logprobs, [rows[i].params.top_logprobs_num for i in wanted])
+    for j, i in enumerate(wanted):
+        output.logprobs[i] = chosen[j]
+        output.top_logprobs[i] = top[j]
+    return output
+
+
+def _top_logprobs(logprobs: torch.Tensor, nums: list[int]) -> list[list[tuple[int, float]] | None]:
+    """For each ``[V]`` row of ``logprobs``, its ``nums[j]`` best (id, logprob), best first (None for 0)."""
+    num_top = min(max(nums), logprobs.shape[1])
+    if num_top == 0:
+        return [None] * len(nums)
+    values, ids = logprobs.topk(num_top, dim=-1)  # [W, num_top] each, sorted descending
+    values, ids = values.tolist(), ids.tolist()
+    return [list(zip(ids[j][:k], values[j][:k])) if k > 0 else None for j, k in enumerate(nums)]

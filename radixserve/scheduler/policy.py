@@ -1,0 +1,78 @@
+"""Waiting-queue orderings as pure functions over (request, cached-prefix match) candidates.
+
+- ``fcfs``: arrival order.
+- ``lpm``: longest cached prefix first, so requests reuse what is in the tree before it is
+  evicted. Falls back to FCFS when the queue is long (matching every request costs more than it
+  saves), and requests that have waited ``aging_steps`` go first in arrival order so a request
+  with no cache hit is never starved.
+- ``dfs-weight``: walks the radix tree depth first, visiting the subtree with the most waiting
+  requests first, so requests under one shared prefix are admitted together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from radixserve.core.request import Request
+
+POLICIES = ("lpm", "fcfs", "dfs-weight")
+LPM_MAX_QUEUE = 128
+
+
+@dataclass
+class Candidate:
+    request: Request
+    match_len: int = 0
+    node: object = None  # the deepest matched radix-tree node (has .parent)
+
+
+def needs_match(policy: str, queue_len: int) -> bool:
+    """Whether the policy looks at prefix matches for a queue of this length."""
+    return policy == "dfs-weight" or (policy == "lpm" and queue_len <= LPM_MAX_QUEUE)
+
+
+def order(policy: str, candidates: list[Candidate], current_step: int, aging_steps: int) -> list[Candidate]:
+    if policy == "fcfs" or not needs_match(policy, len(candidates)):
+        return sorted(candidates, key=_arrival)
+    if policy == "lpm":
+        return sorted(candidates, key=lambda c: _lpm_key(c, current_step, aging_steps))
+    if policy == "dfs-weight":
+        return _dfs_weight(candidates)
+    raise ValueError(f"unknown schedule policy {policy!r} (choose from {', '.join(POLICIES)})")
+
+
+def _arrival(candidate: Candidate) -> int:
+    return candidate.request.arrival_step
+
+
+def _lpm_key(candidate: Candidate, current_step: int, aging_steps: int) -> tuple:
+    waited = current_step - candidate.request.arrival_step
+    if waited >= aging_steps:
+        return (0, 0, candidate.request.arrival_step)
+    return (1, -candidate.match_len, candidate.request.arrival_step)
+
+
+def _dfs_weight(candidates: list[Candidate]) -> list[Candidate]:
+    """Depth-first over the matched nodes' tree, heaviest subtree first; arrival order within a node."""
+    at_node: dict[int, list[Candidate]] = {}
+    weight: dict[int, int] = {}
+    children: dict[int, dict[int, object]] = {}
+    roots: dict[int, object] = {}
+    for candidate in sorted(candidates, key=_arrival):
+        at_node.setdefault(id(candidate.node), []).append(candidate)
+        node = candidate.node
+        while node is not None:
+            weight[id(node)] = weight.get(id(node), 0) + 1
+            parent = node.parent
+            if parent is None:
+                roots[id(node)] = node
+            else:
+                children.setdefault(id(parent), {})[id(node)] = node
+            node = parent
+    ordered: list[Candidate] = []
+    stack = sorted(roots.values(), key=lambda n: weight[id(n)])
+    while stack:
+        node = stack.pop()
+        ordered.extend(at_node.get(id(node), []))
+        stack.extend(sorted(children.get(id(node), {}).values(), key=lambda n: weight[id(n)]))
+    return ordered

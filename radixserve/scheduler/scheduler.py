@@ -1,0 +1,262 @@
+"""The cache-aware scheduler: one ``schedule()`` → ``StepPlan``, one ``update()`` per step.
+
+Each step runs every decoding request (one token each) plus prefill chunks for newly admitted
+or partially prefilled requests, within the ``chunked_prefill_size`` token budget. When decode
+runs out of KV, the newest running requests are retracted: their computed tokens go into the
+radix tree (so a re-admission usually recomputes almost nothing) and they re-queue.
+"""
+
+from __future__ import annotations
+
+from radixserve.cache.prefix_cache import PrefixCache
+from radixserve.cache.radix_tree import RadixTree
+from radixserve.config import SchedulerConfig
+from radixserve.core.plan import SequencePlan, StepPlan, StepResult
+from radixserve.core.request import FinishReason, Request
+from radixserve.core.sampling_params import InvalidParamError
+from radixserve.scheduler import policy
+from radixserve.scheduler.policy import Candidate
+
+# Remaining output tokens counted per request when reserving KV at admission.
+_RESERVE_CLIP = 4096
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, cache: PrefixCache):
+        if config.schedule_policy not in policy.POLICIES:
+            raise ValueError(f"unknown schedule policy {config.schedule_policy!r}")
+        self.config = config
+        self.cache = cache
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.step_count = 0
+        self.num_retractions = 0
+
+    # ---- queue management -------------------------------------------------------------------
+
+    def check_fits(self, request: Request) -> None:
+        """Reject at once a request that could never run (context or KV pool too small)."""
+        prompt_len, max_new = len(request.prompt_ids), request.sampling.max_new_tokens
+        if prompt_len == 0:
+            raise InvalidParamError("the prompt is empty", "prompt")
+        limit = self.config.context_length
+        if prompt_len + max_new > limit:
+            raise InvalidParamError(
+                f"this model's maximum context length is {limit} tokens; the request has {prompt_len} prompt "
+                f"tokens and asks for {max_new} new tokens ({prompt_len + max_new} in total)",
+                "max_new_tokens" if prompt_len < limit else "prompt",
+            )
+        if prompt_len + max_new > self.cache.pool_size:
+            raise InvalidParamError(
+                f"the request needs {prompt_len + max_new} KV slots but the pool holds {self.cache.pool_size}",
+                "max_new_tokens",
+            )
+
+    def add_request(self, request: Request) -> None:
+        self.check_fits(request)
+        request.arrival_step = self.step_count
+        self.waiting.append(request)
+
+    def abort(self, request_id: str, message: str = "aborted") -> Request | None:
+        """Finish a waiting or running request as ``abort`` and free its KV. None if unknown."""
+        for queue in (self.waiting, self.running):
+            for request in queue:
+                if request.request_id == request_id:
+                    queue.remove(request)
+                    self.cache.release(request, keep=True)
+                    request.finish(FinishReason("abort", message=message))
+                    return request
+        return None
+
+    def finish(self, request: Request, reason: FinishReason) -> None:
+        """Finish a running request from outside (e.g. a stop string matched) and free its KV."""
+        request.finish(reason)
+        if request in self.running:
+            self.running.remove(request)
+            self.cache.release(request, keep=True)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- scheduling -------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        self.step_count += 1
+        decoding = self._make_room_for_decode()
+        budget = max(0, self.config.chunked_prefill_size - len(decoding))
+        plans = [self._plan(request, 1) for request in decoding]
+        for request in self.running:
+            if request.num_pending > 1 and budget > 0:
+                chunk = self._allocate_chunk(request, budget)
+                if chunk:
+                    plans.append(self._plan_allocated(request, chunk))
+                    budget -= chunk
+        plans.extend(self._admit(budget))
+        if not plans and self.running:
+            self._retract(self._newest_running())
+            return self.schedule()
+        return StepPlan(plans)
+
+    def _make_room_for_decode(self) -> list[Request]:
+        """Ensure one free slot per decoding request, retracting the newest requests if needed."""
+        while True:
+            decoding = [r for r in self.running if r.num_pending == 1]
+            if self.cache.num_available >= len(decoding) or len(self.running) <= 1:
+                return decoding
+            self._retract(self._newest_running())
+
+    def _plan(self, request: Request, num_tokens: int) -> SequencePlan:
+        slots = self.cache.allocate(num_tokens)
+        assert slots is not None, "decode slot reserved by _make_room_for_decode"
+        self.cache.extend(request, slots)
+        return self._plan_allocated(request, num_tokens)
+
+    def _allocate_chunk(self, request: Request, budget: int) -> int:
+        chunk = min(request.num_pending, budget)
+        slots = self.cache.allocate(chunk)
+        if slots is None:
+            return 0
+        self.cache.extend(request, slots)
+        return chunk
+
+    def _plan_allocated(self, request: Request, num_tokens: int) -> SequencePlan:
+        """Plan the last ``num_tokens`` allocated positions of ``request``."""
+        end = request.num_computed
+        start = end - num_tokens
+        all_ids = request.all_ids
+        return SequencePlan(
+            request_id=request.request_id,
+            input_ids=all_ids[start:end],
+            prefix_len=start,
+            slots=list(request.slots),
+            sample=end == len(all_ids),
+            sampling=request.sampling,
+            prompt_ids=request.prompt_ids,
+            output_ids=request.output_ids,
+            stop_token_ids=request.stop_token_ids,
+        )
+
+    # ---- admission ----------------------------------------------------------------------------
+
+    def _admit(self, budget: int) -> list[SequencePlan]:
+        plans: list[SequencePlan] = []
+        if not self.waiting or budget <= 0:
+            return plans
+        inflight = self._inflight_index()
+        for candidate in self._ordered_candidates():
+            if budget <= 0 or len(self.running) >= self.config.max_running_requests:
+                break
+            request = candidate.request
+            if self._defer_for_inflight(request, candidate.match_len, inflight):
+                continue
+            chunk = self._try_admit(request, budget)
+            if chunk is None:
+                break  # admit in order: a large request is not overtaken forever
+            self.waiting.remove(request)
+            self.running.append(request)
+            inflight.insert(request.all_ids, [0] * request.num_tokens, request.extra_key)
+            plans.append(self._plan_allocated(request, chunk))
+            budget -= chunk
+        return plans
+
+    def _ordered_candidates(self) -> list[Candidate]:
+        if policy.needs_match(self.config.schedule_policy, len(self.waiting)):
+            candidates = [self._match_candidate(r) for r in self.waiting]
+        else:
+            candidates = [Candidate(r) for r in self.waiting]
+        return policy.order(self.config.schedule_policy, candidates, self.step_count, self.config.aging_steps)
+
+    def _match_candidate(self, request: Request) -> Candidate:
+        ids = request.all_ids
+        match = self.cache.tree.match_prefix(ids[: len(ids) - 1], request.extra_key)
+        return Candidate(request, len(match.slots), match.node)
+
+    def _inflight_index(self) -> RadixTree:
+        """Token ids being prefilled right now, to spot new requests that should wait and hit them."""
+        index = RadixTree()
+        for request in self.running:
+            if request.num_pending > 1:
+                index.insert(request.all_ids, [0] * request.num_tokens, request.extra_key)
+        return index
+
+    def _defer_for_inflight(self, request: Request, match_len: int, inflight: RadixTree) -> bool:
+        ids = request.all_ids
+        shared = len(inflight.match_prefix(ids[: len(ids) - 1], request.extra_key).slots)
+        gain = shared - match_len
+        return gain > 0 and gain >= min(self.config.in_batch_prefix_threshold, len(ids) - 1 - match_len)
+
+    def _try_admit(self, request: Request, budget: int) -> int | None:
+        """Lock the request's cached prefix and allocate its first chunk; None (nothing held) if KV is short."""
+        match_len = self.cache.match_and_lock(request)
+        reserve = sum(self._reserve(r) for r in self.running) + self._reserve(request)
+        chunk = min(request.num_pending, budget)
+        if self.cache.num_available < request.num_pending + reserve:
+            self.cache.release(request, keep=False)
+            return None
+        slots = self.cache.allocate(chunk)
+        assert slots is not None
+        self.cache.extend(request, slots)
+        if not request.admitted:
+            request.admitted = True
+            request.num_cached_tokens = match_len
+            self.cache.record_query(len(request.prompt_ids), match_len)
+        return chunk
+
+    def _reserve(self, request: Request) -> int:
+        return int(min(request.remaining_new_tokens, _RESERVE_CLIP) * self.config.new_token_ratio)
+
+    # ---- retraction ---------------------------------------------------------------------------
+
+    def _newest_running(self) -> Request:
+        return max(reversed(self.running), key=lambda r: r.arrival_step)  # ties: the latest admitted
+
+    def _retract(self, request: Request) -> None:
+        self.running.remove(request)
+        self.cache.release(request, keep=True)
+        request.num_retractions += 1
+        self.num_retractions += 1
+        self.waiting.insert(0, request)
+
+    # ---- results ------------------------------------------------------------------------------
+
+    def update(self, plan: StepPlan, result: StepResult) -> list[Request]:
+        """Apply sampled tokens; return requests that finished this step (their KV already released)."""
+        by_id = {r.request_id: r for r in self.running}
+        finished: list[Request] = []
+        for seq in plan.sequences:
+            request = by_id.get(seq.request_id)
+            if request is None:
+                continue
+            if not seq.sample:
+                self.cache.cache_computed(request)  # let others hit the chunk already computed
+                continue
+            self._append_token(request, result.results[seq.request_id])
+            if request.finished:
+                finished.append(request)
+            elif len(seq.input_ids) > 1:
+                self.cache.cache_computed(request)  # prefill done: siblings and followers can hit it
+        for request in finished:
+            self.running.remove(request)
+            self.cache.release(request, keep=True)
+        return finished
+
+    def _append_token(self, request: Request, sampled) -> None:
+        token = sampled.token_id
+        request.output_ids.append(token)
+        request.output_logprobs.append(sampled.logprob)
+        request.output_top_logprobs.append(sampled.top_logprobs)
+        if token in request.stop_token_ids and len(request.output_ids) > request.sampling.min_new_tokens:
+            request.finish(FinishReason("stop", matched=token))
+        elif len(request.output_ids) >= request.sampling.max_new_tokens:
+            request.finish(FinishReason("length"))
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def check_invariants(self) -> None:
+        private = sum(r.num_private_slots for r in self.running)
+        self.cache.check_invariants(num_private_slots_expected=private)
+        for request in self.waiting:
+            assert not request.slots and request.cache_node is None, "a waiting request holds KV"
+        if not self.running:
+            assert self.cache.accounting()["protected"] == 0, "no request alive but KV is protected"

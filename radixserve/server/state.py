@@ -1,0 +1,46 @@
+"""Per-app server state (engine client, tokenizer, names) and request-body parsing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from radixserve.config import ServerArgs
+from radixserve.engine.client import EngineClient
+from radixserve.server.errors import bad_request
+from radixserve.tokenizer.tokenizer import Tokenizer
+
+
+class ServerState:
+    def __init__(self, args: ServerArgs):
+        self.args = args
+        self.client = EngineClient(args)
+        self.tokenizer: Tokenizer | None = None
+        self.model_name = args.served_model_name or _default_model_name(args.model_path)
+        self.created = int(time.time())
+        self.context_length: int | None = None
+        self.default_max_tokens = 128
+
+    @property
+    def ready(self) -> bool:
+        return self.client.ready and self.tokenizer is not None
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+def _default_model_name(model_path: str | None) -> str:
+    return Path(model_path).name if model_path else "SmolLM2-135M-Instruct"
+
+
+async def read_json(request: web.Request) -> dict:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"malformed JSON body: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise bad_request("the JSON body must be an object")
+    return body

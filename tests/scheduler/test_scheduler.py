@@ -1,0 +1,182 @@
+"""Scheduler stories: prefix hits, chunked prefill, in-batch dedup, retraction, rejection, policies."""
+
+from __future__ import annotations
+
+import pytest
+
+from radixserve.core.sampling_params import InvalidParamError
+from tests.scheduler.harness import Harness
+from tests.scheduler.kv_oracle import reference_output
+
+
+def test_second_request_computes_only_the_uncached_suffix():
+    h = Harness(pool_size=64)
+    h.add("a", list(range(10)), max_new_tokens=3)
+    h.run()
+    before = h.oracle.num_tokens_computed
+    b = h.add("b", list(range(8)) + [40, 41, 42], max_new_tokens=3)
+    h.step()
+    first = h.plans[-1].sequences[0]
+    assert (first.prefix_len, first.input_ids) == (8, [40, 41, 42])
+    h.run()
+    assert b.num_cached_tokens == 8
+    # 3 new prompt tokens, then 2 decode steps (the third token needs no KV).
+    assert h.oracle.num_tokens_computed - before == 3 + 2
+    assert h.finished["b"].output_ids == reference_output(b.prompt_ids, 3)
+    h.assert_idle_accounting()
+
+
+def test_identical_prompt_hit_is_capped_at_len_minus_one():
+    h = Harness()
+    h.add("a", [1, 2, 3, 4, 5], max_new_tokens=2)
+    h.run()
+    b = h.add("b", [1, 2, 3, 4, 5], max_new_tokens=2)
+    h.step()
+    assert b.num_cached_tokens == 4
+    assert h.plans[-1].sequences[0].input_ids == [5]
+    h.run()
+    assert h.finished["b"].output_ids == h.finished["a"].output_ids
+
+
+def test_chunked_prefill_splits_a_long_prompt_and_samples_once():
+    h = Harness(chunked_prefill_size=4)
+    h.add("a", list(range(10)), max_new_tokens=2)
+    h.run()
+    chunks = [(p.sequences[0].prefix_len, len(p.sequences[0].input_ids), p.sequences[0].sample) for p in h.plans]
+    assert chunks == [(0, 4, False), (4, 4, False), (8, 2, True), (10, 1, True)]
+    assert h.finished["a"].output_ids == reference_output(list(range(10)), 2)
+
+
+def test_decode_runs_alongside_a_prefill_chunk():
+    h = Harness(chunked_prefill_size=4)
+    h.add("short", [7, 8], max_new_tokens=5)
+    h.step()
+    h.add("long", list(range(20, 30)), max_new_tokens=1)
+    plan = h.step()
+    assert [(s.request_id, len(s.input_ids)) for s in plan.sequences] == [("short", 1), ("long", 3)]
+    h.run()
+    assert h.finished["short"].output_ids == reference_output([7, 8], 5)
+    assert h.finished["long"].output_ids == reference_output(list(range(20, 30)), 1)
+
+
+def test_requests_sharing_an_uncached_prefix_compute_it_once():
+    h = Harness()
+    shared = list(range(40))
+    for i in range(3):
+        h.add(f"r{i}", shared + [100 + i], max_new_tokens=2)
+    first = h.step()
+    assert [s.request_id for s in first.sequences] == ["r0"]
+    h.run()
+    assert [h.finished[f"r{i}"].num_cached_tokens for i in range(3)] == [0, 40, 40]
+    assert h.oracle.num_tokens_computed == 41 + 1 + 2 * (1 + 1)
+
+
+def test_retraction_when_decode_runs_out_of_kv_keeps_greedy_output():
+    h = Harness(pool_size=24, new_token_ratio=0.0)
+    prompts = {"a": [1, 2, 3, 4, 5, 6], "b": [9, 8, 7, 6, 5, 4], "c": [3, 3, 3, 3, 3, 3]}
+    for request_id, prompt in prompts.items():
+        h.add(request_id, prompt, max_new_tokens=8)
+    h.run()
+    assert h.scheduler.num_retractions > 0
+    for request_id, prompt in prompts.items():
+        assert h.finished[request_id].output_ids == reference_output(prompt, 8)
+    h.assert_idle_accounting()
+
+
+def test_request_that_can_never_fit_is_rejected_at_once():
+    h = Harness(pool_size=16, context_length=32)
+    with pytest.raises(InvalidParamError) as err:
+        h.add("too-long-for-context", list(range(30)), max_new_tokens=5)
+    assert err.value.param == "max_new_tokens" and "maximum context length is 32" in str(err.value)
+    with pytest.raises(InvalidParamError, match="pool holds 16"):
+        h.add("too-big-for-pool", list(range(10)), max_new_tokens=10)
+    with pytest.raises(InvalidParamError) as err:
+        h.add("prompt-alone-too-long", list(range(40)), max_new_tokens=1)
+    assert err.value.param == "prompt"
+    assert not h.scheduler.has_work
+
+
+def test_lpm_admits_the_cached_request_first_and_aging_prevents_starvation():
+    h = Harness(max_running_requests=1, aging_steps=1000)
+    h.add("warm", list(range(30)), max_new_tokens=1)
+    h.run()
+    h.add("cold", [90, 91, 92, 93], max_new_tokens=1)
+    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
+    assert h.step().sequences[0].request_id == "hit"
+    h.run()
+
+    h = Harness(max_running_requests=1, aging_steps=0)
+    h.add("warm", list(range(30)), max_new_tokens=1)
+    h.run()
+    h.add("cold", [90, 91, 92, 93], max_new_tokens=1)
+    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
+    assert h.step().sequences[0].request_id == "cold"
+
+
+def test_fcfs_ignores_cache_hits():
+    h = Harness(max_running_requests=1, schedule_policy="fcfs")
+    h.add("warm", list(range(30)), max_new_tokens=1)
+    h.run()
+    h.add("cold", [90, 91, 92, 93], max_new_tokens=1)
+    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
+    assert h.step().sequences[0].request_id == "cold"
+
+
+def test_dfs_weight_admits_the_heaviest_prefix_group_first():
+    h = Harness(max_running_requests=2, schedule_policy="dfs-weight")
+    h.add("x", [1] * 10, max_new_tokens=1)
+    h.add("y", [2] * 10, max_new_tokens=1)
+    h.run()
+    h.add("y1", [2] * 10 + [3], max_new_tokens=1)
+    h.add("x1", [1] * 10 + [4], max_new_tokens=1)
+    h.add("x2", [1] * 10 + [5], max_new_tokens=1)
+    assert [s.request_id for s in h.step().sequences] == ["x1", "x2"]
+
+
+def test_abort_frees_every_slot():
+    h = Harness(chunked_prefill_size=4)
+    h.add("a", list(range(12)), max_new_tokens=50)
+    h.add("b", list(range(12)), max_new_tokens=50)
+    for _ in range(5):
+        h.step()
+    assert h.scheduler.abort("a").finish_reason.kind == "abort"
+    assert h.scheduler.abort("b").finish_reason.kind == "abort"
+    assert h.scheduler.abort("missing") is None
+    h.scheduler.check_invariants()
+    h.assert_idle_accounting()
+
+
+def test_flush_refused_while_running_and_empties_tree_when_idle():
+    h = Harness()
+    h.add("a", list(range(10)), max_new_tokens=3)
+    h.step()
+    assert h.cache.flush() is False
+    h.run()
+    assert h.cache.tree.evictable_size > 0
+    assert h.cache.flush() is True
+    assert h.cache.accounting()["free"] == h.cache.pool_size
+
+
+def test_disabled_radix_cache_recomputes_everything():
+    h = Harness(disable_radix_cache=True)
+    h.add("a", list(range(10)), max_new_tokens=2)
+    h.run()
+    b = h.add("b", list(range(10)), max_new_tokens=2)
+    h.run()
+    assert b.num_cached_tokens == 0 and h.cache.tree.evictable_size == 0
+    assert h.finished["b"].output_ids == h.finished["a"].output_ids
+    h.assert_idle_accounting()
+
+
+def test_stop_token_and_min_new_tokens():
+    prompt = [4, 4, 4]
+    ref = reference_output(prompt, 6)
+    h = Harness()
+    h.add("a", prompt, max_new_tokens=6, stop_ids=(ref[1],))
+    h.add("b", prompt, max_new_tokens=6, stop_ids=(ref[1],), min_new_tokens=2)
+    h.run()
+    assert h.finished["a"].output_ids == ref[:2]
+    assert h.finished["a"].finish_reason.kind == "stop" and h.finished["a"].finish_reason.matched == ref[1]
+    # min_new_tokens=2: the stop token as the 2nd token does not end generation (the sampler also masks it).
+    later = [i for i in range(2, 6) if ref[i] == ref[1]]
+    assert h.finished["b"].output_ids == ref[: later[0] + 1 if later else 6]
