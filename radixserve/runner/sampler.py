@@ -21,9 +21,9 @@ with probability ``p_t``. It is computed as ``argmax(logit / T - log E)``, which
 can never pick a ``-inf`` (masked) token.
 
 Seeds: a row with ``params.seed`` takes its noise from a counter-based hash of
-(seed, len(output_ids), token id), so its token depends on nothing else in the batch, needs no
-generator state, and the noise is bit-identical on CPU and GPU (integer ops only). Rows without a
-seed draw from the sampler's own ``torch.Generator``.
+(seed, len(output_ids), token id), so its token depends on nothing else in the batch and needs no
+generator state; the hash is integer arithmetic, identical on CPU and GPU (only the final ``log`` may
+differ in the last bit). Rows without a seed draw from the sampler's own ``torch.Generator``.
 """
 
 from __future__ import annotations
