@@ -61,7 +61,7 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     torch.manual_seed(args.random_seed)
     model_path = resolve_model_path(args.model_path)
     model, model_config = load_model(model_path, load_format=args.load_format, dtype=dtype, device=device)
-    tokenizer = Tokenizer.from_path(args.tokenizer_path or _tokenizer_dir(model_path), chat_template=args.chat_template)
+    tokenizer = load_tokenizer(args, model_path)
     context_length = args.context_length or model_config.max_position_embeddings
     pool_size = _pool_size(args, model_config, dtype, device, context_length)
     kv_pool = KVPool(
@@ -76,8 +76,10 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     return EngineParts(model_path, model_config, tokenizer, runner, scheduler, cache, context_length, device, dtype)
 
 
-def _tokenizer_dir(model_path: Path) -> Path:
-    return model_path if model_path.is_dir() else model_path.parent
+def load_tokenizer(args: ServerArgs, model_path: Path) -> Tokenizer:
+    """The tokenizer from ``--tokenizer-path`` or the model; EOS ids always also come from the model's configs."""
+    config_dir = model_path if model_path.is_dir() else model_path.parent
+    return Tokenizer.from_path(args.tokenizer_path or model_path, chat_template=args.chat_template, model_path=config_dir)
 
 
 def _backend_name(name: str, device: torch.device) -> str:
