@@ -14,15 +14,11 @@ Per step, ``prepare`` splits the batch in two groups and builds their indices on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
-
-if TYPE_CHECKING:  # the pool is owned by runner/, which imports attention/, not the other way round
-    from radixserve.runner.kv_pool import KVPool
 
 
 @dataclass
@@ -41,7 +37,8 @@ class _ExtendPlan:
 
 
 class TorchNativeBackend(AttentionBackend):
-    def __init__(self, kv_pool: KVPool):
+    def __init__(self, kv_pool):
+        """``kv_pool``: a ``radixserve.runner.kv_pool.KVPool`` (not imported: runner/ depends on attention/)."""
         self.kv_pool = kv_pool
         self.compute_dtype = kv_pool.dtype
         self._decode: _DecodePlan | None = None
@@ -92,6 +89,8 @@ class TorchNativeBackend(AttentionBackend):
         self.kv_pool.write(layer_id, batch.out_slots, k, v)
         k_pool, v_pool = self.kv_pool.get(layer_id)  # [num_slots, Hkv, D] each
         q_compute = q.to(self.compute_dtype)
+        if not self._extends and batch.is_decode:  # decode rows are exactly 0..B-1: no scatter needed
+            return self._attend_decode(q_compute, k_pool, v_pool, scale).to(q.dtype)
         out = torch.empty_like(q_compute)
         if self._decode is not None:
             out[self._decode.query_rows] = self._attend_decode(q_compute, k_pool, v_pool, scale)

@@ -61,13 +61,16 @@ class OutputProcessor:
         first = stream.num_sent
         stream.num_sent = len(request.output_ids)
         text = stream.detokenizer.step(new_ids) if new_ids else ""
+        ending = request.finish_reason is not None
+        if ending:
+            text += stream.detokenizer.flush()
         matched = None
-        if stream.matcher is not None and text:
-            check = stream.matcher.feed(text)
-            text, matched = check.emit, check.matched
+        if stream.matcher is not None:
+            check = stream.matcher.feed(text) if text else None
+            text, matched = (check.emit, check.matched) if check is not None else ("", None)
+            if ending and matched is None:
+                text += stream.matcher.flush()
         reason = FinishReason("stop", matched=matched) if matched is not None else request.finish_reason
-        if reason is not None and matched is None:
-            text += self._flush(stream)
         if reason is not None:
             del self.streams[request.request_id]
         output = RequestOutput(
@@ -82,14 +85,6 @@ class OutputProcessor:
             completion_tokens=len(request.output_ids),
         )
         return output, matched
-
-    def _flush(self, stream: _RequestStream) -> str:
-        tail = stream.detokenizer.flush()
-        if stream.matcher is None:
-            return tail
-        check = stream.matcher.feed(tail) if tail else None
-        emitted = check.emit if check is not None else ""
-        return emitted + stream.matcher.flush()
 
     def drop(self, request_id: str) -> None:
         self.streams.pop(request_id, None)

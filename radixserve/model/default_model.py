@@ -132,7 +132,9 @@ def _special_tokens(tokenizer, hf_config: dict) -> dict[str, str]:
     tokens = {}
     for name in ("bos", "eos", "pad", "unk"):
         token_id = hf_config.get(f"{name}_token_id")
-        token = tokenizer.convert_ids_to_tokens(token_id) if token_id is not None else getattr(tokenizer, f"{name}_token")
+        token = (
+            tokenizer.convert_ids_to_tokens(token_id) if token_id is not None else getattr(tokenizer, f"{name}_token")
+        )
         if token is not None:
             tokens[f"{name}_token"] = token
     return tokens

@@ -19,6 +19,12 @@ SUPPORTED_ARCHITECTURES = (
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
 )
+_MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -107,6 +113,8 @@ def _architecture(hf: dict[str, Any]) -> str:
     for name in architectures:
         if name in SUPPORTED_ARCHITECTURES:
             return name
+    if not architectures and hf.get("model_type") in _MODEL_TYPES:
+        return _MODEL_TYPES[hf["model_type"]]
     raise ValueError(
         f"unsupported model architecture {architectures or hf.get('model_type')!r}; "
         f"radixserve supports {', '.join(SUPPORTED_ARCHITECTURES)}"
