@@ -1,0 +1,125 @@
+"""The offline API (SGLang's Engine shape), prefix reuse measured in computed tokens, sampling features."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from radixserve.core.sampling_params import InvalidParamError
+
+
+def _assert_idle(engine) -> None:
+    engine.core.check_invariants()
+    acct = engine.core.cache.accounting()
+    assert acct["protected"] == 0 and acct["free"] + acct["evictable"] == acct["pool_size"]
+
+
+def test_single_prompt_returns_a_dict_and_a_list_returns_a_list(engine):
+    out = engine.generate("The capital of France is", {"temperature": 0, "max_new_tokens": 4})
+    assert set(out) == {"text", "output_ids", "meta_info"}
+    assert set(out["meta_info"]) >= {"prompt_tokens", "completion_tokens", "cached_tokens", "finish_reason"}
+    assert out["meta_info"]["completion_tokens"] == len(out["output_ids"]) <= 4
+    outs = engine.generate(["Hello", "Goodbye"], {"temperature": 0, "max_new_tokens": 3})
+    assert isinstance(outs, list) and len(outs) == 2
+    by_ids = engine.generate(input_ids=engine.tokenizer.encode("The capital of France is"),
+                             sampling_params={"temperature": 0, "max_new_tokens": 4})
+    assert by_ids["output_ids"] == out["output_ids"]
+    _assert_idle(engine)
+
+
+def test_shared_500_token_prefix_is_computed_once(engine):
+    filler = " ".join(f"item{i}" for i in range(400))
+    shared = engine.tokenizer.encode("Inventory: " + filler)[:500]
+    assert len(shared) == 500
+    first = shared + engine.tokenizer.encode(" Question one?")
+    second = shared + engine.tokenizer.encode(" Another question entirely?")
+    engine.generate(input_ids=first, sampling_params={"temperature": 0, "max_new_tokens": 2})
+    before = engine.core.num_tokens_computed
+    out = engine.generate(input_ids=second, sampling_params={"temperature": 0, "max_new_tokens": 2})
+    computed = engine.core.num_tokens_computed - before
+    assert out["meta_info"]["cached_tokens"] >= 499
+    # the uncached suffix, plus one decode step for the second output token
+    assert computed == len(second) - out["meta_info"]["cached_tokens"] + 1
+    _assert_idle(engine)
+
+
+def test_n_samples_share_the_prompt_kv(engine):
+    ids = engine.tokenizer.encode("Once upon a time, in a distant kingdom, there lived")
+    engine.flush_cache()
+    before = engine.core.num_tokens_computed
+    outs = engine.generate(input_ids=ids, sampling_params={"n": 3, "temperature": 1.0, "seed": 5,
+                                                           "max_new_tokens": 6, "ignore_eos": True})
+    assert len(outs) == 3
+    assert [o["meta_info"]["cached_tokens"] for o in outs] == [0, len(ids) - 1, len(ids) - 1]
+    # prompt once, the last prompt token again for each sibling, then 5 decode steps each
+    assert engine.core.num_tokens_computed - before == len(ids) + 2 + 3 * 5
+    assert len({tuple(o["output_ids"]) for o in outs}) > 1
+
+
+def test_seeded_sampling_is_reproducible_across_batches(engine):
+    params = {"temperature": 0.9, "top_p": 0.95, "seed": 1234, "max_new_tokens": 12, "ignore_eos": True}
+    alone = engine.generate("Tell me a story about a dragon.", params)
+    batched = engine.generate(["Some other prompt", "Tell me a story about a dragon.", "x"], params)
+    assert batched[1]["output_ids"] == alone["output_ids"]
+    other_seed = engine.generate("Tell me a story about a dragon.", {**params, "seed": 99})
+    assert other_seed["output_ids"] != alone["output_ids"]
+
+
+def test_stop_strings_are_trimmed_and_reported(engine):
+    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Count from 1 to 10, comma separated."}])
+    free = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 30})
+    assert "4" in free["text"]
+    stop = free["text"][free["text"].index("4") :][:2]
+    trimmed = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 30, "stop": [stop]})
+    assert trimmed["text"] == free["text"][: free["text"].index(stop)]
+    assert trimmed["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    kept = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 30, "stop": stop, "no_stop_trim": True})
+    assert kept["text"] == free["text"][: free["text"].index(stop) + len(stop)]
+
+
+def test_eos_min_new_tokens_and_ignore_eos(engine):
+    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Say hi."}])
+    natural = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 64})
+    assert natural["meta_info"]["finish_reason"] == {"type": "stop", "matched": 2}
+    n = natural["meta_info"]["completion_tokens"]
+    longer = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 64, "min_new_tokens": n + 3})
+    assert longer["meta_info"]["completion_tokens"] >= n + 3
+    forced = engine.generate(prompt, {"temperature": 0, "max_new_tokens": n + 5, "ignore_eos": True})
+    assert forced["meta_info"]["completion_tokens"] == n + 5
+    assert forced["meta_info"]["finish_reason"] == {"type": "length"}
+
+
+def test_logprobs_with_top_alternatives(engine):
+    out = engine.generate("The capital of France is", {"temperature": 0, "max_new_tokens": 3}, return_logprob=True,
+                          top_logprobs_num=4)
+    logprobs = out["meta_info"]["output_token_logprobs"]
+    tops = out["meta_info"]["output_top_logprobs"]
+    assert [t for _, t in logprobs] == out["output_ids"]
+    for (logprob, token), top in zip(logprobs, tops):
+        assert len(top) == 4 and top[0][0] == token and top[0][1] == pytest.approx(logprob)
+        assert all(a[1] >= b[1] for a, b in zip(top, top[1:])) and logprob <= 0
+
+
+def test_bad_requests_raise_clear_errors_and_leak_nothing(engine):
+    with pytest.raises(InvalidParamError) as err:
+        engine.generate("hi", {"temperature": -1})
+    assert err.value.param == "temperature"
+    with pytest.raises(InvalidParamError) as err:
+        engine.generate("hi", {"max_new_tokens": 10**6})
+    assert err.value.param == "max_new_tokens"
+    with pytest.raises(InvalidParamError, match="unknown sampling parameter"):
+        engine.generate("hi", {"temprature": 0.5})
+    with pytest.raises(InvalidParamError):
+        engine.generate(["ok", "x"], [{"max_new_tokens": 2}, {"top_p": 0}])
+    _assert_idle(engine)
+    assert not engine.core.has_work
+
+
+def test_cli_generate_prints_a_completion(default_model_dir):
+    out = subprocess.run([sys.executable, "-m", "radixserve", "generate", "--chat", "--max-new-tokens", "16",
+                          "--max-total-tokens", "1024", "What is the capital of France?"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
