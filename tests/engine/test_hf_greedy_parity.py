@@ -40,7 +40,7 @@ def hf_outputs(hf_model, prompts):
 
 
 def _greedy(engine, prompts):
-    params = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
+    params = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
     return [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
 
 
@@ -53,7 +53,7 @@ def test_batched_greedy_matches_hf(engine, prompts, hf_outputs):
 def test_prefix_hits_do_not_change_greedy_output(engine, prompts, hf_outputs):
     _greedy(engine, prompts)  # warm the tree: every prompt now hits
     outs = engine.generate(input_ids=prompts, sampling_params={"temperature": 0, "max_new_tokens": NEW_TOKENS,
-                                                                 "ignore_eos": True})
+                                                                 "min_new_tokens": NEW_TOKENS})
     assert all(o["meta_info"]["cached_tokens"] == len(ids) - 1 for o, ids in zip(outs, prompts))
     assert [o["output_ids"] for o in outs] == hf_outputs
 
