@@ -5,8 +5,10 @@ continuation, an extend and a decode are the same computation and mix freely in 
 
 Per step, ``prepare`` splits the batch in two groups and builds their indices once:
 
-* decodes (``extend_len == 1``): one padded SDPA call per layer over ``[B, max_len]`` gathered
-  slots, padding pointing at the dummy slot 0 and masked out;
+* decodes (``extend_len == 1``): one padded attention over each sequence's own slots, plus, for
+  groups of sequences whose contexts start with the same slots (a shared radix-tree prefix), one
+  attention over that shared prefix for the whole group, merged by log-sum-exp. The shared K/V is
+  gathered and read once per group instead of once per sequence;
 * extends (``extend_len > 1``): one SDPA call per sequence; query row ``j`` sits at position
   ``seq_len - extend_len + j`` and sees keys ``0..`` that position.
 """
@@ -20,12 +22,22 @@ import torch.nn.functional as F
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 
+# A shared leading run of slots this long (tokens) across >= 2 decoding sequences is read once.
+MIN_SHARED_PREFIX = 32
+
+
+@dataclass
+class _SharedGroup:
+    members: torch.Tensor  # [G] int64, indices into the decode batch
+    slots: torch.Tensor  # [shared_len] int64, the common leading slots
+
 
 @dataclass
 class _DecodePlan:
     query_rows: torch.Tensor  # [B] int64, the query row of each decoding sequence
-    slots: torch.Tensor  # [B, max_len] int64, context slots, padded with slot 0
-    mask: torch.Tensor  # [B, 1, 1, max_len] bool, True where a key is real
+    slots: torch.Tensor  # [B, max_own] int64, each sequence's slots after its shared prefix, padded with 0
+    valid: torch.Tensor  # [B, max_own] bool, True where a key is real
+    groups: list[_SharedGroup]
 
 
 @dataclass
@@ -59,13 +71,12 @@ class TorchNativeBackend(AttentionBackend):
         device = batch.kv_slots.device
         lens = torch.tensor([batch.seq_lens[i] for i in ids], dtype=torch.int64, device=device)  # [B]
         starts = torch.tensor([kv_indptr[i] for i in ids], dtype=torch.int64, device=device)  # [B]
-        max_len = max(batch.seq_lens[i] for i in ids)
-        offsets = torch.arange(max_len, dtype=torch.int64, device=device)  # [max_len]
-        valid = offsets[None, :] < lens[:, None]  # [B, max_len]
-        flat = (starts[:, None] + offsets[None, :]).clamp(max=batch.kv_slots.numel() - 1)
-        slots = batch.kv_slots[flat].masked_fill(~valid, 0)  # [B, max_len]
+        full = _padded(batch.kv_slots, starts, lens)  # [B, max_len]
+        groups, shared_lens = _shared_groups(full, lens)
+        own = _padded(batch.kv_slots, starts + shared_lens, lens - shared_lens)  # [B, max_own]
+        valid = torch.arange(own.shape[1], device=device)[None, :] < (lens - shared_lens)[:, None]
         rows = torch.tensor([qo_indptr[i] for i in ids], dtype=torch.int64, device=device)
-        return _DecodePlan(query_rows=rows, slots=slots, mask=valid[:, None, None, :])
+        return _DecodePlan(query_rows=rows, slots=own, valid=valid, groups=groups)
 
     def _plan_extend(self, batch: ForwardBatch, i: int, qo_indptr: list[int], kv_indptr: list[int]) -> _ExtendPlan:
         seq_len, extend_len = batch.seq_lens[i], batch.extend_lens[i]
@@ -102,11 +113,15 @@ class TorchNativeBackend(AttentionBackend):
         self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, scale: float
     ) -> torch.Tensor:  # [B, Hq, D]
         plan = self._decode
-        q_batch = q[plan.query_rows].unsqueeze(2)  # [B, Hq, 1, D]
-        k_batch = k_pool[plan.slots].transpose(1, 2)  # [B, Hkv, max_len, D]
-        v_batch = v_pool[plan.slots].transpose(1, 2)  # [B, Hkv, max_len, D]
-        out = _sdpa(q_batch, k_batch, v_batch, plan.mask, scale, is_causal=False)  # [B, Hq, 1, D]
-        return out.squeeze(2)
+        q_batch = q[plan.query_rows]  # [B, Hq, D]
+        out, lse = _attend_own(q_batch, k_pool[plan.slots], v_pool[plan.slots], plan.valid, scale)
+        for group in plan.groups:
+            shared_out, shared_lse = _attend_shared(
+                q_batch[group.members], k_pool[group.slots], v_pool[group.slots], scale
+            )
+            own_out, own_lse = out[group.members], lse[group.members]
+            out[group.members] = _merge(own_out, own_lse, shared_out, shared_lse)
+        return out
 
     def _attend_extend(
         self, plan: _ExtendPlan, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, scale: float
@@ -130,3 +145,79 @@ def _sdpa(
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
     )
+
+
+def _padded(flat: torch.Tensor, starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Rows ``flat[starts[b] : starts[b] + lens[b]]`` padded with slot 0 into ``[B, max(lens)]``."""
+    width = int(lens.max()) if lens.numel() else 0
+    offsets = torch.arange(width, dtype=torch.int64, device=flat.device)  # [width]
+    valid = offsets[None, :] < lens[:, None]  # [B, width]
+    index = (starts[:, None] + offsets[None, :]).clamp(max=max(flat.numel() - 1, 0))
+    return flat[index].masked_fill(~valid, 0)
+
+
+def _shared_groups(slots: torch.Tensor, lens: torch.Tensor) -> tuple[list[_SharedGroup], torch.Tensor]:
+    """Groups of sequences (by first slot) whose contexts begin with the same >= MIN_SHARED_PREFIX slots.
+
+    Returns the groups and, per sequence, how many leading slots its group reads as shared (0 if none).
+    The shared run is capped at ``len - 1`` so every sequence keeps at least its newest key as its own.
+    """
+    shared_lens = torch.zeros_like(lens)
+    groups: list[_SharedGroup] = []
+    firsts, inverse = torch.unique(slots[:, 0], return_inverse=True)
+    for g in range(firsts.numel()):
+        members = (inverse == g).nonzero().flatten()
+        if members.numel() < 2:
+            continue
+        rows = slots[members]  # [G, max_len]
+        same = (rows == rows[:1]).to(torch.int32).cumprod(dim=1).sum(dim=1)  # [G] common run with row 0
+        common = int(torch.minimum(same, lens[members] - 1).min())
+        if common >= MIN_SHARED_PREFIX:
+            groups.append(_SharedGroup(members, rows[0, :common].clone()))
+            shared_lens[members] = common
+    return groups, shared_lens
+
+
+def _attend_own(
+    q: torch.Tensor,  # [B, Hq, D]
+    k: torch.Tensor,  # [B, L, Hkv, D]
+    v: torch.Tensor,  # [B, L, Hkv, D]
+    valid: torch.Tensor,  # [B, L] bool
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # out [B, Hq, D], log-sum-exp [B, Hq]
+    batch, num_q_heads, head_dim = q.shape
+    num_kv_heads = k.shape[2]
+    q_grouped = q.view(batch, num_kv_heads, num_q_heads // num_kv_heads, head_dim)  # [B, Hkv, G, D]
+    scores = torch.matmul(q_grouped, k.permute(0, 2, 3, 1)) * scale  # [B, Hkv, G, L]
+    scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # [B, Hkv, G]
+    out = torch.matmul(torch.exp(scores - lse[..., None]), v.permute(0, 2, 1, 3))  # [B, Hkv, G, D]
+    return out.reshape(batch, num_q_heads, head_dim), lse.reshape(batch, num_q_heads)
+
+
+def _attend_shared(
+    q: torch.Tensor,  # [G, Hq, D], the group's queries
+    k: torch.Tensor,  # [S, Hkv, D], the shared prefix
+    v: torch.Tensor,  # [S, Hkv, D]
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # out [G, Hq, D], log-sum-exp [G, Hq]
+    members, num_q_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    group = num_q_heads // num_kv_heads
+    # every query of every member against one copy of the prefix: [Hkv, G * group, D]
+    q_heads = q.view(members, num_kv_heads, group, head_dim).permute(1, 0, 2, 3).reshape(num_kv_heads, -1, head_dim)
+    scores = torch.matmul(q_heads, k.permute(1, 2, 0)) * scale  # [Hkv, G * group, S]
+    lse = torch.logsumexp(scores, dim=-1)  # [Hkv, G * group]
+    out = torch.matmul(torch.exp(scores - lse[..., None]), v.permute(1, 0, 2))  # [Hkv, G * group, D]
+    out = out.view(num_kv_heads, members, group, head_dim).permute(1, 0, 2, 3).reshape(members, num_q_heads, head_dim)
+    lse = lse.view(num_kv_heads, members, group).permute(1, 0, 2).reshape(members, num_q_heads)
+    return out, lse
+
+
+def _merge(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+) -> torch.Tensor:  # attention over the union of two disjoint key sets, from each part's output and LSE
+    top = torch.maximum(lse_a, lse_b)
+    weight_a, weight_b = torch.exp(lse_a - top), torch.exp(lse_b - top)  # [B, Hq]
+    total = weight_a + weight_b
+    return (out_a * (weight_a / total)[..., None]) + (out_b * (weight_b / total)[..., None])

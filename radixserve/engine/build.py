@@ -12,6 +12,7 @@ import torch
 from radixserve.attention import create_backend
 from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.config import ServerArgs
+from radixserve.model.layers import prepack_cpu_linears
 from radixserve.model.loader import load_model, resolve_model_path
 from radixserve.model.model_config import ModelConfig
 from radixserve.runner.kv_pool import KVPool
@@ -61,6 +62,8 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     torch.manual_seed(args.random_seed)
     model_path = resolve_model_path(args.model_path)
     model, model_config = load_model(model_path, load_format=args.load_format, dtype=dtype, device=device)
+    if device.type == "cpu":
+        prepack_cpu_linears(model)
     tokenizer = load_tokenizer(args, model_path)
     context_length = args.context_length or model_config.max_position_embeddings
     pool_size = _pool_size(args, model_config, dtype, device, context_length)

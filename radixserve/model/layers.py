@@ -22,9 +22,36 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
+        self.packed: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return self.packed(x)
         return F.linear(x, self.weight, self.bias)
+
+    def prepack_cpu(self) -> None:
+        """Keep a copy of the weight in oneDNN's blocked layout for CPU inference.
+
+        Small-batch GEMMs (decode) are bound by reading the weights; the blocked layout streams
+        them about 2x faster than the plain row-major MKL path on AVX-512 CPUs (see bench/).
+        Call after the weights are loaded; the dense parameter stays (it may be tied).
+        """
+        from torch.utils.mkldnn import MkldnnLinear
+
+        self.packed = MkldnnLinear(self, self.weight.dtype)
+
+
+def prepack_cpu_linears(model: nn.Module) -> int:
+    """Prepack every ``Linear`` of a CPU float32/bfloat16 model for oneDNN; returns how many were packed."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Linear) and module.weight.device.type == "cpu":
+            if module.weight.dtype in (torch.float32, torch.bfloat16):
+                module.prepack_cpu()
+                count += 1
+    return count
 
 
 class Embedding(nn.Module):
