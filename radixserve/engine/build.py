@@ -82,7 +82,9 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
 def load_tokenizer(args: ServerArgs, model_path: Path) -> Tokenizer:
     """The tokenizer from ``--tokenizer-path`` or the model; EOS ids always also come from the model's configs."""
     config_dir = model_path if model_path.is_dir() else model_path.parent
-    return Tokenizer.from_path(args.tokenizer_path or model_path, chat_template=args.chat_template, model_path=config_dir)
+    return Tokenizer.from_path(
+        args.tokenizer_path or model_path, chat_template=args.chat_template, model_path=config_dir
+    )
 
 
 def _backend_name(name: str, device: torch.device) -> str:

@@ -23,8 +23,10 @@ def test_single_prompt_returns_a_dict_and_a_list_returns_a_list(engine):
     assert out["meta_info"]["completion_tokens"] == len(out["output_ids"]) <= 4
     outs = engine.generate(["Hello", "Goodbye"], {"temperature": 0, "max_new_tokens": 3})
     assert isinstance(outs, list) and len(outs) == 2
-    by_ids = engine.generate(input_ids=engine.tokenizer.encode("The capital of France is"),
-                             sampling_params={"temperature": 0, "max_new_tokens": 4})
+    by_ids = engine.generate(
+        input_ids=engine.tokenizer.encode("The capital of France is"),
+        sampling_params={"temperature": 0, "max_new_tokens": 4},
+    )
     assert by_ids["output_ids"] == out["output_ids"]
     _assert_idle(engine)
 
@@ -49,8 +51,9 @@ def test_n_samples_share_the_prompt_kv(engine):
     ids = engine.tokenizer.encode("Once upon a time, in a distant kingdom, there lived")
     engine.flush_cache()
     before = engine.core.num_tokens_computed
-    outs = engine.generate(input_ids=ids, sampling_params={"n": 3, "temperature": 1.0, "seed": 5,
-                                                           "max_new_tokens": 6, "ignore_eos": True})
+    outs = engine.generate(
+        input_ids=ids, sampling_params={"n": 3, "temperature": 1.0, "seed": 5, "max_new_tokens": 6, "ignore_eos": True}
+    )
     assert len(outs) == 3
     assert [o["meta_info"]["cached_tokens"] for o in outs] == [0, len(ids) - 1, len(ids) - 1]
     # prompt once, the last prompt token again for each sibling, then 5 decode steps each
@@ -92,8 +95,9 @@ def test_eos_min_new_tokens_and_ignore_eos(engine):
 
 
 def test_logprobs_with_top_alternatives(engine):
-    out = engine.generate("The capital of France is", {"temperature": 0, "max_new_tokens": 3}, return_logprob=True,
-                          top_logprobs_num=4)
+    out = engine.generate(
+        "The capital of France is", {"temperature": 0, "max_new_tokens": 3}, return_logprob=True, top_logprobs_num=4
+    )
     logprobs = out["meta_info"]["output_token_logprobs"]
     tops = out["meta_info"]["output_top_logprobs"]
     assert [t for _, t in logprobs] == out["output_ids"]
@@ -118,8 +122,22 @@ def test_bad_requests_raise_clear_errors_and_leak_nothing(engine):
 
 
 def test_cli_generate_prints_a_completion(default_model_dir):
-    out = subprocess.run([sys.executable, "-m", "radixserve", "generate", "--chat", "--max-new-tokens", "16",
-                          "--max-total-tokens", "1024", "What is the capital of France?"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "radixserve",
+            "generate",
+            "--chat",
+            "--max-new-tokens",
+            "16",
+            "--max-total-tokens",
+            "1024",
+            "What is the capital of France?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout

@@ -52,8 +52,10 @@ def test_batched_greedy_matches_hf(engine, prompts, hf_outputs):
 
 def test_prefix_hits_do_not_change_greedy_output(engine, prompts, hf_outputs):
     _greedy(engine, prompts)  # warm the tree: every prompt now hits
-    outs = engine.generate(input_ids=prompts, sampling_params={"temperature": 0, "max_new_tokens": NEW_TOKENS,
-                                                                 "min_new_tokens": NEW_TOKENS})
+    outs = engine.generate(
+        input_ids=prompts,
+        sampling_params={"temperature": 0, "max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS},
+    )
     assert all(o["meta_info"]["cached_tokens"] == len(ids) - 1 for o, ids in zip(outs, prompts))
     assert [o["output_ids"] for o in outs] == hf_outputs
 

@@ -36,8 +36,18 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 240) -> 
 @pytest.fixture(scope="session")
 def server_url(default_model_dir):
     port = _free_port()
-    cmd = [sys.executable, "-m", "radixserve", "serve", "--port", str(port), "--max-total-tokens", "8192",
-           "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "radixserve",
+        "serve",
+        "--port",
+        str(port),
+        "--max-total-tokens",
+        "8192",
+        "--log-level",
+        "warning",
+    ]
     process = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
