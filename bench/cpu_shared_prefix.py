@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -65,17 +66,20 @@ def build_prompts(tokenizer, num_prompts: int) -> list[str]:
     return prompts
 
 
-def run_radixserve(prompts: list[str], new_tokens: int, disable_cache: bool) -> dict:
+def run_radixserve(prompts: list[str], new_tokens: int, disable_cache: bool, repeats: int) -> dict:
+    """Median of ``repeats`` runs; the cache is flushed before each so every run starts cold."""
     engine = Engine(disable_radix_cache=disable_cache, max_total_tokens=32768)
     params = {"max_new_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
     engine.generate(prompts[0][:64], {"max_new_tokens": 2})  # warm-up
-    engine.flush_cache()
-    start = time.perf_counter()
-    outs = engine.generate(prompts, params)
-    elapsed = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        engine.flush_cache()
+        start = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        times.append(time.perf_counter() - start)
     engine.shutdown()
     return {
-        "seconds": elapsed,
+        "seconds": statistics.median(times),
         "output_tokens": sum(o["meta_info"]["completion_tokens"] for o in outs),
         "prompt_tokens": sum(o["meta_info"]["prompt_tokens"] for o in outs),
         "cached_tokens": sum(o["meta_info"]["cached_tokens"] for o in outs),
@@ -83,28 +87,34 @@ def run_radixserve(prompts: list[str], new_tokens: int, disable_cache: bool) -> 
     }
 
 
-def run_hf(model_dir: Path, prompts: list[str], new_tokens: int) -> dict:
+def run_hf(model_dir: Path, prompts: list[str], new_tokens: int, repeats: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():
         model.generate(**tokenizer(prompts[:1], return_tensors="pt", add_special_tokens=False), max_new_tokens=2)
-        start = time.perf_counter()
-        out = model.generate(
-            **batch,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        elapsed = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = model.generate(
+                **batch,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            times.append(time.perf_counter() - start)
     new = out[:, batch["input_ids"].shape[1] :]
-    return {"seconds": elapsed, "output_tokens": int(new.numel()), "prompt_tokens": int(batch["attention_mask"].sum())}
+    return {
+        "seconds": statistics.median(times),
+        "output_tokens": int(new.numel()),
+        "prompt_tokens": int(batch["attention_mask"].sum()),
+    }
 
 
 def measure_machine() -> dict:
@@ -138,6 +148,7 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per engine; the median is reported")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     model_dir = ensure_default_model()
@@ -145,11 +156,11 @@ def main() -> None:
 
     prompts = build_prompts(Tokenizer.from_path(model_dir), args.num_prompts)
     rows = {
-        "radixserve (radix cache)": run_radixserve(prompts, args.new_tokens, disable_cache=False),
-        "radixserve (cache off)": run_radixserve(prompts, args.new_tokens, disable_cache=True),
+        "radixserve (radix cache)": run_radixserve(prompts, args.new_tokens, False, args.repeats),
+        "radixserve (cache off)": run_radixserve(prompts, args.new_tokens, True, args.repeats),
     }
     if not args.skip_hf:
-        rows["HF transformers generate"] = run_hf(model_dir, prompts, args.new_tokens)
+        rows["HF transformers generate"] = run_hf(model_dir, prompts, args.new_tokens, args.repeats)
     machine = measure_machine()
     cached = rows["radixserve (radix cache)"]
     unique = cached["prompt_tokens"] - cached["cached_tokens"]
@@ -187,7 +198,10 @@ def _tok_s(row: dict) -> float:
 
 def print_table(rows: dict, args) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"\n{args.num_prompts} prompts x {args.new_tokens} new tokens, shared system prompt, greedy, float32")
+    print(
+        f"\n{args.num_prompts} prompts x {args.new_tokens} new tokens, shared system prompt, greedy, float32, "
+        f"median of {args.repeats} runs"
+    )
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"commit {commit or '-'}, {datetime.date.today()}"

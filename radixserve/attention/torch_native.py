@@ -113,14 +113,17 @@ class TorchNativeBackend(AttentionBackend):
         self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, scale: float
     ) -> torch.Tensor:  # [B, Hq, D]
         plan = self._decode
-        q_batch = q[plan.query_rows]  # [B, Hq, D]
+        q_batch = q if q.shape[0] == plan.query_rows.numel() else q[plan.query_rows]  # [B, Hq, D]
         out, lse = _attend_own(q_batch, k_pool[plan.slots], v_pool[plan.slots], plan.valid, scale)
         for group in plan.groups:
-            shared_out, shared_lse = _attend_shared(
-                q_batch[group.members], k_pool[group.slots], v_pool[group.slots], scale
-            )
-            own_out, own_lse = out[group.members], lse[group.members]
-            out[group.members] = _merge(own_out, own_lse, shared_out, shared_lse)
+            everyone = group.members.numel() == q_batch.shape[0]  # members are sorted: the whole batch
+            members = slice(None) if everyone else group.members
+            shared_out, shared_lse = _attend_shared(q_batch[members], k_pool[group.slots], v_pool[group.slots], scale)
+            merged = _merge(out[members], lse[members], shared_out, shared_lse)
+            if everyone:
+                out = merged
+            else:
+                out[members] = merged
         return out
 
     def _attend_extend(
@@ -188,10 +191,9 @@ def _attend_own(
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
     q_grouped = q.view(batch, num_kv_heads, num_q_heads // num_kv_heads, head_dim)  # [B, Hkv, G, D]
-    scores = torch.matmul(q_grouped, k.permute(0, 2, 3, 1)) * scale  # [B, Hkv, G, L]
+    scores = torch.matmul(q_grouped * scale, k.permute(0, 2, 3, 1))  # [B, Hkv, G, L]
     scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)  # [B, Hkv, G]
-    out = torch.matmul(torch.exp(scores - lse[..., None]), v.permute(0, 2, 1, 3))  # [B, Hkv, G, D]
+    out, lse = _softmax_times_values(scores, v.permute(0, 2, 1, 3))  # [B, Hkv, G, D], [B, Hkv, G]
     return out.reshape(batch, num_q_heads, head_dim), lse.reshape(batch, num_q_heads)
 
 
@@ -206,12 +208,23 @@ def _attend_shared(
     group = num_q_heads // num_kv_heads
     # every query of every member against one copy of the prefix: [Hkv, G * group, D]
     q_heads = q.view(members, num_kv_heads, group, head_dim).permute(1, 0, 2, 3).reshape(num_kv_heads, -1, head_dim)
-    scores = torch.matmul(q_heads, k.permute(1, 2, 0)) * scale  # [Hkv, G * group, S]
-    lse = torch.logsumexp(scores, dim=-1)  # [Hkv, G * group]
-    out = torch.matmul(torch.exp(scores - lse[..., None]), v.permute(1, 0, 2))  # [Hkv, G * group, D]
+    scores = torch.matmul(q_heads * scale, k.permute(1, 2, 0))  # [Hkv, G * group, S]
+    out, lse = _softmax_times_values(scores, v.permute(1, 0, 2))  # [Hkv, G * group, D], [Hkv, G * group]
     out = out.view(num_kv_heads, members, group, head_dim).permute(1, 0, 2, 3).reshape(members, num_q_heads, head_dim)
     lse = lse.view(num_kv_heads, members, group).permute(1, 0, 2).reshape(members, num_q_heads)
     return out, lse
+
+
+def _softmax_times_values(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(scores) @ values`` and the log-sum-exp of ``scores`` (last dim), in one exp pass.
+
+    Every row has at least one finite score (a sequence always owns its newest key).
+    """
+    top = scores.amax(dim=-1, keepdim=True)
+    weights = scores.sub_(top).exp_()  # in place: scores are not needed again
+    total = weights.sum(dim=-1, keepdim=True)
+    out = torch.matmul(weights, values) / total
+    return out, (top + total.log()).squeeze(-1)
 
 
 def _merge(

@@ -157,3 +157,37 @@ def test_bf16_queries_on_fp32_pool_keep_the_query_dtype():
     out = run_step(pool, sequences, q_dtype=torch.bfloat16)
     assert out.dtype == torch.bfloat16
     assert_matches_naive(out.float(), sequences, atol=2e-2)
+
+
+def _sharing(prefix: Sequence, own_lens: list[int], own_slots: list[list[int]], num_q_heads: int, gen):
+    """Decoding sequences whose contexts start with ``prefix``'s K/V (same slots, same values)."""
+    members = []
+    for own_len, slots in zip(own_lens, own_slots):
+        own = make_sequence(own_len, 1, slots, num_q_heads, gen)
+        k = torch.cat([prefix.k, own.k])
+        v = torch.cat([prefix.v, own.v])
+        members.append(Sequence(prefix.seq_len + own_len, 1, prefix.slots + slots, k, v, own.q))
+    return members
+
+
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_decodes_sharing_a_prefix_read_it_once_and_match_naive(group):
+    """Above MIN_SHARED_PREFIX common slots the backend attends the prefix once per group and merges."""
+    from radixserve.attention.torch_native import MIN_SHARED_PREFIX
+
+    gen = torch.Generator().manual_seed(11 + group)
+    num_q_heads = NUM_KV_HEADS * group
+    pool = KVPool(256, num_layers=2, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM, dtype=torch.float32)
+    prefix_a = make_sequence(MIN_SHARED_PREFIX + 8, 0, list(range(200, 160, -1)), num_q_heads, gen)
+    prefix_b = make_sequence(MIN_SHARED_PREFIX + 3, 0, list(range(1, 1 + MIN_SHARED_PREFIX + 3)), num_q_heads, gen)
+    group_a = _sharing(prefix_a, [1, 3, 6], [[100], [101, 102, 103], [104, 105, 106, 107, 108, 109]], num_q_heads, gen)
+    group_b = _sharing(prefix_b, [2, 1], [[120, 121], [122]], num_q_heads, gen)
+    # shares only 4 slots with group b's prefix: too short to be read as shared
+    short = _sharing(
+        make_sequence(4, 0, prefix_b.slots[:4], num_q_heads, gen), [3], [[130, 131, 132]], num_q_heads, gen
+    )
+    short[0].k[:4], short[0].v[:4] = prefix_b.k[:4], prefix_b.v[:4]
+    extend = make_sequence(5, 3, [140, 141, 142, 143, 144], num_q_heads, gen)
+    for batch in (group_a, group_a + group_b, [group_b[0], extend, *group_a, group_b[1]], group_b + short):
+        out = run_step(pool, batch)
+        assert_matches_naive(out, batch)
