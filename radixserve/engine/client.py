@@ -23,8 +23,13 @@ class EngineDeadError(RuntimeError):
 
 
 class EngineClient:
-    def __init__(self, args: ServerArgs):
+    """``observer``, when set, is told of every request: ``on_submit(request_id)``,
+    ``on_output(output)`` for each output, ``forget(request_id, aborted)`` when it ends without a
+    finished output (aborted by the consumer, or rejected)."""
+
+    def __init__(self, args: ServerArgs, observer=None):
         self.args = args
+        self.observer = observer
         self.info: dict | None = None
         self._queues: dict[str, asyncio.Queue] = {}
         self._replies: dict[int, asyncio.Future] = {}
@@ -55,7 +60,10 @@ class EngineClient:
                 message = self._conn.recv()
                 self._loop.call_soon_threadsafe(self._dispatch, message)
         except (EOFError, OSError):
-            self._loop.call_soon_threadsafe(self._dispatch, ("fatal", "the engine process exited"))
+            if not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._dispatch, ("fatal", "the engine process exited"))
+        except RuntimeError:
+            pass  # the event loop closed during shutdown
 
     def _dispatch(self, message: tuple) -> None:
         kind = message[0]
@@ -102,22 +110,28 @@ class EngineClient:
         """Yield the request's outputs until it finishes. Leaving early (disconnect) aborts it."""
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
-        finished = False
+        finished = rejected = False
+        if self.observer is not None:
+            self.observer.on_submit(request_id)
         try:
             self._send(("add", request_id, prompt_ids, sampling, extra_key))
             while True:
                 item = await queue.get()
                 if isinstance(item, Exception):
-                    finished = True
+                    rejected = True
                     raise item
                 finished = item.finished
+                if self.observer is not None:
+                    self.observer.on_output(item)
                 yield item
                 if finished:
                     return
         finally:
             self._queues.pop(request_id, None)
-            if not finished and not self.fatal:
-                self._send(("abort", request_id))
+            if not (finished or rejected or self.fatal):
+                self._send(("abort", request_id))  # the consumer left early: free its KV now
+            if self.observer is not None and not finished:
+                self.observer.forget(request_id, aborted=not rejected)
 
     async def call(self, method: str):
         token = next(self._tokens)

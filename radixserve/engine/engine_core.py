@@ -7,13 +7,13 @@ the HTTP server drives it in its own process.
 from __future__ import annotations
 
 import logging
-import time
 
 from radixserve.config import ServerArgs
 from radixserve.core.request import FinishReason, Request
 from radixserve.core.sampling_params import InvalidParamError, SamplingParams
 from radixserve.engine.build import build_engine_parts
 from radixserve.engine.output_processor import OutputProcessor, RequestOutput
+from radixserve.engine.step_log import StepLog
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class EngineCore:
         self.num_tokens_computed = 0
         self.num_steps = 0
         self.vocab_size = parts.model_config.vocab_size
+        self.step_log = StepLog()
 
     # ---- requests ---------------------------------------------------------------------------
 
@@ -77,18 +78,11 @@ class EngineCore:
         plan = self.scheduler.schedule()
         if not plan:
             return []
-        started = time.perf_counter()
         result = self.runner.execute(plan)
         self.scheduler.update(plan, result)  # finished requests are among the sampled ones below
         self.num_tokens_computed += result.num_tokens_computed
         self.num_steps += 1
-        logger.debug(
-            "step %d: %d seqs, %d tokens, %.1f ms",
-            self.num_steps,
-            len(plan.sequences),
-            plan.num_tokens,
-            1e3 * (time.perf_counter() - started),
-        )
+        self.step_log.record(plan, self.scheduler)
         touched = [self.requests[s.request_id] for s in plan.sequences if s.sample]
         outputs = []
         for request in touched:

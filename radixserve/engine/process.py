@@ -12,9 +12,11 @@ back as one message, so the IPC cost is one round trip per step, not per request
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from radixserve.config import ServerArgs
 from radixserve.core.sampling_params import InvalidParamError, SamplingParams
@@ -49,7 +51,20 @@ def engine_info(core) -> dict:
         "model_path": str(core.parts.model_path),
         "device": str(core.parts.device),
         "dtype": str(core.parts.dtype).removeprefix("torch."),
+        "generation_defaults": generation_defaults(core.parts.model_path),
     }
+
+
+_SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def generation_defaults(model_path: Path) -> dict:
+    """Sampling defaults from the model's generation_config.json (what the model's authors recommend)."""
+    config_path = (model_path if model_path.is_dir() else model_path.parent) / "generation_config.json"
+    if not config_path.is_file():
+        return {}
+    config = json.loads(config_path.read_text())
+    return {key: config[key] for key in _SAMPLING_DEFAULT_KEYS if config.get(key) is not None}
 
 
 def _loop(core, conn: Connection) -> None:

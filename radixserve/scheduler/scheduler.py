@@ -31,6 +31,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.step_count = 0
         self.num_retractions = 0
+        # (request, cached prefix tokens) admitted by the latest schedule(), for logs and metrics
+        self.last_admitted: list[tuple[Request, int]] = []
 
     # ---- queue management -------------------------------------------------------------------
 
@@ -48,8 +50,9 @@ class Scheduler:
             )
         if prompt_len + max_new > self.cache.pool_size:
             raise InvalidParamError(
-                f"the request needs {prompt_len + max_new} KV slots but the pool holds {self.cache.pool_size}",
-                "max_new_tokens",
+                f"the request needs {prompt_len + max_new} KV slots ({prompt_len} prompt + {max_new} new tokens) "
+                f"but the KV pool holds {self.cache.pool_size}",
+                "max_new_tokens" if prompt_len < self.cache.pool_size else "prompt",
             )
 
     def add_request(self, request: Request) -> None:
@@ -83,6 +86,7 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         self.step_count += 1
+        self.last_admitted = []
         decoding = self._make_room_for_decode()
         budget = max(0, self.config.chunked_prefill_size - len(decoding))
         plans = [self._plan(request, 1) for request in decoding]
@@ -197,6 +201,7 @@ class Scheduler:
         slots = self.cache.allocate(chunk)
         assert slots is not None
         self.cache.extend(request, slots)
+        self.last_admitted.append((request, match_len))
         if not request.admitted:
             request.admitted = True
             request.num_cached_tokens = match_len

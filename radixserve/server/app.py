@@ -72,6 +72,8 @@ async def _await_engine(state: ServerState) -> None:
         path if path.is_dir() else path.parent, chat_template=state.args.chat_template
     )
     state.context_length = info["context_length"]
+    state.token_limit = min(info["context_length"], info["max_total_tokens"])
+    state.generation_defaults = info["generation_defaults"]
     logger.info(
         "ready: %s on %s (%s), KV pool %d tokens",
         state.model_name,
@@ -86,4 +88,8 @@ async def _stop_engine(app: web.Application) -> None:
 
 
 def run_server(args: ServerArgs) -> None:
-    web.run_app(build_app(args), host=args.host, port=args.port, print=lambda msg: logger.info(msg))
+    # handler_cancellation: a client that disconnects cancels its handler, which aborts its
+    # requests in the engine (EngineClient.generate's cleanup) and frees their KV slots.
+    web.run_app(
+        build_app(args), host=args.host, port=args.port, print=lambda msg: logger.info(msg), handler_cancellation=True
+    )

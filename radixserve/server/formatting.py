@@ -33,7 +33,16 @@ def _token_entry(tokenizer, token_id: int, logprob: float | None) -> dict:
     return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
 
-def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list, top_logprobs: list) -> dict:
+def without_stop_token(token_ids: list[int], logprobs: list, top_logprobs: list, finish_reason) -> tuple:
+    """Drop the stop token that ended generation: its text is not in the content, so neither is its logprob."""
+    matched = finish_reason.matched if finish_reason is not None and finish_reason.kind == "stop" else None
+    if isinstance(matched, int) and token_ids and token_ids[-1] == matched:
+        return token_ids[:-1], logprobs[:-1], top_logprobs[:-1]
+    return token_ids, logprobs, top_logprobs
+
+
+def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list, top_logprobs: list, finish_reason=None) -> dict:
+    token_ids, logprobs, top_logprobs = without_stop_token(token_ids, logprobs, top_logprobs, finish_reason)
     content = []
     for token_id, logprob, top in zip(token_ids, logprobs, top_logprobs):
         entry = _token_entry(tokenizer, token_id, logprob)

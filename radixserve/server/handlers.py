@@ -10,7 +10,7 @@ from aiohttp import web
 from radixserve.server import formatting
 from radixserve.server.errors import APIError, bad_request
 from radixserve.server.generation import collect_choices, new_id, stream_choices
-from radixserve.server.protocol import chat_messages, completion_prompts, sampling_from_openai
+from radixserve.server.protocol import chat_messages, completion_prompts, fill_max_tokens, sampling_from_openai
 from radixserve.server.sse import SSEWriter
 from radixserve.server.state import STATE, read_json
 
@@ -23,6 +23,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/flush_cache", flush_cache)
     app.router.add_get("/get_server_info", server_info)
+    app.router.add_get("/metrics", metrics)
 
 
 def _state(request: web.Request):
@@ -81,11 +82,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     _check_model(state, body)
     messages = chat_messages(body)
-    sampling = sampling_from_openai(body, state.default_max_tokens, chat=True)
+    sampling = sampling_from_openai(body, state.generation_defaults, chat=True)
     try:
         prompt_ids = state.tokenizer.encode_chat(messages)
     except ValueError as exc:
         raise bad_request(str(exc), "messages") from exc
+    sampling = fill_max_tokens(sampling, len(prompt_ids), state.token_limit)
     if body.get("stream"):
         return await _stream_chat(request, state, body, prompt_ids, sampling)
     choices = await collect_choices(state.client, prompt_ids, sampling, "messages")
@@ -104,7 +106,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 def _chat_choice(state, choice, sampling: dict) -> dict:
     logprobs = None
     if sampling.get("return_logprob"):
-        logprobs = formatting.chat_logprobs(state.tokenizer, choice.token_ids, choice.logprobs, choice.top_logprobs)
+        logprobs = formatting.chat_logprobs(
+            state.tokenizer, choice.token_ids, choice.logprobs, choice.top_logprobs, choice.last.finish_reason
+        )
     return {
         "index": choice.index,
         "message": {"role": "assistant", "content": choice.text},
@@ -139,12 +143,16 @@ async def _stream_chat(request, state, body, prompt_ids, sampling) -> web.Stream
                     ],
                 }
             )
-        if output.text_delta or output.new_token_ids and sampling.get("return_logprob"):
-            logprobs = None
-            if sampling.get("return_logprob"):
-                logprobs = formatting.chat_logprobs(
-                    state.tokenizer, output.new_token_ids, output.new_logprobs, output.new_top_logprobs
-                )
+        logprobs = None
+        if sampling.get("return_logprob"):
+            logprobs = formatting.chat_logprobs(
+                state.tokenizer,
+                output.new_token_ids,
+                output.new_logprobs,
+                output.new_top_logprobs,
+                output.finish_reason,
+            )
+        if output.text_delta or (logprobs and logprobs["content"]):
             await writer.send(
                 {
                     **meta,
@@ -179,7 +187,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     _check_model(state, body)
     prompts = completion_prompts(body)
-    sampling = sampling_from_openai(body, 16, chat=False)
+    sampling = sampling_from_openai(body, state.generation_defaults, chat=False)
+    sampling.setdefault("max_new_tokens", 16)  # OpenAI's default for completions
     prompt_ids = [state.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
     echo = bool(body.get("echo"))
     if body.get("stream"):
@@ -194,7 +203,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
             logprobs = None
             if sampling.get("return_logprob"):
                 logprobs = formatting.completion_logprobs(
-                    state.tokenizer, choice.token_ids, choice.logprobs, choice.top_logprobs, len(prefix)
+                    state.tokenizer,
+                    choice.token_ids,
+                    choice.logprobs,
+                    choice.top_logprobs,
+                    len(prefix),
+                    choice.last.finish_reason,
                 )
             choices_out.append(
                 {
@@ -233,7 +247,11 @@ async def _stream_completions(request, state, body, prompt_ids, sampling, echo) 
             logprobs = None
             if sampling.get("return_logprob"):
                 logprobs = formatting.completion_logprobs(
-                    state.tokenizer, output.new_token_ids, output.new_logprobs, output.new_top_logprobs
+                    state.tokenizer,
+                    output.new_token_ids,
+                    output.new_logprobs,
+                    output.new_top_logprobs,
+                    finish_reason=output.finish_reason,
                 )
             finish = formatting.finish_fields(output) if output.finished else {"finish_reason": None}
             await writer.send({**meta, "choices": [{"index": index, "text": text, "logprobs": logprobs, **finish}]})
@@ -257,3 +275,9 @@ async def server_info(request: web.Request) -> web.Response:
     stats = await state.client.call("stats")
     args = {k: v for k, v in vars(state.args).items() if k != "api_key"}
     return _json({**args, **state.client.info, "served_model_name": state.model_name, "stats": stats})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    stats = await state.client.call("stats") if state.ready else None
+    return web.Response(text=state.metrics.render(stats), content_type="text/plain", charset="utf-8")

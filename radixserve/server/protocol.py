@@ -50,16 +50,23 @@ _ACCEPTED_NO_EFFECT = {
 }
 
 
-def sampling_from_openai(body: dict[str, Any], default_max_tokens: int, chat: bool) -> dict:
-    """Build a validated SamplingParams dict from an OpenAI-style body. Raises APIError (400)."""
+def sampling_from_openai(body: dict[str, Any], defaults: dict, chat: bool) -> dict:
+    """Build a validated SamplingParams dict from an OpenAI-style body. Raises APIError (400).
+
+    ``defaults`` (the model's generation_config) fill what the body leaves out. Without
+    ``max_tokens`` the dict has no ``max_new_tokens``: the caller fills it per prompt with what the
+    context leaves (``fill_max_tokens``).
+    """
     unknown = sorted(set(body) - set(_OPENAI_TO_SAMPLING) - _ACCEPTED_NO_EFFECT)
     if unknown:
         raise bad_request(f"unsupported parameter(s): {', '.join(unknown)}", unknown[0], "unsupported_parameter")
-    params: dict[str, Any] = {"temperature": 1.0}
+    params: dict[str, Any] = {"temperature": 1.0, **defaults}
     for name, target in _OPENAI_TO_SAMPLING.items():
         if body.get(name) is not None:
             params[target] = body[name]
-    params["max_new_tokens"] = _max_tokens(body, default_max_tokens)
+    max_tokens = _max_tokens(body)
+    if max_tokens is not None:
+        params["max_new_tokens"] = max_tokens
     _logprob_params(body, params, chat)
     if isinstance(params.get("logit_bias"), dict):
         params["logit_bias"] = _logit_bias(params["logit_bias"])
@@ -72,7 +79,7 @@ def sampling_from_openai(body: dict[str, Any], default_max_tokens: int, chat: bo
     return params
 
 
-def _max_tokens(body: dict, default: int) -> int:
+def _max_tokens(body: dict) -> int | None:
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is None:
@@ -80,7 +87,15 @@ def _max_tokens(body: dict, default: int) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise bad_request(f"{name} must be a positive integer", name)
         return value
-    return default
+    return None
+
+
+def fill_max_tokens(sampling: dict, prompt_len: int, token_limit: int) -> dict:
+    """The sampling dict for one prompt: without an explicit max, generate up to what the context
+    (or the KV pool, if smaller) leaves after the prompt."""
+    if "max_new_tokens" in sampling:
+        return sampling
+    return {**sampling, "max_new_tokens": max(1, token_limit - prompt_len)}
 
 
 def _logprob_params(body: dict, params: dict, chat: bool) -> None:

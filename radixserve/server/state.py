@@ -11,18 +11,21 @@ from aiohttp import web
 from radixserve.config import ServerArgs
 from radixserve.engine.client import EngineClient
 from radixserve.server.errors import bad_request
+from radixserve.server.metrics import Metrics
 from radixserve.tokenizer.tokenizer import Tokenizer
 
 
 class ServerState:
     def __init__(self, args: ServerArgs):
         self.args = args
-        self.client = EngineClient(args)
+        self.metrics = Metrics()
+        self.client = EngineClient(args, observer=self.metrics)
         self.tokenizer: Tokenizer | None = None
         self.model_name = args.served_model_name or _default_model_name(args.model_path)
         self.created = int(time.time())
         self.context_length: int | None = None
-        self.default_max_tokens = 128
+        self.token_limit = 0  # prompt + output tokens one request may hold: min(context, KV pool)
+        self.generation_defaults: dict = {}
 
     @property
     def ready(self) -> bool:

@@ -1,0 +1,71 @@
+"""SGLang-style batch log lines: one per prefill batch, one every ``decode_interval`` decode batches.
+
+Prefill batch. #new-seq: 3, #new-token: 812, #cached-token: 1536, token usage: 0.12, #running-req: 5, #queue-req: 0
+Decode batch. #running-req: 5, #token: 2410, token usage: 0.15, gen throughput (token/s): 210.4, #queue-req: 0
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from radixserve.core.plan import StepPlan
+
+logger = logging.getLogger("radixserve.engine")
+
+
+class StepLog:
+    def __init__(self, decode_interval: int = 40):
+        self.decode_interval = decode_interval
+        self._decode_steps = 0
+        self._decode_tokens = 0
+        self._since = time.perf_counter()
+
+    def record(self, plan: StepPlan, scheduler) -> None:
+        decode_tokens = sum(1 for s in plan.sequences if len(s.input_ids) == 1 and s.prefix_len > 0)
+        prefill_tokens = plan.num_tokens - decode_tokens
+        self._decode_tokens += decode_tokens
+        if prefill_tokens:
+            self._log_prefill(scheduler, prefill_tokens)
+            return
+        self._decode_steps += 1
+        if self._decode_steps % self.decode_interval == 0:
+            self._log_decode(scheduler)
+
+    def _usage(self, scheduler) -> tuple[int, float]:
+        acct = scheduler.cache.accounting()
+        used = acct["protected"]
+        return used, used / acct["pool_size"]
+
+    def _log_prefill(self, scheduler, prefill_tokens: int) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        cached = sum(match_len for _, match_len in scheduler.last_admitted)
+        _, usage = self._usage(scheduler)
+        logger.info(
+            "Prefill batch. #new-seq: %d, #new-token: %d, #cached-token: %d, token usage: %.2f, "
+            "#running-req: %d, #queue-req: %d",
+            len(scheduler.last_admitted),
+            prefill_tokens,
+            cached,
+            usage,
+            len(scheduler.running),
+            len(scheduler.waiting),
+        )
+
+    def _log_decode(self, scheduler) -> None:
+        now = time.perf_counter()
+        throughput = self._decode_tokens / max(now - self._since, 1e-9)
+        self._since, self._decode_tokens = now, 0
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        used, usage = self._usage(scheduler)
+        logger.info(
+            "Decode batch. #running-req: %d, #token: %d, token usage: %.2f, gen throughput (token/s): %.1f, "
+            "#queue-req: %d",
+            len(scheduler.running),
+            used,
+            usage,
+            throughput,
+            len(scheduler.waiting),
+        )
