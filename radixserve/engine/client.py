@@ -36,6 +36,7 @@ class EngineClient:
         self._tokens = itertools.count()
         self._send_lock = threading.Lock()
         self.fatal: str | None = None
+        self._closing = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -59,8 +60,8 @@ class EngineClient:
             while True:
                 message = self._conn.recv()
                 self._loop.call_soon_threadsafe(self._dispatch, message)
-        except (EOFError, OSError):
-            if not self._loop.is_closed():
+        except (EOFError, OSError, TypeError):  # TypeError: the pipe was closed under a blocked recv()
+            if not self._closing and not self._loop.is_closed():
                 self._loop.call_soon_threadsafe(self._dispatch, ("fatal", "the engine process exited"))
         except RuntimeError:
             pass  # the event loop closed during shutdown
@@ -141,6 +142,7 @@ class EngineClient:
         return await future
 
     def shutdown(self) -> None:
+        self._closing = True
         try:
             self._conn.close()
         finally:

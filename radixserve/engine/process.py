@@ -36,8 +36,8 @@ def engine_main(args: ServerArgs, conn: Connection) -> None:
     conn.send(("ready", engine_info(core)))
     try:
         _loop(core, conn)
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        return
+    except (EOFError, OSError, KeyboardInterrupt):
+        return  # the server went away (closed pipe, reset connection): nothing left to serve
     except Exception:
         conn.send(("fatal", traceback.format_exc()))
         raise

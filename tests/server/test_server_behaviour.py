@@ -90,7 +90,7 @@ def test_client_disconnect_mid_stream_aborts_and_frees_kv(server_url):
     response = connection.getresponse()
     assert response.status == 200
     for _ in range(5):
-        assert response.fp.readline()  # a few SSE lines arrive
+        assert response.readline()  # a few SSE lines arrive
     before = _metrics(server_url).get('radixserve:request_success_total{finish_reason="abort"}', 0)
     connection.sock.shutdown(socket.SHUT_RDWR)
     connection.close()
@@ -239,3 +239,60 @@ def test_prompt_longer_than_the_context_is_a_400_naming_messages(keyed_server):
         keyed.chat.completions.create(model="smol", messages=[{"role": "user", "content": long_text}])
     assert err.value.body["param"] == "messages"
     assert re.search(r"\d+", err.value.body["message"])
+
+
+def test_flush_cache_is_refused_while_requests_run(server_url):
+    body = json.dumps(
+        {"model": MODEL, "messages": CAPITAL, "max_tokens": 120, "stream": True, "ignore_eos": True}
+    ).encode()
+    host, port = server_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.readline()
+    flush = urllib.request.Request(server_url + "/flush_cache", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(flush, timeout=30)
+    assert err.value.code == 400 and json.loads(err.value.read())["error"]["code"] == "requests_running"
+    response.read()  # let the stream finish
+    connection.close()
+    _wait_idle(server_url)
+    with urllib.request.urlopen(flush, timeout=30) as ok:
+        assert json.loads(ok.read())["success"] is True
+    assert _wait_idle(server_url)["kv"]["evictable"] == 0
+
+
+def test_server_info_reports_configuration_and_stats(server_url):
+    status, body = _get(server_url + "/get_server_info")
+    info = json.loads(body)
+    assert status == 200
+    assert info["max_total_tokens"] == 8192 and info["schedule_policy"] == "lpm"
+    assert "api_key" not in info and set(info["stats"]["kv"]) == {"pool_size", "free", "evictable", "protected"}
+
+
+def test_serve_help_documents_sglang_flags():
+    out = subprocess.run(
+        [sys.executable, "-m", "radixserve", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    flags = [
+        "--model-path",
+        "--tokenizer-path",
+        "--host",
+        "--port",
+        "--served-model-name",
+        "--api-key",
+        "--dtype",
+        "--device",
+        "--mem-fraction-static",
+        "--max-running-requests",
+        "--max-total-tokens",
+        "--chunked-prefill-size",
+        "--schedule-policy",
+        "--disable-radix-cache",
+        "--attention-backend",
+        "--load-format",
+        "--chat-template",
+        "--context-length",
+        "--log-level",
+    ]
+    assert [f for f in flags if f not in out] == []
