@@ -46,6 +46,7 @@ class ServerArgs:
     schedule_policy: str = _opt("lpm", "waiting-queue order", choices=("lpm", "fcfs", "dfs-weight"))
     disable_radix_cache: bool = _opt(False, "turn prefix reuse off (for comparisons)")
     attention_backend: str = _opt("auto", "torch_native | flashinfer | triton | auto")
+    grammar_backend: str = _opt("xgrammar", "constrained decoding backend", choices=("xgrammar", "none"))
     random_seed: int = _opt(0, "seed for unseeded sampling and dummy weights")
     host: str = _opt("127.0.0.1", "HTTP host")
     port: int = _opt(30000, "HTTP port")

@@ -24,6 +24,7 @@ class FinishReason:
     kind: str  # "stop" | "length" | "abort" | "error"
     matched: int | str | None = None  # the stop token id or stop string that ended generation
     message: str | None = None  # for "abort" / "error"
+    param: str | None = None  # for "error": the request parameter at fault
 
     def to_dict(self) -> dict:
         out: dict = {"type": self.kind}
@@ -53,6 +54,7 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens served from the cache at first admission
     num_retractions: int = 0
     admitted: bool = False
+    grammar: object = None  # the request's grammar matcher (engine-owned), when output is constrained
     finish_reason: FinishReason | None = None
 
     @property

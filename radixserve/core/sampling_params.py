@@ -37,6 +37,12 @@ class SamplingParams:
     return_logprob: bool = False
     top_logprobs_num: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # Constrained decoding (at most one): a JSON schema (string), a regex, an EBNF grammar, or
+    # json_object=True for any JSON object.
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    json_object: bool = False
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SamplingParams:
@@ -57,6 +63,15 @@ class SamplingParams:
         params = cls(**{k: v for k, v in data.items() if v is not None or k == "seed"})
         params.validate()
         return params
+
+    @property
+    def grammar(self) -> tuple[str, str] | None:
+        """``(kind, text)`` of the output constraint, or None."""
+        for kind in ("json_schema", "regex", "ebnf"):
+            text = getattr(self, kind)
+            if text is not None:
+                return kind, text
+        return ("json_object", "") if self.json_object else None
 
     @property
     def is_greedy(self) -> bool:
@@ -108,8 +123,19 @@ class SamplingParams:
         for ok, param, message in checks:
             if not ok:
                 raise InvalidParamError(f"{param} {message}", param)
+        self._validate_constraint()
         if vocab_size is not None:
             self._validate_token_ids(vocab_size)
+
+    def _validate_constraint(self) -> None:
+        given = [k for k in ("json_schema", "regex", "ebnf") if getattr(self, k) is not None]
+        given += ["json_object"] if self.json_object else []
+        if len(given) > 1:
+            raise InvalidParamError(f"only one output constraint per request, got {' and '.join(given)}", given[1])
+        for kind in given[:1]:
+            text = getattr(self, kind)
+            if kind != "json_object" and (not isinstance(text, str) or not text.strip()):
+                raise InvalidParamError(f"{kind} must be a non-empty string", kind)
 
     def _validate_token_ids(self, vocab_size: int) -> None:
         for token_id in self.stop_token_ids:

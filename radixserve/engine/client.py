@@ -122,6 +122,9 @@ class EngineClient:
                     rejected = True
                     raise item
                 finished = item.finished
+                if finished and item.finish_reason.kind == "error" and item.finish_reason.param:
+                    rejected = True  # e.g. a grammar that failed to compile: the request's own fault
+                    raise InvalidParamError(item.finish_reason.message, item.finish_reason.param)
                 if self.observer is not None:
                     self.observer.on_output(item)
                 yield item

@@ -12,6 +12,7 @@ from radixserve.config import ServerArgs
 from radixserve.core.request import FinishReason, Request
 from radixserve.core.sampling_params import InvalidParamError, SamplingParams
 from radixserve.engine.build import build_engine_parts
+from radixserve.engine.grammar_manager import GrammarManager
 from radixserve.engine.output_processor import OutputProcessor, RequestOutput
 from radixserve.engine.step_log import StepLog
 
@@ -35,6 +36,14 @@ class EngineCore:
         self.num_steps = 0
         self.vocab_size = parts.model_config.vocab_size
         self.step_log = StepLog()
+        self._grammar: GrammarManager | None = None  # built on the first constrained request
+
+    @property
+    def grammar(self) -> GrammarManager:
+        if self._grammar is None:
+            eos = tuple(self.tokenizer.eos_token_ids)
+            self._grammar = GrammarManager(self.tokenizer.hf, self.vocab_size, eos)
+        return self._grammar
 
     # ---- requests ---------------------------------------------------------------------------
 
@@ -50,12 +59,22 @@ class EngineCore:
         eos = () if sampling.ignore_eos else tuple(self.tokenizer.eos_token_ids)
         stop_ids = tuple(dict.fromkeys(eos + tuple(sampling.stop_token_ids)))
         request = Request(request_id, list(prompt_ids), sampling, extra_key=extra_key, stop_token_ids=stop_ids)
-        self.scheduler.add_request(request)
+        if sampling.grammar is None:
+            self.scheduler.add_request(request)
+        else:
+            if self.args.grammar_backend == "none":
+                raise InvalidParamError("constrained decoding is off (--grammar-backend none)", sampling.grammar[0])
+            self.scheduler.check_fits(request)
+            self.grammar.submit(request)  # enters the scheduler once its grammar has compiled
         self.requests[request_id] = request
         self.outputs.add(request)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         request = self.scheduler.abort(request_id)
+        if request is None and self._grammar is not None:
+            request = self._grammar.abort(request_id)
+            if request is not None:
+                request.finish(FinishReason("abort", message="aborted"))
         if request is None:
             return None
         output, _ = self.outputs.process(request)
@@ -69,28 +88,48 @@ class EngineCore:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work
+        return self.scheduler.has_work or bool(self._grammar and self._grammar.pending)
 
     # ---- the loop body ----------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; return an output for every request that produced tokens."""
+        outputs = self._admit_compiled()
         plan = self.scheduler.schedule()
         if not plan:
-            return []
-        result = self.runner.execute(plan)
+            if self._grammar is not None and self._grammar.pending:
+                self._grammar.wait_any(timeout=0.005)  # nothing runnable yet: don't spin on the compile
+            return outputs
+        masks = self._grammar.start_masks(plan, self.requests) if self._grammar is not None else None
+        result = self.runner.execute(plan, vocab_mask=masks.result if masks is not None else None)
         self.scheduler.update(plan, result)  # finished requests are among the sampled ones below
         self.num_tokens_computed += result.num_tokens_computed
         self.num_steps += 1
         self.step_log.record(plan, self.scheduler)
         touched = [self.requests[s.request_id] for s in plan.sequences if s.sample]
-        outputs = []
         for request in touched:
+            reason = GrammarManager.advance(request)
+            if reason is not None:
+                self.scheduler.finish(request, reason)
             output, matched_stop = self.outputs.process(request)
             if matched_stop is not None:
                 self.scheduler.finish(request, FinishReason("stop", matched=matched_stop))
             if output.finished:
                 self.requests.pop(request.request_id, None)
+            outputs.append(output)
+        return outputs
+
+    def _admit_compiled(self) -> list[RequestOutput]:
+        """Move requests whose grammar compiled into the scheduler; fail those whose grammar is invalid."""
+        if self._grammar is None or not self._grammar.pending:
+            return []
+        ready, failed = self._grammar.collect_ready()
+        for request in ready:
+            self.scheduler.add_request(request)
+        outputs = []
+        for request in failed:
+            output, _ = self.outputs.process(request)
+            self.requests.pop(request.request_id, None)
             outputs.append(output)
         return outputs
 

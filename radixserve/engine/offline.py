@@ -75,6 +75,10 @@ class Engine:
                 self.core.abort(request_id)
             raise
         results = self._run({request_id for request_id, _ in jobs})
+        for collected in results.values():
+            reason = collected.last.finish_reason
+            if reason.kind == "error" and reason.param:
+                raise InvalidParamError(reason.message, reason.param)
         dicts = [results[request_id].to_dict(sampling) for request_id, sampling in jobs]
         if single:
             return dicts[0] if len(dicts) == 1 else dicts

@@ -5,6 +5,8 @@ The runner owns every device tensor: the KV pool, the step's input tensors, the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
@@ -22,7 +24,9 @@ class ModelRunner:
         self.device = kv_pool.device
 
     @torch.inference_mode()
-    def execute(self, plan: StepPlan) -> StepResult:
+    def execute(self, plan: StepPlan, vocab_mask: Callable[[], torch.Tensor] | None = None) -> StepResult:
+        """Run one step. ``vocab_mask``, when given, is called after the forward pass (so the caller can
+        fill it concurrently) and returns the allowed tokens ``[num_sampled, vocab]`` (bool)."""
         batch = self.build_batch(plan)
         self.backend.prepare(batch)
         logits = self.model(batch)  # [num_sampled, vocab] float32
@@ -30,7 +34,8 @@ class ModelRunner:
         results: dict[str, SequenceResult] = {}
         if sampled:
             rows = [SamplingRow(s.sampling, s.prompt_ids, s.output_ids, s.stop_token_ids) for s in sampled]
-            out = self.sampler.sample(logits, rows)
+            mask = vocab_mask() if vocab_mask is not None else None
+            out = self.sampler.sample(logits, rows, mask.to(logits.device) if mask is not None else None)
             for i, seq in enumerate(sampled):
                 results[seq.request_id] = SequenceResult(
                     seq.request_id, out.token_ids[i], out.logprobs[i], out.top_logprobs[i]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from radixserve.core.sampling_params import InvalidParamError, SamplingParams
 from radixserve.server.errors import bad_request
 
@@ -28,6 +30,9 @@ _OPENAI_TO_SAMPLING = {
     "stop_token_ids": "stop_token_ids",
     "no_stop_trim": "no_stop_trim",
     "skip_special_tokens": "skip_special_tokens",
+    "json_schema": "json_schema",
+    "regex": "regex",
+    "ebnf": "ebnf",
 }
 # Accepted and intentionally without effect on generation.
 _ACCEPTED_NO_EFFECT = {
@@ -64,6 +69,7 @@ def sampling_from_openai(body: dict[str, Any], defaults: dict, chat: bool) -> di
     for name, target in _OPENAI_TO_SAMPLING.items():
         if body.get(name) is not None:
             params[target] = body[name]
+    params.update(_response_format(body.get("response_format")))
     max_tokens = _max_tokens(body)
     if max_tokens is not None:
         params["max_new_tokens"] = max_tokens
@@ -77,6 +83,26 @@ def sampling_from_openai(body: dict[str, Any], defaults: dict, chat: bool) -> di
     if sampling.n > MAX_N:
         raise bad_request(f"n must be at most {MAX_N}", "n")
     return params
+
+
+def _response_format(response_format) -> dict:
+    """OpenAI ``response_format`` as a sampling constraint: text, json_object or json_schema."""
+    if response_format is None:
+        return {}
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise bad_request(
+                "response_format.json_schema.schema must be a JSON schema object", "response_format.json_schema"
+            )
+        return {"json_schema": orjson.dumps(schema).decode()}
+    raise bad_request("response_format.type must be text, json_object or json_schema", "response_format.type")
 
 
 def _max_tokens(body: dict) -> int | None:
