@@ -34,8 +34,10 @@ _OPENAI_TO_SAMPLING = {
     "regex": "regex",
     "ebnf": "ebnf",
 }
-# Accepted and intentionally without effect on generation.
+# Read elsewhere (prompt, streaming, limits, logprobs, format), or accepted with no effect on the
+# output by design (user, metadata, store, service_tier). Anything else is refused, never dropped.
 _ACCEPTED_NO_EFFECT = {
+    "response_format",
     "user",
     "model",
     "messages",
@@ -47,10 +49,8 @@ _ACCEPTED_NO_EFFECT = {
     "logprobs",
     "top_logprobs",
     "echo",
-    "suffix",
     "metadata",
     "store",
-    "parallel_tool_calls",
     "service_tier",
 }
 
