@@ -111,7 +111,10 @@ class PrefixCache:
         """Empty the tree. Refused (False) while any slot is locked or held by a request."""
         if self.tree.protected_size or self.num_private_slots:
             return False
-        self.allocator.free(self.tree.reset())
+        self.tree.reset()
+        # Every slot is free now: restart from the fresh order 1, 2, 3, ... so later requests get
+        # contiguous pool rows again (gathers over scattered slots are measurably slower on CPU).
+        self.allocator.reset()
         return True
 
     def accounting(self) -> dict[str, int]:
