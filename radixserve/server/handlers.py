@@ -7,12 +7,12 @@ import time
 import orjson
 from aiohttp import web
 
-from radixserve.server import formatting
-from radixserve.server.errors import APIError, bad_request
+from radixserve.server import chat, formatting
+from radixserve.server.errors import APIError
 from radixserve.server.generation import collect_choices, new_id, stream_choices
-from radixserve.server.protocol import chat_messages, completion_prompts, fill_max_tokens, sampling_from_openai
+from radixserve.server.protocol import completion_prompts, sampling_from_openai
 from radixserve.server.sse import SSEWriter
-from radixserve.server.state import STATE, read_json
+from radixserve.server.state import STATE, check_model, read_json
 
 
 def add_routes(app: web.Application) -> None:
@@ -35,17 +35,6 @@ def _state(request: web.Request):
 
 def _json(body: dict, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def _check_model(state, body: dict) -> None:
-    model = body.get("model")
-    if model is not None and model != state.model_name:
-        raise APIError(
-            404,
-            f"the model '{model}' does not exist (this server serves '{state.model_name}')",
-            "model",
-            "model_not_found",
-        )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -78,114 +67,13 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
-    body = await read_json(request)
-    _check_model(state, body)
-    messages = chat_messages(body)
-    sampling = sampling_from_openai(body, state.generation_defaults, chat=True)
-    try:
-        prompt_ids = state.tokenizer.encode_chat(messages)
-    except ValueError as exc:
-        raise bad_request(str(exc), "messages") from exc
-    sampling = fill_max_tokens(sampling, len(prompt_ids), state.token_limit)
-    if body.get("stream"):
-        return await _stream_chat(request, state, body, prompt_ids, sampling)
-    choices = await collect_choices(state.client, prompt_ids, sampling, "messages")
-    return _json(
-        {
-            "id": new_id("chatcmpl"),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": state.model_name,
-            "choices": [_chat_choice(state, c, sampling) for c in choices],
-            "usage": formatting.usage_of([(len(prompt_ids), choices)]),
-        }
-    )
-
-
-def _chat_choice(state, choice, sampling: dict) -> dict:
-    logprobs = None
-    if sampling.get("return_logprob"):
-        logprobs = formatting.chat_logprobs(
-            state.tokenizer, choice.token_ids, choice.logprobs, choice.top_logprobs, choice.last.finish_reason
-        )
-    return {
-        "index": choice.index,
-        "message": {"role": "assistant", "content": choice.text},
-        "logprobs": logprobs,
-        **formatting.finish_fields(choice.last),
-    }
-
-
-async def _stream_chat(request, state, body, prompt_ids, sampling) -> web.StreamResponse:
-    writer = SSEWriter(request)
-    meta = {
-        "id": new_id("chatcmpl"),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": state.model_name,
-    }
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    started, completion_tokens, cached = set(), 0, 0
-    async for index, output in stream_choices(state.client, prompt_ids, sampling, "messages"):
-        if index not in started:
-            started.add(index)
-            await writer.send(
-                {
-                    **meta,
-                    "choices": [
-                        {
-                            "index": index,
-                            "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                    ],
-                }
-            )
-        logprobs = None
-        if sampling.get("return_logprob"):
-            logprobs = formatting.chat_logprobs(
-                state.tokenizer,
-                output.new_token_ids,
-                output.new_logprobs,
-                output.new_top_logprobs,
-                output.finish_reason,
-            )
-        if output.text_delta or (logprobs and logprobs["content"]):
-            await writer.send(
-                {
-                    **meta,
-                    "choices": [
-                        {
-                            "index": index,
-                            "delta": {"content": output.text_delta},
-                            "logprobs": logprobs,
-                            "finish_reason": None,
-                        }
-                    ],
-                }
-            )
-        if output.finished:
-            completion_tokens += output.completion_tokens
-            cached = cached if index else output.cached_tokens
-            await writer.send(
-                {
-                    **meta,
-                    "choices": [{"index": index, "delta": {}, "logprobs": None, **formatting.finish_fields(output)}],
-                }
-            )
-    if include_usage:
-        await writer.send(
-            {**meta, "choices": [], "usage": formatting.usage(len(prompt_ids), completion_tokens, cached)}
-        )
-    return await writer.done()
+    return await chat.chat_completions(request, _state(request))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     body = await read_json(request)
-    _check_model(state, body)
+    check_model(state, body)
     prompts = completion_prompts(body)
     sampling = sampling_from_openai(body, state.generation_defaults, chat=False)
     sampling.setdefault("max_new_tokens", 16)  # OpenAI's default for completions

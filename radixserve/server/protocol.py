@@ -38,6 +38,9 @@ _OPENAI_TO_SAMPLING = {
 # output by design (user, metadata, store, service_tier). Anything else is refused, never dropped.
 _ACCEPTED_NO_EFFECT = {
     "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
     "user",
     "model",
     "messages",
@@ -153,14 +156,39 @@ def chat_messages(body: dict) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "developer"):
-            raise bad_request(f"messages[{i}] needs a role of system, user or assistant", f"messages[{i}].role")
+        if not isinstance(message, dict) or message.get("role") not in (
+            "system",
+            "user",
+            "assistant",
+            "developer",
+            "tool",
+        ):
+            raise bad_request(f"messages[{i}] needs a role of system, user, assistant or tool", f"messages[{i}].role")
         content = message.get("content")
+        if content is None and message.get("tool_calls"):
+            continue  # an assistant turn that only called tools
         if not isinstance(content, (str, list)):
             raise bad_request(
                 f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content"
             )
-    return [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages]
+    return [_normalize_role(m) for m in messages]
+
+
+def _normalize_role(message: dict) -> dict:
+    """developer -> system; an assistant's tool calls written as Hermes ``<tool_call>`` text for templates."""
+    message = {**message, "role": "system" if message["role"] == "developer" else message["role"]}
+    calls = message.pop("tool_calls", None)
+    if calls:
+        rendered = [
+            "<tool_call>"
+            + orjson.dumps(
+                {"name": c["function"]["name"], "arguments": orjson.loads(c["function"]["arguments"])}
+            ).decode()
+            + "</tool_call>"
+            for c in calls
+        ]
+        message["content"] = "\n".join([message.get("content") or "", *rendered]).strip()
+    return message
 
 
 def completion_prompts(body: dict) -> list[str | list[int]]:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from radixserve.config import ServerArgs
 from radixserve.engine.client import EngineClient
-from radixserve.server.errors import bad_request
+from radixserve.server.errors import APIError, bad_request
 from radixserve.server.metrics import Metrics
 from radixserve.tokenizer.tokenizer import Tokenizer
 
@@ -47,3 +47,15 @@ async def read_json(request: web.Request) -> dict:
     if not isinstance(body, dict):
         raise bad_request("the JSON body must be an object")
     return body
+
+
+def check_model(state: ServerState, body: dict) -> None:
+    """404 ``model_not_found`` when the body names a model this server does not serve."""
+    model = body.get("model")
+    if model is not None and model != state.model_name:
+        raise APIError(
+            404,
+            f"the model '{model}' does not exist (this server serves '{state.model_name}')",
+            "model",
+            "model_not_found",
+        )
