@@ -179,16 +179,17 @@ def _normalize_role(message: dict) -> dict:
     message = {**message, "role": "system" if message["role"] == "developer" else message["role"]}
     calls = message.pop("tool_calls", None)
     if calls:
-        rendered = [
-            "<tool_call>"
-            + orjson.dumps(
-                {"name": c["function"]["name"], "arguments": orjson.loads(c["function"]["arguments"])}
-            ).decode()
-            + "</tool_call>"
-            for c in calls
-        ]
+        rendered = [f"<tool_call>{_call_text(call)}</tool_call>" for call in calls]
         message["content"] = "\n".join([message.get("content") or "", *rendered]).strip()
     return message
+
+
+def _call_text(call) -> str:
+    try:
+        function = call["function"]
+        return orjson.dumps({"name": function["name"], "arguments": orjson.loads(function["arguments"])}).decode()
+    except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        raise bad_request("an assistant tool call needs function.name and JSON function.arguments", "messages") from exc
 
 
 def completion_prompts(body: dict) -> list[str | list[int]]:
