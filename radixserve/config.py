@@ -44,6 +44,10 @@ class ServerArgs:
     max_running_requests: int = _opt(256, "max concurrently running requests")
     chunked_prefill_size: int = _opt(2048, "max tokens computed per step (prefill chunk budget)")
     schedule_policy: str = _opt("lpm", "waiting-queue order", choices=("lpm", "fcfs", "dfs-weight"))
+    schedule_conservativeness: float = _opt(
+        1.0,
+        "scales the KV kept free for running requests' future tokens at admission (0: admit greedily, retract later)",
+    )
     disable_radix_cache: bool = _opt(False, "turn prefix reuse off (for comparisons)")
     attention_backend: str = _opt("auto", "torch_native | flashinfer | triton | auto")
     grammar_backend: str = _opt("xgrammar", "constrained decoding backend", choices=("xgrammar", "none"))
@@ -58,6 +62,7 @@ class ServerArgs:
             max_running_requests=self.max_running_requests,
             chunked_prefill_size=self.chunked_prefill_size,
             schedule_policy=self.schedule_policy,
+            new_token_ratio=SchedulerConfig.new_token_ratio * self.schedule_conservativeness,
             context_length=context_length,
         )
 
