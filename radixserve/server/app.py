@@ -12,6 +12,8 @@ from aiohttp import web
 from radixserve.config import ServerArgs
 from radixserve.server import handlers
 from radixserve.server.errors import APIError
+from radixserve.server.native import add_native_routes
+from radixserve.server.openapi import add_openapi_route
 from radixserve.server.state import STATE, ServerState
 from radixserve.tokenizer.tokenizer import Tokenizer
 
@@ -55,6 +57,8 @@ def build_app(args: ServerArgs) -> web.Application:
     app.on_startup.append(_start_engine)
     app.on_shutdown.append(_stop_engine)
     handlers.add_routes(app)
+    add_native_routes(app)
+    add_openapi_route(app)
     return app
 
 

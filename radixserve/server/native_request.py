@@ -126,9 +126,7 @@ def _logprob_options(body: dict, count: int) -> list[dict]:
     tops = _per_prompt(body, "top_logprobs_num", count, _is_int, 0, "an integer")
     # The engine computes no prompt logprobs: only -1 (output tokens only, SGLang's default) is valid.
     _per_prompt(body, "logprob_start_len", count, lambda v: _is_int(v) and v == -1, -1, "-1 (output logprobs only)")
-    return [
-        {"return_logprob": True, "top_logprobs_num": top} if wanted else {} for wanted, top in zip(returns, tops)
-    ]
+    return [{"return_logprob": True, "top_logprobs_num": top} if wanted else {} for wanted, top in zip(returns, tops)]
 
 
 def _per_prompt(body: dict, name: str, count: int, is_valid, default, kind: str) -> list:
@@ -198,9 +196,9 @@ def _rids(rid: Any, count: int, batched: bool) -> list[str]:
         return [uuid.uuid4().hex for _ in range(count)]
     if not batched and isinstance(rid, str) and rid:
         return [rid]
-    if batched and isinstance(rid, list) and len(rid) == count and len(set(rid)) == count:
-        if all(isinstance(r, str) and r for r in rid):
-            return rid
+    distinct = isinstance(rid, list) and len(rid) == count and len(set(map(str, rid))) == count
+    if batched and distinct and all(isinstance(r, str) and r for r in rid):
+        return rid
     raise bad_request("rid must be a string for one prompt, or a list of distinct strings, one per prompt", "rid")
 
 

@@ -37,7 +37,9 @@ _TOKENS = _array({"type": "integer", "minimum": 0})
 def _sampling_params_schema() -> dict:
     properties = {}
     for name, kind in SAMPLING_TYPES.items():
-        properties[name] = {"type": [_JSON_TYPES[kind], "null"]} if kind in _JSON_TYPES else {"type": ["integer", "null"]}
+        properties[name] = (
+            {"type": [_JSON_TYPES[kind], "null"]} if kind in _JSON_TYPES else {"type": ["integer", "null"]}
+        )
     properties["stop"] = _STOP
     properties["stop_token_ids"] = _TOKENS
     properties["logit_bias"] = {"type": "object", "additionalProperties": _NUM, "description": "token id -> bias"}
@@ -76,7 +78,10 @@ _CHAT_MESSAGE = _obj(
     },
     ("role", "content"),
 )
-_FINISH = {"finish_reason": {"enum": ["stop", "length", "abort", None]}, "matched_stop": {"type": ["integer", "string", "null"]}}
+_FINISH = {
+    "finish_reason": {"enum": ["stop", "length", "abort", None]},
+    "matched_stop": {"type": ["integer", "string", "null"]},
+}
 
 SCHEMAS: dict = {
     "Error": _obj(
@@ -133,9 +138,7 @@ SCHEMAS: dict = {
             "usage": ref("Usage"),
         }
     ),
-    "Model": _obj(
-        {"id": _STR, "object": {"const": "model"}, "created": _INT, "owned_by": _STR, "max_model_len": _INT}
-    ),
+    "Model": _obj({"id": _STR, "object": {"const": "model"}, "created": _INT, "owned_by": _STR, "max_model_len": _INT}),
     "ModelList": _obj({"object": {"const": "list"}, "data": _array(ref("Model"))}),
     "SamplingParams": _sampling_params_schema(),
     "GenerateRequest": _obj(
@@ -209,7 +212,7 @@ def _body(schema: str) -> dict:
 def _ok(schema: str, description: str = "OK", stream: str | None = None) -> dict:
     content = {"application/json": {"schema": ref(schema)}}
     if stream:
-        content["text/event-stream"] = {"schema": _STR, "description": stream}
+        content["text/event-stream"] = {"schema": {"type": "string", "description": stream}}
     return {"200": {"description": description, "content": content}}
 
 
