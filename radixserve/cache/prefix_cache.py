@@ -65,6 +65,15 @@ class PrefixCache:
         """Record freshly allocated slots as the request's next positions."""
         request.slots.extend(slots)
 
+    def truncate(self, request: Request, length: int) -> None:
+        """Forget positions ``length:`` of a request (planned but never computed): free their slots."""
+        assert length >= request.num_tree_slots, "cannot truncate into the locked prefix"
+        dropped = request.slots[length:]
+        if dropped:
+            self.allocator.free(dropped)
+            self.num_private_slots -= len(dropped)
+            del request.slots[length:]
+
     def cache_computed(self, request: Request) -> None:
         """Insert the request's computed tokens into the tree and re-lock it at the new end.
 

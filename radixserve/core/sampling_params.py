@@ -59,7 +59,7 @@ class SamplingParams:
         if data.get("stop_token_ids") is None:
             data.pop("stop_token_ids", None)
         if data.get("logit_bias") is not None:
-            data["logit_bias"] = {int(k): float(v) for k, v in data["logit_bias"].items()}
+            data["logit_bias"] = _logit_bias(data["logit_bias"])
         params = cls(**{k: v for k, v in data.items() if v is not None or k == "seed"})
         params.validate()
         return params
@@ -78,54 +78,70 @@ class SamplingParams:
         return self.temperature < _GREEDY_EPS or self.top_k == 1
 
     def validate(self, vocab_size: int | None = None) -> None:
-        checks = [
-            (_is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "max_new_tokens", "must be an integer >= 0"),
-            (_is_int(self.min_new_tokens) and self.min_new_tokens >= 0, "min_new_tokens", "must be an integer >= 0"),
-            (self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", "must be <= max_new_tokens"),
-            (_is_num(self.temperature) and self.temperature >= 0, "temperature", "must be >= 0"),
-            (_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
-            (_is_int(self.top_k) and (self.top_k == -1 or self.top_k >= 1), "top_k", "must be -1 or >= 1"),
-            (_is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", "must be in [0, 1]"),
-            (
-                _is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
-                "frequency_penalty",
-                "must be in [-2, 2]",
-            ),
-            (
-                _is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
-                "presence_penalty",
-                "must be in [-2, 2]",
-            ),
-            (
-                _is_num(self.repetition_penalty) and 0 < self.repetition_penalty <= 2,
-                "repetition_penalty",
-                "must be in (0, 2]",
-            ),
-            (self.seed is None or _is_int(self.seed), "seed", "must be an integer"),
-            (_is_int(self.n) and self.n >= 1, "n", "must be an integer >= 1"),
-            (
-                _is_int(self.top_logprobs_num) and 0 <= self.top_logprobs_num <= 20,
-                "top_logprobs_num",
-                "must be in [0, 20]",
-            ),
-            (
-                isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
-                "stop",
-                "must be a non-empty string or a list of them",
-            ),
-            (len(self.stop) <= 16, "stop", "at most 16 stop strings"),
-            (
-                isinstance(self.stop_token_ids, list) and all(_is_int(t) for t in self.stop_token_ids),
-                "stop_token_ids",
-                "must be a list of integers",
-            ),
-        ]
-        for ok, param, message in checks:
+        """Raise ``InvalidParamError`` naming the first bad parameter (wrong types included)."""
+        for param, check, message in self._checks():
+            try:
+                ok = check()
+            except TypeError:
+                ok = False
             if not ok:
                 raise InvalidParamError(f"{param} {message}", param)
         self._validate_constraint()
         if vocab_size is not None:
             self._validate_token_ids(vocab_size)
+
+    def _checks(self) -> list:
+        """(param, lazy check, message): lazy, so a wrong type fails its own check and not a later one."""
+        return [
+            (
+                "max_new_tokens",
+                lambda: _is_int(self.max_new_tokens) and self.max_new_tokens >= 0,
+                "must be an integer >= 0",
+            ),
+            (
+                "min_new_tokens",
+                lambda: _is_int(self.min_new_tokens) and self.min_new_tokens >= 0,
+                "must be an integer >= 0",
+            ),
+            ("min_new_tokens", lambda: self.min_new_tokens <= self.max_new_tokens, "must be <= max_new_tokens"),
+            ("temperature", lambda: _is_num(self.temperature) and self.temperature >= 0, "must be >= 0"),
+            ("top_p", lambda: _is_num(self.top_p) and 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("top_k", lambda: _is_int(self.top_k) and (self.top_k == -1 or self.top_k >= 1), "must be -1 or >= 1"),
+            ("min_p", lambda: _is_num(self.min_p) and 0 <= self.min_p <= 1, "must be in [0, 1]"),
+            (
+                "frequency_penalty",
+                lambda: _is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+                "must be in [-2, 2]",
+            ),
+            (
+                "presence_penalty",
+                lambda: _is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+                "must be in [-2, 2]",
+            ),
+            (
+                "repetition_penalty",
+                lambda: _is_num(self.repetition_penalty) and 0 < self.repetition_penalty <= 2,
+                "must be in (0, 2]",
+            ),
+            ("seed", lambda: self.seed is None or _is_int(self.seed), "must be an integer"),
+            ("n", lambda: _is_int(self.n) and self.n >= 1, "must be an integer >= 1"),
+            (
+                "top_logprobs_num",
+                lambda: _is_int(self.top_logprobs_num) and 0 <= self.top_logprobs_num <= 20,
+                "must be in [0, 20]",
+            ),
+            (
+                "stop",
+                lambda: isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
+                "must be a non-empty string or a list of them",
+            ),
+            ("stop", lambda: len(self.stop) <= 16, "at most 16 stop strings"),
+            (
+                "stop_token_ids",
+                lambda: isinstance(self.stop_token_ids, list) and all(_is_int(t) for t in self.stop_token_ids),
+                "must be a list of integers",
+            ),
+        ]
 
     def _validate_constraint(self) -> None:
         given = [k for k in ("json_schema", "regex", "ebnf") if getattr(self, k) is not None]
@@ -154,3 +170,20 @@ def _is_int(value) -> bool:
 
 def _is_num(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def child_seed(seed: int | None, index: int) -> int | None:
+    """The seed of the ``index``-th of n samples: the request's own for the first, a hashed mix for the
+    rest, so ``seed=s, n=2`` never replays the stream of ``seed=s + 1``."""
+    if seed is None or index == 0:
+        return seed
+    return (seed ^ (index * 0x9E3779B97F4A7C15)) & 0x7FFFFFFFFFFFFFFF
+
+
+def _logit_bias(raw) -> dict[int, float]:
+    if not isinstance(raw, dict):
+        raise InvalidParamError("logit_bias must map token ids to numbers", "logit_bias")
+    try:
+        return {int(k): float(v) for k, v in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise InvalidParamError("logit_bias must map token ids to numbers", "logit_bias") from exc

@@ -72,7 +72,7 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     )
     backend = create_backend(_backend_name(args.attention_backend, device), kv_pool)
     sampler = Sampler(model_config.vocab_size, device=device, seed=args.random_seed)
-    runner = ModelRunner(model, kv_pool, backend, sampler)
+    runner = ModelRunner(model, kv_pool, backend, sampler, num_real_tokens=tokenizer.vocab_size)
     cache = PrefixCache(pool_size, disable_radix_cache=args.disable_radix_cache)
     scheduler = Scheduler(args.scheduler_config(context_length), cache)
     logger.info("KV pool: %d tokens (%s, %s); context length %d", pool_size, dtype, device, context_length)

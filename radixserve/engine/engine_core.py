@@ -54,8 +54,9 @@ class EngineCore:
         if request_id in self.requests:
             raise InvalidParamError(f"duplicate request id {request_id!r}", "rid")
         sampling.validate(self.vocab_size)
-        if any(not (0 <= t < self.vocab_size) for t in prompt_ids):
-            raise InvalidParamError("prompt token ids must be in [0, vocab_size)", "input_ids")
+        vocab = min(self.vocab_size, self.tokenizer.vocab_size)
+        if any(not (0 <= t < vocab) for t in prompt_ids):
+            raise InvalidParamError(f"prompt token ids must be in [0, {vocab})", "input_ids")
         eos = () if sampling.ignore_eos else tuple(self.tokenizer.eos_token_ids)
         stop_ids = tuple(dict.fromkeys(eos + tuple(sampling.stop_token_ids)))
         request = Request(request_id, list(prompt_ids), sampling, extra_key=extra_key, stop_token_ids=stop_ids)
@@ -101,7 +102,11 @@ class EngineCore:
                 self._grammar.wait_any(timeout=0.005)  # nothing runnable yet: don't spin on the compile
             return outputs
         masks = self._grammar.start_masks(plan, self.requests) if self._grammar is not None else None
-        result = self.runner.execute(plan, vocab_mask=masks.result if masks is not None else None)
+        try:
+            result = self.runner.execute(plan, vocab_mask=masks.result if masks is not None else None)
+        except Exception as exc:  # a failed step must not poison the cache or wedge the loop
+            logger.exception("step failed; finishing its %d requests with an error", len(plan.sequences))
+            return outputs + self._fail_step(plan, f"{type(exc).__name__}: {exc}")
         self.scheduler.update(plan, result)  # finished requests are among the sampled ones below
         self.num_tokens_computed += result.num_tokens_computed
         self.num_steps += 1
@@ -116,6 +121,18 @@ class EngineCore:
                 self.scheduler.finish(request, FinishReason("stop", matched=matched_stop))
             if output.finished:
                 self.requests.pop(request.request_id, None)
+            outputs.append(output)
+        return outputs
+
+    def _fail_step(self, plan, message: str) -> list[RequestOutput]:
+        """The step's KV was never written: drop those positions, then finish every request in it."""
+        outputs = []
+        for seq in plan.sequences:
+            request = self.requests[seq.request_id]
+            self.cache.truncate(request, seq.prefix_len)
+            self.scheduler.finish(request, FinishReason("error", message=message))
+            output, _ = self.outputs.process(request)
+            self.requests.pop(request.request_id, None)
             outputs.append(output)
         return outputs
 

@@ -6,7 +6,7 @@ import itertools
 from dataclasses import replace
 
 from radixserve.config import ServerArgs
-from radixserve.core.sampling_params import InvalidParamError, SamplingParams
+from radixserve.core.sampling_params import InvalidParamError, SamplingParams, child_seed
 from radixserve.engine.engine_core import EngineCore
 from radixserve.engine.output_processor import RequestOutput
 
@@ -129,5 +129,4 @@ class Engine:
 
 def _child_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
     """The i-th of n samples: its own seed (when seeded) so the n outputs differ reproducibly."""
-    seed = None if sampling.seed is None else sampling.seed + index
-    return replace(sampling, n=1, seed=seed)
+    return replace(sampling, n=1, seed=child_seed(sampling.seed, index))

@@ -16,8 +16,17 @@ from radixserve.runner.sampler import Sampler, SamplingRow
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, kv_pool: KVPool, backend: AttentionBackend, sampler: Sampler):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_pool: KVPool,
+        backend: AttentionBackend,
+        sampler: Sampler,
+        num_real_tokens: int | None = None,
+    ):
+        """``num_real_tokens``: the tokenizer's vocabulary; lm_head rows past it (padding) are never sampled."""
         self.model = model
+        self.num_real_tokens = num_real_tokens
         self.kv_pool = kv_pool
         self.backend = backend
         self.sampler = sampler
@@ -30,6 +39,8 @@ class ModelRunner:
         batch = self.build_batch(plan)
         self.backend.prepare(batch)
         logits = self.model(batch)  # [num_sampled, vocab] float32
+        if self.num_real_tokens is not None and self.num_real_tokens < logits.shape[1]:
+            logits[:, self.num_real_tokens :] = float("-inf")
         sampled = [seq for seq in plan.sequences if seq.sample]
         results: dict[str, SequenceResult] = {}
         if sampled:

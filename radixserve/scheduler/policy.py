@@ -32,24 +32,20 @@ def needs_match(policy: str, queue_len: int) -> bool:
 
 
 def order(policy: str, candidates: list[Candidate], current_step: int, aging_steps: int) -> list[Candidate]:
+    """Aged candidates first (arrival order, whatever the policy), then the policy's order."""
+    aged = sorted((c for c in candidates if current_step - c.request.arrival_step >= aging_steps), key=_arrival)
+    rest = [c for c in candidates if current_step - c.request.arrival_step < aging_steps]
     if policy == "fcfs" or not needs_match(policy, len(candidates)):
-        return sorted(candidates, key=_arrival)
+        return aged + sorted(rest, key=_arrival)
     if policy == "lpm":
-        return sorted(candidates, key=lambda c: _lpm_key(c, current_step, aging_steps))
+        return aged + sorted(rest, key=lambda c: (-c.match_len, c.request.arrival_step))
     if policy == "dfs-weight":
-        return _dfs_weight(candidates)
+        return aged + _dfs_weight(rest)
     raise ValueError(f"unknown schedule policy {policy!r} (choose from {', '.join(POLICIES)})")
 
 
 def _arrival(candidate: Candidate) -> int:
     return candidate.request.arrival_step
-
-
-def _lpm_key(candidate: Candidate, current_step: int, aging_steps: int) -> tuple:
-    waited = current_step - candidate.request.arrival_step
-    if waited >= aging_steps:
-        return (0, 0, candidate.request.arrival_step)
-    return (1, -candidate.match_len, candidate.request.arrival_step)
 
 
 def _dfs_weight(candidates: list[Candidate]) -> list[Candidate]:

@@ -96,7 +96,7 @@ class Scheduler:
                 if chunk:
                     plans.append(self._plan_allocated(request, chunk))
                     budget -= chunk
-        plans.extend(self._admit(budget))
+        plans.extend(self._admit(budget, plans))
         if not plans and self.running:
             self._retract(self._newest_running())
             return self.schedule()
@@ -143,16 +143,16 @@ class Scheduler:
 
     # ---- admission ----------------------------------------------------------------------------
 
-    def _admit(self, budget: int) -> list[SequencePlan]:
+    def _admit(self, budget: int, planned: list[SequencePlan]) -> list[SequencePlan]:
         plans: list[SequencePlan] = []
         if not self.waiting or budget <= 0:
             return plans
-        inflight = self._inflight_index()
+        inflight = self._inflight_index(planned)
         for candidate in self._ordered_candidates():
             if budget <= 0 or len(self.running) >= self.config.max_running_requests:
                 break
             request = candidate.request
-            if self._defer_for_inflight(request, candidate.match_len, inflight):
+            if self._defer_for_inflight(candidate, inflight):
                 continue
             chunk = self._try_admit(request, budget)
             if chunk is None:
@@ -176,17 +176,24 @@ class Scheduler:
         match = self.cache.tree.match_prefix(ids[: len(ids) - 1], request.extra_key)
         return Candidate(request, len(match.slots), match.node)
 
-    def _inflight_index(self) -> RadixTree:
-        """Token ids being prefilled right now, to spot new requests that should wait and hit them."""
+    def _inflight_index(self, planned: list[SequencePlan]) -> RadixTree:
+        """Token ids being prefilled right now (this step's chunks and what is still pending), to spot
+        new requests that should wait a step and hit them instead of computing them again."""
         index = RadixTree()
+        prefilling = {s.request_id for s in planned if len(s.input_ids) > 1}
         for request in self.running:
-            if request.num_pending > 1:
+            if request.num_pending > 1 or request.request_id in prefilling:
                 index.insert(request.all_ids, [0] * request.num_tokens, request.extra_key)
         return index
 
-    def _defer_for_inflight(self, request: Request, match_len: int, inflight: RadixTree) -> bool:
+    def _defer_for_inflight(self, candidate: Candidate, inflight: RadixTree) -> bool:
+        request = candidate.request
         ids = request.all_ids
         shared = len(inflight.match_prefix(ids[: len(ids) - 1], request.extra_key).slots)
+        if shared == 0:
+            return False
+        # policies that do not match (fcfs, long lpm queues) leave match_len unknown: look it up now
+        match_len = candidate.match_len if candidate.node is not None else self.cache.peek_match_len(request)
         gain = shared - match_len
         return gain > 0 and gain >= min(self.config.in_batch_prefix_threshold, len(ids) - 1 - match_len)
 
@@ -247,6 +254,9 @@ class Scheduler:
         return finished
 
     def _append_token(self, request: Request, sampled) -> None:
+        if request.sampling.max_new_tokens == 0:  # prefill only (e.g. to warm the cache)
+            request.finish(FinishReason("length"))
+            return
         token = sampled.token_id
         request.output_ids.append(token)
         request.output_logprobs.append(sampled.logprob)

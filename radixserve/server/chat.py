@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -99,36 +100,39 @@ async def _stream_chat(request, state, body, prompt_ids, sampling, tools: ToolRe
         choice = {"index": index, "delta": delta, "logprobs": logprobs, **(finish or {"finish_reason": None})}
         await writer.send({**meta, "choices": [choice]})
 
-    async for index, output in stream_choices(state.client, prompt_ids, sampling, "messages"):
-        if index not in held:
-            held[index] = ""
-            await send(index, {"role": "assistant", "content": ""})
-        logprobs = None
-        if sampling.get("return_logprob"):
-            logprobs = formatting.chat_logprobs(
-                state.tokenizer,
-                output.new_token_ids,
-                output.new_logprobs,
-                output.new_top_logprobs,
-                output.finish_reason,
-            )
-        if hold:
-            held[index] += output.text_delta
-        elif output.text_delta or (logprobs and logprobs["content"]):
-            await send(index, {"content": output.text_delta}, logprobs)
-        if not output.finished:
-            continue
-        completion_tokens += output.completion_tokens
-        cached = cached if index else output.cached_tokens
-        finish = formatting.finish_fields(output)
-        if hold:
-            message, called = _message(held[index], tools)
-            delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]} if called else {}
-            if message.get("content"):
-                delta["content"] = message["content"]
-            await send(index, delta)
-            finish["finish_reason"] = "tool_calls" if called else finish["finish_reason"]
-        await send(index, {}, None, finish)
+    async with contextlib.aclosing(stream_choices(state.client, prompt_ids, sampling, "messages")) as stream:
+        async for index, output in stream:
+            if index not in held:
+                held[index] = ""
+                await send(index, {"role": "assistant", "content": ""})
+            logprobs = None
+            if sampling.get("return_logprob"):
+                logprobs = formatting.chat_logprobs(
+                    state.tokenizer,
+                    output.new_token_ids,
+                    output.new_logprobs,
+                    output.new_top_logprobs,
+                    output.finish_reason,
+                )
+            if hold:
+                held[index] += output.text_delta
+            elif output.text_delta or (logprobs and logprobs["content"]):
+                await send(index, {"content": output.text_delta}, logprobs)
+            if not output.finished:
+                continue
+            completion_tokens += output.completion_tokens
+            cached = cached if index else output.cached_tokens
+            finish = formatting.finish_fields(output)
+            if hold:
+                message, called = _message(held[index], tools)
+                delta = (
+                    {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]} if called else {}
+                )
+                if message.get("content"):
+                    delta["content"] = message["content"]
+                await send(index, delta)
+                finish["finish_reason"] = "tool_calls" if called else finish["finish_reason"]
+            await send(index, {}, None, finish)
     if (body.get("stream_options") or {}).get("include_usage"):
         await writer.send(
             {**meta, "choices": [], "usage": formatting.usage(len(prompt_ids), completion_tokens, cached)}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from radixserve.core.sampling_params import InvalidParamError
+from radixserve.core.sampling_params import InvalidParamError, child_seed
 from radixserve.engine.output_processor import RequestOutput
 from radixserve.server.errors import bad_request
 
@@ -47,7 +48,7 @@ async def stream_choices(
     async def pump(i: int) -> None:
         params = {**sampling, "n": 1}
         if params.get("seed") is not None:
-            params["seed"] = params["seed"] + i
+            params["seed"] = child_seed(params["seed"], i)
         try:
             async for output in client.generate(f"{base_id}-{i}", prompt_ids, params):
                 await queue.put((first_index + i, output))
@@ -79,6 +80,7 @@ async def collect_choices(
 ) -> list[Choice]:
     n = sampling.get("n", 1)
     choices = [Choice(first_index + i) for i in range(n)]
-    async for index, output in stream_choices(client, prompt_ids, sampling, prompt_param, first_index):
-        choices[index - first_index].add(output)
+    async with contextlib.aclosing(stream_choices(client, prompt_ids, sampling, prompt_param, first_index)) as stream:
+        async for index, output in stream:
+            choices[index - first_index].add(output)
     return choices

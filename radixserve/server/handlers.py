@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import orjson
@@ -83,8 +85,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return await _stream_completions(request, state, body, prompt_ids, sampling, echo)
     n = sampling.get("n", 1)
     results, choices_out = [], []
-    for p_index, ids in enumerate(prompt_ids):
-        choices = await collect_choices(state.client, ids, sampling, "prompt", first_index=p_index * n)
+    # every prompt of the batch is in the engine at once, so they are batched together
+    per_prompt = await asyncio.gather(
+        *(collect_choices(state.client, ids, sampling, "prompt", first_index=i * n) for i, ids in enumerate(prompt_ids))
+    )
+    for ids, choices in zip(prompt_ids, per_prompt):
         results.append((len(ids), choices))
         prefix = state.tokenizer.decode(ids) if echo else ""
         for choice in choices:
@@ -127,25 +132,27 @@ async def _stream_completions(request, state, body, prompt_ids, sampling, echo) 
     for p_index, ids in enumerate(prompt_ids):
         totals[0] += len(ids)
         echoed = set()
-        async for index, output in stream_choices(state.client, ids, sampling, "prompt", first_index=p_index * n):
-            text = output.text_delta
-            if echo and index not in echoed:
-                echoed.add(index)
-                text = state.tokenizer.decode(ids) + text
-            logprobs = None
-            if sampling.get("return_logprob"):
-                logprobs = formatting.completion_logprobs(
-                    state.tokenizer,
-                    output.new_token_ids,
-                    output.new_logprobs,
-                    output.new_top_logprobs,
-                    finish_reason=output.finish_reason,
-                )
-            finish = formatting.finish_fields(output) if output.finished else {"finish_reason": None}
-            await writer.send({**meta, "choices": [{"index": index, "text": text, "logprobs": logprobs, **finish}]})
-            if output.finished:
-                totals[1] += output.completion_tokens
-                totals[2] += output.cached_tokens if index == p_index * n else 0
+        choices = stream_choices(state.client, ids, sampling, "prompt", first_index=p_index * n)
+        async with contextlib.aclosing(choices) as stream:
+            async for index, output in stream:
+                text = output.text_delta
+                if echo and index not in echoed:
+                    echoed.add(index)
+                    text = state.tokenizer.decode(ids) + text
+                logprobs = None
+                if sampling.get("return_logprob"):
+                    logprobs = formatting.completion_logprobs(
+                        state.tokenizer,
+                        output.new_token_ids,
+                        output.new_logprobs,
+                        output.new_top_logprobs,
+                        finish_reason=output.finish_reason,
+                    )
+                finish = formatting.finish_fields(output) if output.finished else {"finish_reason": None}
+                await writer.send({**meta, "choices": [{"index": index, "text": text, "logprobs": logprobs, **finish}]})
+                if output.finished:
+                    totals[1] += output.completion_tokens
+                    totals[2] += output.cached_tokens if index == p_index * n else 0
     if include_usage:
         await writer.send({**meta, "choices": [], "usage": formatting.usage(*totals)})
     return await writer.done()

@@ -41,13 +41,16 @@ def test_json_object_mode_and_sampling(client):
     reply = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Describe a cat as JSON."}],
-        max_tokens=300,
-        temperature=0.8,
+        max_tokens=400,
+        temperature=0.7,
+        top_p=0.9,
         seed=1,
         n=2,
         response_format={"type": "json_object"},
+        extra_body={"repetition_penalty": 1.3},
     )
     for choice in reply.choices:
+        assert choice.finish_reason == "stop", choice.message.content
         assert isinstance(json.loads(choice.message.content), dict)
 
 
