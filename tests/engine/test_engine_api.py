@@ -141,3 +141,23 @@ def test_cli_generate_prints_a_completion(default_model_dir):
     )
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+def test_a_failed_step_frees_its_kv_and_does_not_poison_the_cache(engine):
+    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Name a red fruit."}])
+    params = {"temperature": 0, "max_new_tokens": 8}
+    engine.flush_cache()
+    expected = engine.generate(prompt, params)["output_ids"]
+    engine.flush_cache()
+    runner, real_execute = engine.core.runner, engine.core.runner.execute
+
+    def fail_once(*args, **kwargs):
+        runner.execute = real_execute
+        raise RuntimeError("injected device fault")
+
+    runner.execute = fail_once
+    failed = engine.generate(prompt, params)
+    assert failed["meta_info"]["finish_reason"]["type"] == "error"
+    assert "injected device fault" in failed["meta_info"]["finish_reason"]["message"]
+    _assert_idle(engine)
+    assert engine.generate(prompt, params)["output_ids"] == expected

@@ -180,3 +180,20 @@ def test_stop_token_and_min_new_tokens():
     # min_new_tokens=2: the stop token as the 2nd token does not end generation (the sampler also masks it).
     later = [i for i in range(2, 6) if ref[i] == ref[1]]
     assert h.finished["b"].output_ids == ref[: later[0] + 1 if later else 6]
+
+
+def test_max_new_tokens_zero_is_prefill_only():
+    h = Harness()
+    h.add("warm", list(range(12)), max_new_tokens=0)
+    h.run()
+    assert h.finished["warm"].output_ids == [] and h.finished["warm"].finish_reason.kind == "length"
+    assert h.cache.tree.evictable_size == 12
+
+
+def test_fcfs_admits_every_request_that_already_hits_a_cached_prefix_in_one_step():
+    h = Harness(schedule_policy="fcfs")
+    h.add("warm", list(range(40)), max_new_tokens=1)
+    h.run()
+    for i in range(6):
+        h.add(f"r{i}", list(range(40)) + [100 + i], max_new_tokens=1)
+    assert len(h.step().sequences) == 6
