@@ -25,6 +25,8 @@ def test_runtime_requirements_match_pyproject():
     # torch and xgrammar are installed by the Makefile itself (CPU torch first; xgrammar without triton);
     # pydantic, apache-tvm-ffi and typing-extensions are xgrammar's own needs, listed because of --no-deps.
     assert declared - {"torch", "xgrammar"} == _requirements("runtime.txt") - {
-        "pydantic", "apache-tvm-ffi", "typing-extensions"
+        "pydantic",
+        "apache-tvm-ffi",
+        "typing-extensions",
     }
     assert _requirements("test.txt") == _names(project["optional-dependencies"]["test"])
