@@ -12,25 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
 from radixserve import Engine
 from radixserve.core.request import FinishReason
 from radixserve.engine.output_processor import RequestOutput
+from radixserve.server.launch import start_server, stop_server, wait_healthy
 
 NUM_REQUESTS, NEW_TOKENS = 32, 64
 QUESTION = "Describe a quiet morning in a small fishing village. (variant {i})"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_offline() -> float:
@@ -74,28 +65,9 @@ async def _drive(url: str, stream: bool) -> float:
 
 
 def run_server() -> tuple[float, float]:
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "radixserve",
-        "serve",
-        "--port",
-        str(port),
-        "--max-total-tokens",
-        "16384",
-        "--log-level",
-        "warning",
-    ]
-    process = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_server("--max-total-tokens", "16384", "--log-level", "warning")
     try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_healthy(url, process)
         asyncio.run(_drive(url, stream=False))  # warm-up
         results = []
         for stream in (False, True):
@@ -103,8 +75,7 @@ def run_server() -> tuple[float, float]:
             results.append(asyncio.run(_drive(url, stream)))
         return results[0], results[1]
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop_server(process)
 
 
 def _echo(conn) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from radixserve.server.generation import Choice
 
 
-def finish_fields(choice_last) -> dict:
-    reason = choice_last.finish_reason
-    kind = reason.kind if reason.kind in ("stop", "length") else reason.kind
-    return {"finish_reason": kind, "matched_stop": reason.matched}
+def finish_fields(output) -> dict:
+    """``finish_reason`` (stop, length, or abort/error for requests that did not complete) and ``matched_stop``."""
+    reason = output.finish_reason
+    return {"finish_reason": reason.kind, "matched_stop": reason.matched}
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:

@@ -2,63 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server did not become healthy")
+from radixserve.server.launch import start_server, stop_server, wait_healthy
 
 
 @pytest.fixture(scope="session")
 def server_url(default_model_dir):
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "radixserve",
-        "serve",
-        "--port",
-        str(port),
-        "--max-total-tokens",
-        "8192",
-        "--log-level",
-        "warning",
-    ]
-    process = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_server("--max-total-tokens", "8192", "--log-level", "warning")
     try:
-        _wait_healthy(url, process)
+        wait_healthy(url, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
 
 
 @pytest.fixture

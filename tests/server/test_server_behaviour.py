@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import urllib.request
 import openai
 import pytest
 
-from tests.server.conftest import _free_port, _wait_healthy
+from radixserve.server.launch import start_server, stop_server, wait_healthy
 
 MODEL = "SmolLM2-135M-Instruct"
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
@@ -174,41 +173,14 @@ def test_models_endpoints(client):
 
 @pytest.fixture(scope="module")
 def keyed_server(default_model_dir):
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "radixserve",
-        "serve",
-        "--port",
-        str(port),
-        "--api-key",
-        "s3cret",
-        "--max-total-tokens",
-        "2048",
-        "--served-model-name",
-        "smol",
-        "--log-level",
-        "warning",
-    ]
-    process = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    statuses = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # record what /health says while the model loads
-        try:
-            statuses.append(_get(url + "/health")[0])
-            if statuses[-1] == 200:
-                break
-        except OSError:
-            pass
-        time.sleep(0.05)
+    process, url = start_server(
+        "--api-key", "s3cret", "--max-total-tokens", "2048", "--served-model-name", "smol", "--log-level", "warning"
+    )
     try:
-        _wait_healthy(url, process)
+        statuses = wait_healthy(url, process, timeout=120)  # what /health said while the model loaded
         yield url, statuses
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop_server(process)
 
 
 def test_health_is_503_while_loading_then_200(keyed_server):
