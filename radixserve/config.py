@@ -49,7 +49,12 @@ class ServerArgs:
         "scales the KV kept free for running requests' future tokens at admission (0: admit greedily, retract later)",
     )
     disable_radix_cache: bool = _opt(False, "turn prefix reuse off (for comparisons)")
-    attention_backend: str = _opt("auto", "torch_native | flashinfer | triton | auto")
+    attention_backend: str = _opt(
+        "auto",
+        "torch_native | flashinfer | triton | auto (CUDA: flashinfer if installed, else triton; CPU: torch_native)",
+    )
+    cuda_graph_max_bs: int = _opt(256, "largest decode batch replayed from a captured CUDA graph")
+    disable_cuda_graph: bool = _opt(False, "run decode steps eagerly on CUDA (no graph capture)")
     grammar_backend: str = _opt("xgrammar", "constrained decoding backend", choices=("xgrammar", "none"))
     random_seed: int = _opt(0, "seed for unseeded sampling and dummy weights")
     host: str = _opt("127.0.0.1", "HTTP host")

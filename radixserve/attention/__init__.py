@@ -2,13 +2,34 @@
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 
-__all__ = ["AttentionBackend", "ForwardBatch", "create_backend"]
+__all__ = ["BACKENDS", "AttentionBackend", "ForwardBatch", "available_gpu_backend", "create_backend"]
 
 
-def create_backend(name: str, kv_pool, **kwargs) -> AttentionBackend:
+BACKENDS = ("torch_native", "flashinfer", "triton")
+
+
+def create_backend(name: str, kv_pool, num_q_heads: int) -> AttentionBackend:
     """Build the backend called ``name`` over ``kv_pool`` (see ``radixserve.runner.kv_pool``)."""
     if name == "torch_native":
         from radixserve.attention.torch_native import TorchNativeBackend
 
-        return TorchNativeBackend(kv_pool, **kwargs)
-    raise ValueError(f"unknown attention backend {name!r} (available: torch_native)")
+        return TorchNativeBackend(kv_pool)
+    if name == "flashinfer":
+        from radixserve.attention.flashinfer_backend import FlashInferBackend
+
+        return FlashInferBackend(kv_pool, num_q_heads)
+    if name == "triton":
+        from radixserve.attention.triton_backend import TritonBackend
+
+        return TritonBackend(kv_pool)
+    raise ValueError(f"unknown attention backend {name!r} (available: {', '.join(BACKENDS)})")
+
+
+def available_gpu_backend() -> str | None:
+    """The best installed GPU backend: flashinfer, else triton, else None."""
+    import importlib.util
+
+    for name, module in (("flashinfer", "flashinfer"), ("triton", "triton")):
+        if importlib.util.find_spec(module) is not None:
+            return name
+    return None

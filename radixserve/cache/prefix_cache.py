@@ -73,6 +73,7 @@ class PrefixCache:
             self.allocator.free(dropped)
             self.num_private_slots -= len(dropped)
             del request.slots[length:]
+            request.slots_version += 1
 
     def cache_computed(self, request: Request) -> None:
         """Insert the request's computed tokens into the tree and re-lock it at the new end.
@@ -87,6 +88,7 @@ class PrefixCache:
         duplicates = request.slots[request.num_tree_slots : num_cached]
         if duplicates:
             self.allocator.free(duplicates)
+            request.slots_version += 1
         match = self.tree.match_prefix(ids, request.extra_key)
         self.tree.lock(match.node)
         self.tree.unlock(request.cache_node)
@@ -110,6 +112,7 @@ class PrefixCache:
         self.tree.unlock(request.cache_node)
         request.cache_node = None
         request.slots = []
+        request.slots_version += 1
         request.num_tree_slots = 0
 
     def record_query(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:

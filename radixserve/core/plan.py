@@ -23,6 +23,7 @@ class SequencePlan:
     request_id: str
     input_ids: list[int]
     prefix_len: int
+    # The request's own list (not a copy): read it during this step only.
     slots: list[int]
     # Produce a next token from the last input position. False for a non-final prefill chunk.
     sample: bool
@@ -32,6 +33,8 @@ class SequencePlan:
     output_ids: list[int] = field(default_factory=list)
     # Tokens that end generation (EOS + stop_token_ids); masked while below min_new_tokens.
     stop_token_ids: tuple[int, ...] = ()
+    # ``Request.slots_version``: changes when ``slots[:prefix_len]`` may differ from the last step's.
+    slots_version: int = 0
 
     @property
     def seq_len(self) -> int:

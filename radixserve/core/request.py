@@ -48,6 +48,9 @@ class Request:
     output_top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
     # KV state, owned by the scheduler's PrefixCache.
     slots: list[int] = field(default_factory=list)
+    # Bumped whenever ``slots`` changes other than by appending (dedup swap, truncate, release), so a
+    # device-side copy of the slot list knows when it must be rewritten rather than extended.
+    slots_version: int = 0
     num_tree_slots: int = 0
     cache_node: object = None
     # Reporting.
@@ -60,6 +63,15 @@ class Request:
     @property
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    def ids_between(self, start: int, end: int) -> list[int]:
+        """``all_ids[start:end]`` without building ``all_ids``."""
+        num_prompt = len(self.prompt_ids)
+        if start >= num_prompt:
+            return self.output_ids[start - num_prompt : end - num_prompt]
+        if end <= num_prompt:
+            return self.prompt_ids[start:end]
+        return self.prompt_ids[start:] + self.output_ids[: end - num_prompt]
 
     @property
     def num_tokens(self) -> int:

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import torch
 
-from radixserve.attention import create_backend
+from radixserve.attention import available_gpu_backend, create_backend
 from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.config import ServerArgs
 from radixserve.model.layers import prepack_cpu_linears
 from radixserve.model.loader import load_model, resolve_model_path
 from radixserve.model.model_config import ModelConfig
+from radixserve.runner.cuda_graph import DecodeGraphRunner
 from radixserve.runner.kv_pool import KVPool
 from radixserve.runner.model_runner import ModelRunner
 from radixserve.runner.sampler import Sampler
+from radixserve.runner.slot_table import SlotTable
 from radixserve.scheduler.scheduler import Scheduler
 from radixserve.tokenizer.tokenizer import Tokenizer
 
@@ -70,12 +72,25 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     kv_pool = KVPool(
         pool_size + 1, model_config.num_layers, model_config.num_kv_heads, model_config.head_dim, dtype, device
     )
-    backend = create_backend(_backend_name(args.attention_backend, device), kv_pool)
+    backend_name = _backend_name(args.attention_backend, device)
+    backend = create_backend(backend_name, kv_pool, num_q_heads=model_config.num_heads)
     sampler = Sampler(model_config.vocab_size, device=device, seed=args.random_seed)
-    runner = ModelRunner(model, kv_pool, backend, sampler, num_real_tokens=tokenizer.vocab_size)
+    slot_table = SlotTable(args.max_running_requests + 1, min(context_length, pool_size) + 1, device)
+    graphs = _graph_runner(args, model, backend, pool_size, device)
+    runner = ModelRunner(
+        model, kv_pool, backend, sampler, tokenizer.vocab_size, slot_table=slot_table, graph_runner=graphs
+    )
     cache = PrefixCache(pool_size, disable_radix_cache=args.disable_radix_cache)
     scheduler = Scheduler(args.scheduler_config(context_length), cache)
-    logger.info("KV pool: %d tokens (%s, %s); context length %d", pool_size, dtype, device, context_length)
+    logger.info(
+        "KV pool: %d tokens (%s, %s); context length %d; attention %s; decode CUDA graphs up to batch %s",
+        pool_size,
+        dtype,
+        device,
+        context_length,
+        backend_name,
+        graphs.max_bs if graphs else "-",
+    )
     return EngineParts(model_path, model_config, tokenizer, runner, scheduler, cache, context_length, device, dtype)
 
 
@@ -90,7 +105,18 @@ def load_tokenizer(args: ServerArgs, model_path: Path) -> Tokenizer:
 def _backend_name(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
+    if device.type == "cuda":
+        return available_gpu_backend() or "torch_native"
     return "torch_native"
+
+
+def _graph_runner(args: ServerArgs, model, backend, pool_size: int, device: torch.device) -> DecodeGraphRunner | None:
+    if device.type != "cuda" or args.disable_cuda_graph or not getattr(backend, "supports_cuda_graph", False):
+        return None
+    max_bs = min(args.cuda_graph_max_bs, args.max_running_requests)
+    graphs = DecodeGraphRunner(model, backend, max_bs, pool_size + 1, device)
+    graphs.capture()
+    return graphs
 
 
 def _pool_size(args: ServerArgs, config: ModelConfig, dtype: torch.dtype, device: torch.device, context: int) -> int:

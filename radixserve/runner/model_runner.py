@@ -5,14 +5,17 @@ The runner owns every device tensor: the KV pool, the step's input tensors, the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.core.plan import SequenceResult, StepPlan, StepResult
+from radixserve.runner.cuda_graph import DecodeGraphRunner
 from radixserve.runner.kv_pool import KVPool
 from radixserve.runner.sampler import Sampler, SamplingRow
+from radixserve.runner.slot_table import SlotTable
 
 
 class ModelRunner:
@@ -23,22 +26,29 @@ class ModelRunner:
         backend: AttentionBackend,
         sampler: Sampler,
         num_real_tokens: int | None = None,
+        slot_table: SlotTable | None = None,
+        graph_runner: DecodeGraphRunner | None = None,
     ):
-        """``num_real_tokens``: the tokenizer's vocabulary; lm_head rows past it (padding) are never sampled."""
+        """``num_real_tokens``: the tokenizer's vocabulary; lm_head rows past it (padding) are never sampled.
+
+        ``slot_table``: where sequences' slot lists live on the device (built with room for 256
+        sequences of the pool's size when not given). ``graph_runner``: replays captured decode steps.
+        """
         self.model = model
         self.num_real_tokens = num_real_tokens
         self.kv_pool = kv_pool
         self.backend = backend
         self.sampler = sampler
         self.device = kv_pool.device
+        self.slot_table = slot_table or SlotTable(257, kv_pool.num_slots, kv_pool.device)
+        self.graph_runner = graph_runner
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan, vocab_mask: Callable[[], torch.Tensor] | None = None) -> StepResult:
         """Run one step. ``vocab_mask``, when given, is called after the forward pass (so the caller can
         fill it concurrently) and returns the allowed tokens ``[num_sampled, vocab]`` (bool)."""
         batch = self.build_batch(plan)
-        self.backend.prepare(batch)
-        logits = self.model(batch)  # [num_sampled, vocab] float32
+        logits = self.forward(batch)  # [num_sampled, vocab] float32
         if self.num_real_tokens is not None and self.num_real_tokens < logits.shape[1]:
             logits[:, self.num_real_tokens :] = float("-inf")
         sampled = [seq for seq in plan.sequences if seq.sample]
@@ -53,34 +63,43 @@ class ModelRunner:
                 )
         return StepResult(results, num_tokens_computed=plan.num_tokens)
 
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """Logits ``[num_sampled, vocab]`` (float32): a replayed CUDA graph when one fits, else eager."""
+        if self.graph_runner is not None and self.graph_runner.can_run(batch):
+            return self.graph_runner.replay(batch)
+        self.backend.prepare(batch)
+        return self.model(batch)
+
     def build_batch(self, plan: StepPlan) -> ForwardBatch:
+        """One host-to-device upload of the step's small index tensors; ``kv_slots`` gathered on the device."""
+        sequences = plan.sequences
+        rows = self.slot_table.sync(sequences)
+        seq_lens = [seq.seq_len for seq in sequences]
+        extend_lens = [len(seq.input_ids) for seq in sequences]
         input_ids: list[int] = []
         positions: list[int] = []
         out_slots: list[int] = []
-        kv_slots: list[int] = []
-        qo_indptr, kv_indptr, logits_indices = [0], [0], []
-        for seq in plan.sequences:
-            num_new = len(seq.input_ids)
+        for seq, seq_len in zip(sequences, seq_lens):
             input_ids.extend(seq.input_ids)
-            positions.extend(range(seq.prefix_len, seq.prefix_len + num_new))
-            out_slots.extend(seq.slots[seq.prefix_len : seq.prefix_len + num_new])
-            kv_slots.extend(seq.slots[: seq.prefix_len + num_new])
-            qo_indptr.append(qo_indptr[-1] + num_new)
-            kv_indptr.append(kv_indptr[-1] + seq.prefix_len + num_new)
-            if seq.sample:
-                logits_indices.append(qo_indptr[-1] - 1)
+            positions.extend(range(seq.prefix_len, seq_len))
+            out_slots.extend(seq.slots[seq.prefix_len : seq_len])
+        qo_indptr = [0, *itertools.accumulate(extend_lens)]
+        kv_indptr = [0, *itertools.accumulate(seq_lens)]
+        logits_indices = [qo_indptr[i + 1] - 1 for i, seq in enumerate(sequences) if seq.sample]
+        parts = (input_ids, positions, out_slots, qo_indptr, kv_indptr, logits_indices, rows, seq_lens)
+        host = torch.tensor(list(itertools.chain.from_iterable(parts)), dtype=torch.int64)
+        device = host.to(self.device, non_blocking=True).split([len(part) for part in parts])
+        ids_t, positions_t, out_slots_t, qo_indptr_t, kv_indptr_t, logits_t, rows_t, seq_lens_t = device
+        kv_slots = self.slot_table.gather(rows_t, seq_lens_t, kv_indptr_t, kv_indptr[-1])
         return ForwardBatch(
-            input_ids=self._tensor(input_ids),
-            positions=self._tensor(positions),
-            out_slots=self._tensor(out_slots),
-            qo_indptr=self._tensor(qo_indptr),
-            kv_indptr=self._tensor(kv_indptr),
-            kv_slots=self._tensor(kv_slots),
-            seq_lens=[s.prefix_len + len(s.input_ids) for s in plan.sequences],
-            extend_lens=[len(s.input_ids) for s in plan.sequences],
-            logits_indices=self._tensor(logits_indices),
+            input_ids=ids_t,
+            positions=positions_t,
+            out_slots=out_slots_t,
+            qo_indptr=qo_indptr_t,
+            kv_indptr=kv_indptr_t,
+            kv_slots=kv_slots,
+            seq_lens=seq_lens,
+            extend_lens=extend_lens,
+            logits_indices=logits_t,
             attn_backend=self.backend,
         )
-
-    def _tensor(self, values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=self.device)

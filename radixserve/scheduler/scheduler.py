@@ -128,17 +128,17 @@ class Scheduler:
         """Plan the last ``num_tokens`` allocated positions of ``request``."""
         end = request.num_computed
         start = end - num_tokens
-        all_ids = request.all_ids
         return SequencePlan(
             request_id=request.request_id,
-            input_ids=all_ids[start:end],
+            input_ids=request.ids_between(start, end),
             prefix_len=start,
-            slots=list(request.slots),
-            sample=end == len(all_ids),
+            slots=request.slots,
+            sample=end == request.num_tokens,
             sampling=request.sampling,
             prompt_ids=request.prompt_ids,
             output_ids=request.output_ids,
             stop_token_ids=request.stop_token_ids,
+            slots_version=request.slots_version,
         )
 
     # ---- admission ----------------------------------------------------------------------------

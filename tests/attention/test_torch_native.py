@@ -75,7 +75,7 @@ def run_step(pool: KVPool, sequences: list[Sequence], q_dtype=torch.float32) -> 
         extend_lens=[s.extend_len for s in sequences],
         logits_indices=torch.zeros(0, dtype=torch.int64),
     )
-    backend = create_backend("torch_native", pool)
+    backend = create_backend("torch_native", pool, num_q_heads=pool.num_kv_heads)
     backend.prepare(batch)
     return backend.forward(torch.cat(q).to(q_dtype), torch.cat(k), torch.cat(v), LAYER, batch, SCALE)
 

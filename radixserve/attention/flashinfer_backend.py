@@ -1,0 +1,134 @@
+"""FlashInfer attention over the radix cache's paged pool (page size 1: a slot is a page).
+
+Per step ``prepare`` plans once and every layer reuses the plan:
+
+* a pure decode batch: ``BatchDecodeWithPagedKVCacheWrapper`` (tensor-core kernels, which also
+  serve odd GQA group sizes), one query per sequence;
+* anything else (prefill, chunked prefill, extend over a prefix hit, decodes mixed in):
+  ``BatchPrefillWithPagedKVCacheWrapper`` with a causal mask. A sequence's new tokens are the last
+  ``extend_len`` positions of its context, so bottom-right-aligned causal masking is exactly
+  "row j sees positions 0 .. prefix_len + j".
+
+New K/V are written to the pool before attention, so the kernels read the whole context from it.
+Decode steps can be captured in CUDA graphs: ``prepare_graph`` keeps one wrapper per padded batch
+size, planned into fixed buffers.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import flashinfer
+import torch
+
+from radixserve.attention.base import AttentionBackend, ForwardBatch
+
+_WORKSPACE_BYTES = 256 * 1024 * 1024
+
+
+class FlashInferBackend(AttentionBackend):
+    supports_cuda_graph = True
+
+    def __init__(self, kv_pool, num_q_heads: int):
+        """``kv_pool``: a ``radixserve.runner.kv_pool.KVPool`` on a CUDA device (bf16 or fp16)."""
+        if kv_pool.device.type != "cuda":
+            raise ValueError("the flashinfer backend needs a CUDA device")
+        self.kv_pool = kv_pool
+        self.num_kv_heads = kv_pool.num_kv_heads
+        self.head_dim = kv_pool.head_dim
+        self.dtype = kv_pool.dtype
+        device = kv_pool.device
+        self.workspace = torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+        self.decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace, "NHD", use_tensor_cores=True
+        )
+        self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
+        self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
+        self._graph_indices = torch.zeros(kv_pool.num_slots * 2, dtype=torch.int32, device=device)
+        self.num_q_heads = num_q_heads
+        self._active = self.decode_wrapper
+        # the paged cache as FlashInfer sees it: [num_pages, page_size=1, Hkv, D] per layer
+        self._paged = [
+            (k.view(-1, 1, self.num_kv_heads, self.head_dim), v.view(-1, 1, self.num_kv_heads, self.head_dim))
+            for k, v in zip(kv_pool.k_buffers, kv_pool.v_buffers)
+        ]
+
+    # ---- planning (host side, once per step) ------------------------------------------------
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        kv_indptr = _host_indptr(batch.seq_lens)
+        kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
+        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32)
+        if batch.is_decode:
+            self._plan_decode(self.decode_wrapper, kv_indptr, kv_indices, last_page_len)
+            self._active = self.decode_wrapper
+            return
+        self.prefill_wrapper.plan(
+            _host_indptr(batch.extend_lens),
+            kv_indptr,
+            kv_indices.to(torch.int32),
+            last_page_len,
+            self.num_q_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            1,
+            causal=True,
+            q_data_type=self.dtype,
+            kv_data_type=self.dtype,
+        )
+        self._active = self.prefill_wrapper
+
+    def prepare_graph(self, batch: ForwardBatch) -> None:
+        """Plan a decode batch held in the graph runner's static buffers (see runner/cuda_graph.py)."""
+        size = batch.batch_size
+        wrapper = self._graph_wrappers.get(size)
+        if wrapper is None:
+            device = self.workspace.device
+            wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                self.workspace,
+                "NHD",
+                use_cuda_graph=True,
+                use_tensor_cores=True,
+                paged_kv_indptr_buffer=torch.zeros(size + 1, dtype=torch.int32, device=device),
+                paged_kv_indices_buffer=self._graph_indices,
+                paged_kv_last_page_len_buffer=torch.ones(size, dtype=torch.int32, device=device),
+            )
+            self._graph_wrappers[size] = wrapper
+        kv_indptr = _host_indptr(batch.seq_lens)
+        kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
+        self._plan_decode(wrapper, kv_indptr, kv_indices, torch.ones(size, dtype=torch.int32))
+        self._active = wrapper
+
+    def _plan_decode(self, wrapper, kv_indptr, kv_indices, last_page_len) -> None:
+        wrapper.plan(
+            kv_indptr,
+            kv_indices.to(torch.int32),
+            last_page_len,
+            self.num_q_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            1,
+            q_data_type=self.dtype,
+            kv_data_type=self.dtype,
+        )
+
+    # ---- per layer ------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, num_q_heads, head_dim]
+        k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        layer_id: int,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> torch.Tensor:  # [T, num_q_heads, head_dim]
+        self.kv_pool.write(layer_id, batch.out_slots, k, v)
+        default_scale = self.head_dim**-0.5
+        if scale != default_scale:  # plans use 1/sqrt(head_dim); fold any other scale into q
+            q = q * (scale / default_scale)
+        return self._active.run(q.to(self.dtype).contiguous(), self._paged[layer_id])
+
+
+def _host_indptr(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
