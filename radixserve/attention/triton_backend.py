@@ -1,0 +1,134 @@
+"""Triton attention over the radix cache's paged pool (page size 1: a slot is one token's K/V row).
+
+Per step ``prepare`` does all host work and uploads at most one small index tensor; every layer
+then runs, after one fused K/V store:
+
+* a pure decode batch: the flash-decoding kernel (split over the context, then merged), one
+  query row per sequence, sequence ``i`` being row ``i``;
+* anything else: decode rows (``extend_len == 1``) on the same decode kernel, gathered by
+  sequence id, and the rows of longer extends (prefill, chunked prefill, extend over a prefix
+  hit) on the extend kernel, in query blocks planned on the host, longest context first so the
+  long blocks do not end up as the tail of the launch.
+
+Decode steps can be captured in CUDA graphs: after ``prepare_graph`` the forward reads every
+length from the batch's device tensors (the graph runner's static buffers), splits each context
+a fixed ``num_kv_splits`` ways, and allocates only buffers shaped by the batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from radixserve.attention import triton_kernels
+from radixserve.attention.base import AttentionBackend, ForwardBatch
+
+MIN_SPLIT_LEN = 128  # an eager decode split reads at least this many keys
+MAX_SPLITS = 64
+
+
+@dataclass
+class _StepPlan:
+    num_decodes: int  # sequences on the decode kernel
+    decode_seq_ids: torch.Tensor | None  # [num_decodes] int32; None: the whole batch decodes, row i = sequence i
+    num_splits: int  # ways each decode context is split
+    block_seq: torch.Tensor | None  # [num_blocks] int32, sequence of each extend query block
+    block_index: torch.Tensor | None  # [num_blocks] int32, the block's index within its sequence's rows
+
+
+class TritonBackend(AttentionBackend):
+    supports_cuda_graph = True
+
+    def __init__(self, kv_pool, num_kv_splits: int = 16):
+        """``kv_pool``: a ``radixserve.runner.kv_pool.KVPool`` (CUDA; CPU tensors only under
+        ``TRITON_INTERPRET=1``). ``num_kv_splits``: the fixed split count of captured decode steps.
+        """
+        self.kv_pool = kv_pool
+        self.num_kv_heads = kv_pool.num_kv_heads
+        self.num_kv_splits = num_kv_splits
+        self.block_m = triton_kernels.extend_block_m(kv_pool.head_dim)
+        self._target_programs = _target_programs(kv_pool.device)
+        self._plan: _StepPlan | None = None
+
+    # ---- planning (host side, once per step) ------------------------------------------------
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        if batch.is_decode:
+            splits = self._eager_splits(batch.batch_size, max(batch.seq_lens, default=1))
+            self._plan = _StepPlan(batch.batch_size, None, splits, None, None)
+            return
+        decode_ids = [i for i, n in enumerate(batch.extend_lens) if n == 1]
+        block_seq, block_index = self._plan_extend_blocks(batch)
+        # one upload: [decode ids | block sequences | block indices]
+        device = batch.kv_slots.device
+        host = torch.tensor(decode_ids + block_seq + block_index, dtype=torch.int32)
+        index = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+        num_decodes, num_blocks = len(decode_ids), len(block_seq)
+        max_decode_len = max((batch.seq_lens[i] for i in decode_ids), default=1)
+        self._plan = _StepPlan(
+            num_decodes=num_decodes,
+            decode_seq_ids=index[:num_decodes],
+            num_splits=self._eager_splits(num_decodes, max_decode_len),
+            block_seq=index[num_decodes : num_decodes + num_blocks],
+            block_index=index[num_decodes + num_blocks :],
+        )
+
+    def prepare_graph(self, batch: ForwardBatch) -> None:
+        """Plan a padded decode batch held in static buffers; the forward after it is capturable."""
+        self._plan = _StepPlan(batch.batch_size, None, self.num_kv_splits, None, None)
+
+    def _eager_splits(self, num_decodes: int, max_len: int) -> int:
+        """Enough splits to fill the GPU, none shorter than ``MIN_SPLIT_LEN`` keys."""
+        wanted = -(-self._target_programs // max(num_decodes * self.num_kv_heads, 1))
+        by_len = -(-max_len // MIN_SPLIT_LEN)
+        return max(1, min(wanted, by_len, MAX_SPLITS))
+
+    def _plan_extend_blocks(self, batch: ForwardBatch) -> tuple[list[int], list[int]]:
+        """Query blocks of every sequence with ``extend_len > 1``, the most keys to read first."""
+        blocks = []  # (keys the block reads, sequence, block index)
+        for seq, (seq_len, extend_len) in enumerate(zip(batch.seq_lens, batch.extend_lens)):
+            if extend_len <= 1:
+                continue
+            prefix_len = seq_len - extend_len
+            for index in range(-(-extend_len // self.block_m)):
+                last_row = min((index + 1) * self.block_m, extend_len)
+                blocks.append((prefix_len + last_row, seq, index))
+        blocks.sort(key=lambda block: -block[0])
+        return [seq for _, seq, _ in blocks], [index for _, _, index in blocks]
+
+    # ---- per layer ------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, num_q_heads, head_dim]
+        k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        layer_id: int,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> torch.Tensor:  # [T, num_q_heads, head_dim], q's dtype
+        plan = self._plan
+        k_pool, v_pool = self.kv_pool.get(layer_id)  # [num_slots, Hkv, D] each
+        triton_kernels.store_kv(_last_dim_contiguous(k), _last_dim_contiguous(v), k_pool, v_pool, batch.out_slots)
+        q = _last_dim_contiguous(q)
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        indices = (batch.qo_indptr, batch.kv_indptr, batch.kv_slots)
+        if plan.num_decodes:
+            triton_kernels.decode_attention(
+                q, k_pool, v_pool, out, *indices, plan.decode_seq_ids, plan.num_decodes, plan.num_splits, scale
+            )
+        if plan.block_seq is not None:
+            triton_kernels.extend_attention(q, k_pool, v_pool, out, *indices, plan.block_seq, plan.block_index, scale)
+        return out
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _target_programs(device: torch.device) -> int:
+    """Decode programs that keep the device busy: two per SM (a fixed guess off CUDA)."""
+    if device.type != "cuda":
+        return 64
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count

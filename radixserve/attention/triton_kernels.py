@@ -1,0 +1,380 @@
+"""Triton kernels of the triton attention backend, and the thin wrappers that launch them.
+
+All three read the paged pool by slot id (page size 1: ``pool[slot]`` is one token's
+``[num_kv_heads, head_dim]`` row) and take the batch layout of ``ForwardBatch``: sequence ``s``
+owns query rows ``qo_indptr[s]:qo_indptr[s+1]`` and context slots
+``kv_slots[kv_indptr[s]:kv_indptr[s+1]]``, its new tokens being the last ones of its context.
+Index tensors may be int32 or int64. Softmax runs in base 2 (``scale * log2(e)`` folded into the
+scores) with float32 accumulators; inputs are bf16, fp16 or fp32.
+
+* ``store_kv``: one launch writes the new tokens' K and V into the pool at ``out_slots``.
+* ``decode_attention``: flash-decoding, one query row per sequence. Stage 1, grid
+  ``(sequence, kv head, split)``, runs every query head of one KV head group over one slice of
+  the context (K/V loaded once for the group) and writes a partial output and its log-sum-exp;
+  stage 2, grid ``(sequence, q head)``, merges the splits. Every shape depends only on the batch
+  size and the split count, and lengths are read from ``kv_indptr`` on the device, so a decode
+  step can be captured in a CUDA graph.
+* ``extend_attention``: flash attention for prefill/extend rows, grid ``(q head, query block)``;
+  each query block walks its sequence's context in KV blocks gathered by slot id: first the keys
+  every row of the block sees (no mask), then the diagonal band (causal mask by position).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2_E = 1.4426950408889634
+
+
+@triton.jit
+def _store_kv_kernel(
+    k_ptr,  # [T, Hkv, D]
+    v_ptr,  # [T, Hkv, D]
+    k_pool_ptr,  # [num_slots, Hkv, D]
+    v_pool_ptr,  # [num_slots, Hkv, D]
+    out_slots_ptr,  # [T]
+    stride_k_token,
+    stride_k_head,
+    stride_v_token,
+    stride_v_head,
+    stride_pool_slot,
+    stride_pool_head,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    slot = tl.load(out_slots_ptr + token).to(tl.int64)
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_h[:, None] < NUM_KV_HEADS) & (offs_d[None, :] < HEAD_DIM)
+    pool_offs = slot * stride_pool_slot + offs_h[:, None] * stride_pool_head + offs_d[None, :]
+    k = tl.load(k_ptr + token * stride_k_token + offs_h[:, None] * stride_k_head + offs_d[None, :], mask=mask)
+    tl.store(k_pool_ptr + pool_offs, k.to(k_pool_ptr.dtype.element_ty), mask=mask)
+    v = tl.load(v_ptr + token * stride_v_token + offs_h[:, None] * stride_v_head + offs_d[None, :], mask=mask)
+    tl.store(v_pool_ptr + pool_offs, v.to(v_pool_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr,  # [T, Hq, D]
+    k_pool_ptr,  # [num_slots, Hkv, D]
+    v_pool_ptr,  # [num_slots, Hkv, D]
+    qo_indptr_ptr,  # [B + 1]
+    kv_indptr_ptr,  # [B + 1]
+    kv_slots_ptr,  # [sum(seq_lens)]
+    seq_ids_ptr,  # [num_seqs], read only when GATHER
+    part_out_ptr,  # [num_seqs, Hq, num_splits, D] float32
+    part_lse_ptr,  # [num_seqs, Hq, num_splits] float32, base 2
+    scale_log2,
+    stride_q_token,
+    stride_q_head,
+    stride_pool_slot,
+    stride_pool_head,
+    num_splits,
+    NUM_Q_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GATHER: tl.constexpr,
+    USE_DOT: tl.constexpr,
+):
+    index = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq = tl.load(seq_ids_ptr + index) if GATHER else index
+    row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
+    kv_start = tl.load(kv_indptr_ptr + seq).to(tl.int64)
+    seq_len = (tl.load(kv_indptr_ptr + seq + 1) - kv_start).to(tl.int32)
+    # this split's slice of the context, a whole number of KV blocks long
+    split_len = (seq_len + num_splits - 1) // num_splits
+    split_len = (split_len + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, seq_len)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    heads = kv_head * GROUP + offs_g
+    g_mask = offs_g < GROUP
+    d_mask = offs_d < HEAD_DIM
+    q_offs = row * stride_q_token + heads[:, None] * stride_q_head + offs_d[None, :]
+    q = tl.load(q_ptr + q_offs, mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_G, BLOCK_D]
+    if USE_DOT:
+        q = q.to(k_pool_ptr.dtype.element_ty)
+    else:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        n_mask = start + offs_n < hi
+        slots = tl.load(kv_slots_ptr + kv_start + start + offs_n, mask=n_mask, other=0).to(tl.int64)
+        kv_offs = slots[:, None] * stride_pool_slot + kv_head * stride_pool_head + offs_d[None, :]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        if USE_DOT:
+            scores = tl.dot(q, tl.trans(k))  # [BLOCK_G, BLOCK_N]
+        else:  # BLOCK_G == 1
+            scores = tl.sum(q * k.to(tl.float32), 1)[None, :]
+        scores = tl.where(n_mask[None, :], scores * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        if USE_DOT:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        else:
+            acc = acc * alpha[:, None] + tl.sum(tl.trans(p) * v.to(tl.float32), 0)[None, :]
+        m_i = m_new
+
+    # an empty split (context shorter than the split count allows) weighs nothing in the merge
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    part = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits + split  # [BLOCK_G]
+    tl.store(part_lse_ptr + part, lse, mask=g_mask)
+    out_offs = part[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(part_out_ptr + out_offs, out, mask=g_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _decode_merge_kernel(
+    part_out_ptr,  # [num_seqs, Hq, num_splits, D] float32
+    part_lse_ptr,  # [num_seqs, Hq, num_splits] float32
+    out_ptr,  # [T, Hq, D]
+    qo_indptr_ptr,
+    seq_ids_ptr,
+    stride_out_token,
+    stride_out_head,
+    num_splits,
+    NUM_Q_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    GATHER: tl.constexpr,
+):
+    index = tl.program_id(0)
+    head = tl.program_id(1)
+    seq = tl.load(seq_ids_ptr + index) if GATHER else index
+    row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < num_splits
+    d_mask = offs_d < HEAD_DIM
+    part = (index * NUM_Q_HEADS + head).to(tl.int64) * num_splits + offs_s  # [BLOCK_S]
+    lse = tl.load(part_lse_ptr + part, mask=s_mask, other=float("-inf"))
+    weights = tl.exp2(lse - tl.max(lse, 0))  # split 0 always holds a key: the max is finite
+    parts_offs = part[:, None] * HEAD_DIM + offs_d[None, :]
+    parts = tl.load(part_out_ptr + parts_offs, mask=s_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
+    out = tl.sum(weights[:, None] * parts, 0) / tl.sum(weights, 0)  # [BLOCK_D]
+    out_offs = row * stride_out_token + head * stride_out_head + offs_d
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+@triton.jit
+def _extend_block(
+    q,  # [BLOCK_M, BLOCK_D], in the pool's dtype
+    m_i,
+    l_i,
+    acc,
+    k_pool_ptr,
+    v_pool_ptr,
+    kv_slots_ptr,
+    kv_start,
+    kv_head,
+    query_pos,  # [BLOCK_M] context position of each query row
+    lo,
+    hi,
+    scale_log2,
+    stride_pool_slot,
+    stride_pool_head,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """Online softmax of ``q`` over context positions ``lo..hi``; returns the updated state."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    for start in range(lo, hi, BLOCK_N):
+        key_pos = start + offs_n
+        n_mask = key_pos < hi
+        slots = tl.load(kv_slots_ptr + kv_start + key_pos, mask=n_mask, other=0).to(tl.int64)
+        kv_offs = slots[:, None] * stride_pool_slot + kv_head * stride_pool_head + offs_d[None, :]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        scores = tl.dot(q, tl.trans(k)) * scale_log2  # [BLOCK_M, BLOCK_N]
+        visible = n_mask[None, :]
+        if CAUSAL:
+            visible = visible & (key_pos[None, :] <= query_pos[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _extend_kernel(
+    q_ptr,  # [T, Hq, D]
+    k_pool_ptr,  # [num_slots, Hkv, D]
+    v_pool_ptr,  # [num_slots, Hkv, D]
+    out_ptr,  # [T, Hq, D]
+    qo_indptr_ptr,  # [B + 1]
+    kv_indptr_ptr,  # [B + 1]
+    kv_slots_ptr,  # [sum(seq_lens)]
+    block_seq_ptr,  # [num_blocks] the sequence of each query block
+    block_index_ptr,  # [num_blocks] the block's index within its sequence's new rows
+    scale_log2,
+    stride_q_token,
+    stride_q_head,
+    stride_out_token,
+    stride_out_head,
+    stride_pool_slot,
+    stride_pool_head,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    head = tl.program_id(0)
+    block = tl.program_id(1)
+    seq = tl.load(block_seq_ptr + block)
+    first_row = tl.load(block_index_ptr + block) * BLOCK_M
+    q_start = tl.load(qo_indptr_ptr + seq).to(tl.int64)
+    extend_len = (tl.load(qo_indptr_ptr + seq + 1) - q_start).to(tl.int32)
+    kv_start = tl.load(kv_indptr_ptr + seq).to(tl.int64)
+    seq_len = (tl.load(kv_indptr_ptr + seq + 1) - kv_start).to(tl.int32)
+    kv_head = head // GROUP
+
+    offs_m = first_row + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < extend_len
+    io_mask = m_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+    rows = q_start + offs_m
+    q = tl.load(
+        q_ptr + rows[:, None] * stride_q_token + head * stride_q_head + offs_d[None, :], mask=io_mask, other=0.0
+    )
+    q = q.to(k_pool_ptr.dtype.element_ty)
+    query_pos = seq_len - extend_len + offs_m  # [BLOCK_M]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # keys before the block's first row are seen by every row; the band after needs the causal mask
+    band_start = seq_len - extend_len + first_row
+    band_end = tl.minimum(band_start + BLOCK_M, seq_len)
+    m_i, l_i, acc = _extend_block(
+        q, m_i, l_i, acc, k_pool_ptr, v_pool_ptr, kv_slots_ptr, kv_start, kv_head, query_pos, 0, band_start,
+        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+    )  # fmt: skip
+    m_i, l_i, acc = _extend_block(
+        q, m_i, l_i, acc, k_pool_ptr, v_pool_ptr, kv_slots_ptr, kv_start, kv_head, query_pos, band_start, band_end,
+        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+    )  # fmt: skip
+    out = acc / l_i[:, None]
+    out_offs = rows[:, None] * stride_out_token + head * stride_out_head + offs_d[None, :]
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=io_mask)
+
+
+# ---- launch wrappers ----------------------------------------------------------------------------
+
+
+def store_kv(
+    k: torch.Tensor,  # [T, Hkv, D], last dim contiguous
+    v: torch.Tensor,  # [T, Hkv, D], last dim contiguous
+    k_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    v_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    out_slots: torch.Tensor,  # [T]
+) -> None:
+    num_tokens, num_kv_heads, head_dim = k.shape
+    if num_tokens == 0:
+        return
+    _store_kv_kernel[(num_tokens,)](
+        k, v, k_pool, v_pool, out_slots,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_pool.stride(0), k_pool.stride(1),
+        NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
+        BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
+    )  # fmt: skip
+
+
+def decode_attention(
+    q: torch.Tensor,  # [T, Hq, D], last dim contiguous
+    k_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    v_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    out: torch.Tensor,  # [T, Hq, D]; the query row of every listed sequence is written
+    qo_indptr: torch.Tensor,  # [B + 1]
+    kv_indptr: torch.Tensor,  # [B + 1]
+    kv_slots: torch.Tensor,
+    seq_ids: torch.Tensor | None,  # [num_seqs] decoding sequences; None: sequences 0..num_seqs-1
+    num_seqs: int,
+    num_splits: int,
+    scale: float,
+) -> None:
+    """Attention of one query row per sequence over its whole context (split ``num_splits`` ways)."""
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_pool.shape[1]
+    group = num_q_heads // num_kv_heads
+    use_dot = group > 1  # tl.dot needs >= 16 rows: a GQA group is padded to 16 heads
+    block_g = max(16, triton.next_power_of_2(group)) if use_dot else 1
+    block_d = triton.next_power_of_2(head_dim)
+    part_out = torch.empty(num_seqs, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(num_seqs, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
+    gather = seq_ids is not None
+    seq_ids = seq_ids if gather else qo_indptr  # never read
+    _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, part_out, part_lse,
+        scale * LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), num_splits,
+        NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_N=64 if head_dim <= 128 else 32, GATHER=gather, USE_DOT=use_dot, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    _decode_merge_kernel[(num_seqs, num_q_heads)](
+        part_out, part_lse, out, qo_indptr, seq_ids, out.stride(0), out.stride(1), num_splits,
+        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_S=triton.next_power_of_2(num_splits), GATHER=gather, num_warps=4 if head_dim >= 128 else 2,
+    )  # fmt: skip
+
+
+def extend_block_m(head_dim: int) -> int:
+    """Query rows per program of the extend kernel (the host plans query blocks of this size)."""
+    return 128 if head_dim <= 128 else 64
+
+
+def extend_attention(
+    q: torch.Tensor,  # [T, Hq, D], last dim contiguous
+    k_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    v_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    out: torch.Tensor,  # [T, Hq, D]; every row of every planned block is written
+    qo_indptr: torch.Tensor,  # [B + 1]
+    kv_indptr: torch.Tensor,  # [B + 1]
+    kv_slots: torch.Tensor,
+    block_seq: torch.Tensor,  # [num_blocks]
+    block_index: torch.Tensor,  # [num_blocks], block i covers rows [i * extend_block_m, ...) of its sequence
+    scale: float,
+) -> None:
+    """Causal attention of every new row of the planned sequences over its context."""
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_blocks = block_seq.shape[0]
+    if num_blocks == 0:
+        return
+    _extend_kernel[(num_q_heads, num_blocks)](
+        q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, block_seq, block_index,
+        scale * LOG2_E, q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_pool.stride(0), k_pool.stride(1),
+        GROUP=num_q_heads // k_pool.shape[1], HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_M=extend_block_m(head_dim), BLOCK_N=64 if head_dim <= 128 else 32,
+        num_warps=8 if head_dim >= 128 else 4, num_stages=2,
+    )  # fmt: skip

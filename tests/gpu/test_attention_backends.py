@@ -1,0 +1,317 @@
+"""GPU attention backends against TorchNativeBackend, on mixed batches over scattered slots.
+
+Inputs are bf16 (or fp16/fp32); the reference runs in float32 on the same values through a float32
+pool. Each sequence's past K/V (a prefix hit, earlier chunks, a decode's history) is pre-written at
+its slots; a step passes only the new tokens, and the backend must find the rest by slot id.
+Without CUDA the triton cases run under ``TRITON_INTERPRET=1`` (see conftest.py), on smaller sizes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from radixserve.attention import create_backend
+from radixserve.attention.base import ForwardBatch
+from radixserve.attention.torch_native import TorchNativeBackend
+from radixserve.runner.kv_pool import KVPool
+
+pytestmark = pytest.mark.gpu
+
+NUM_KV_HEADS = 2
+LAYER = 1
+REL_TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 5e-3}
+HAS_CUDA = torch.cuda.is_available()
+BACKENDS = [
+    pytest.param("triton", marks=pytest.mark.triton_interpreter),
+    pytest.param(
+        "flashinfer",
+        marks=pytest.mark.skipif(
+            not HAS_CUDA or importlib.util.find_spec("flashinfer") is None, reason="no flashinfer"
+        ),
+    ),
+]
+
+
+@dataclass
+class Sequence:
+    slots: list[int]  # [seq_len]
+    extend_len: int
+    k: torch.Tensor  # [seq_len, Hkv, D], the whole context's keys
+    v: torch.Tensor  # [seq_len, Hkv, D]
+    q: torch.Tensor  # [extend_len, Hq, D], queries of the new tokens
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.slots)
+
+    @property
+    def past_len(self) -> int:
+        return self.seq_len - self.extend_len
+
+
+@dataclass
+class Shape:
+    num_q_heads: int
+    head_dim: int
+    dtype: torch.dtype = torch.bfloat16
+
+
+def make_sequences(specs, shape: Shape, device, seed: int = 0, shared_len: int = 0) -> list[Sequence]:
+    """``specs``: ``(shares_prefix, own_past_len, extend_len)`` per sequence. Sequences that share
+    the prefix start with the same ``shared_len`` slots and K/V (a radix-tree hit); every other slot
+    is a distinct random slot id (never the dummy slot 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    total = shared_len + sum(past + extend for _, past, extend in specs)
+    free = (torch.randperm(total + 64, generator=gen)[:total] + 1).tolist()
+    shared_slots, free = free[:shared_len], free[shared_len:]
+    shared_k, shared_v = _randn(gen, shape, shared_len, NUM_KV_HEADS), _randn(gen, shape, shared_len, NUM_KV_HEADS)
+    sequences = []
+    for shares, past, extend in specs:
+        own, free = free[: past + extend], free[past + extend :]
+        k, v = _randn(gen, shape, past + extend, NUM_KV_HEADS), _randn(gen, shape, past + extend, NUM_KV_HEADS)
+        if shares:
+            own, k, v = shared_slots + own, torch.cat([shared_k, k]), torch.cat([shared_v, v])
+        q = _randn(gen, shape, extend, shape.num_q_heads)
+        sequences.append(Sequence(own, extend, k.to(device), v.to(device), q.to(device)))
+    return sequences
+
+
+def _randn(gen, shape: Shape, rows: int, heads: int) -> torch.Tensor:
+    return torch.randn(rows, heads, shape.head_dim, generator=gen).to(shape.dtype)
+
+
+def make_batch(sequences: list[Sequence], device, index_dtype=torch.int64) -> ForwardBatch:
+    out_slots = [slot for s in sequences for slot in s.slots[s.past_len :]]
+    return ForwardBatch(
+        input_ids=torch.zeros(len(out_slots), dtype=torch.int64, device=device),
+        positions=torch.zeros(len(out_slots), dtype=torch.int64, device=device),
+        out_slots=torch.tensor(out_slots, dtype=index_dtype, device=device),
+        qo_indptr=_indptr([s.extend_len for s in sequences], index_dtype, device),
+        kv_indptr=_indptr([s.seq_len for s in sequences], index_dtype, device),
+        kv_slots=torch.tensor([slot for s in sequences for slot in s.slots], dtype=index_dtype, device=device),
+        seq_lens=[s.seq_len for s in sequences],
+        extend_lens=[s.extend_len for s in sequences],
+        logits_indices=torch.zeros(0, dtype=torch.int64, device=device),
+    )
+
+
+def _indptr(lengths: list[int], dtype, device) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=dtype, device=device)
+
+
+def new_tokens(sequences: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q = torch.cat([s.q for s in sequences])  # [T, Hq, D]
+    k = torch.cat([s.k[s.past_len :] for s in sequences])  # [T, Hkv, D]
+    v = torch.cat([s.v[s.past_len :] for s in sequences])  # [T, Hkv, D]
+    return q, k, v
+
+
+def write_past(pool: KVPool, sequences: list[Sequence]) -> None:
+    for s in sequences:
+        slots = torch.tensor(s.slots[: s.past_len], dtype=torch.int64, device=pool.device)
+        pool.write(LAYER, slots, s.k[: s.past_len], s.v[: s.past_len])
+
+
+def make_pool(sequences: list[Sequence], shape: Shape, device, dtype=None) -> KVPool:
+    num_slots = max(slot for s in sequences for slot in s.slots) + 1
+    return KVPool(num_slots, LAYER + 1, NUM_KV_HEADS, shape.head_dim, dtype or shape.dtype, device)
+
+
+def make_backend(name: str, pool: KVPool, num_q_heads: int):
+    try:
+        return create_backend(name, pool, num_q_heads)
+    except ValueError as error:
+        pytest.skip(f"{name}: {error}")
+
+
+def reference(sequences: list[Sequence], shape: Shape, device) -> torch.Tensor:  # [T, Hq, D] float32
+    pool = make_pool(sequences, shape, device, dtype=torch.float32)
+    write_past(pool, sequences)
+    backend = TorchNativeBackend(pool)
+    batch = make_batch(sequences, device)
+    backend.prepare(batch)
+    q, k, v = (x.float() for x in new_tokens(sequences))
+    return backend.forward(q, k, v, LAYER, batch, shape.head_dim**-0.5)
+
+
+def check_step(name: str, sequences: list[Sequence], shape: Shape, device, index_dtype=torch.int64) -> None:
+    """One step through backend ``name``: its output matches the reference, its KV lands at out_slots."""
+    pool = make_pool(sequences, shape, device)
+    write_past(pool, sequences)
+    backend = make_backend(name, pool, shape.num_q_heads)
+    batch = make_batch(sequences, device, index_dtype)
+    q, k, v = new_tokens(sequences)
+    backend.prepare(batch)
+    out = backend.forward(q, k, v, LAYER, batch, shape.head_dim**-0.5)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+    k_pool, v_pool = pool.get(LAYER)
+    assert torch.equal(k_pool[batch.out_slots.long()], k) and torch.equal(v_pool[batch.out_slots.long()], v)
+
+
+def assert_close(out: torch.Tensor, want: torch.Tensor, rel_tol: float) -> None:
+    assert torch.isfinite(out).all()
+    error = ((out.float() - want).norm() / want.norm()).item()
+    assert error <= rel_tol, f"relative error {error:.2e} > {rel_tol:.0e}"
+
+
+# ---- the scenarios -----------------------------------------------------------------------------
+
+# (shares_prefix, own_past_len, extend_len); the GPU runs the big sizes, the interpreter the small
+DECODE = {
+    "big": [(False, n - 1, 1) for n in (1, 2, 17, 64, 65, 300, 1000, 1999, 2000, 7, 129, 1500)],
+    "small": [(False, n - 1, 1) for n in (1, 2, 65, 300, 2000)],
+}
+PREFILL = {"big": [(False, 0, n) for n in (1000, 257, 3, 128)], "small": [(False, 0, n) for n in (150, 2, 33)]}
+PREFIX_HIT = {  # three sequences over one shared prefix, one of them with more history of its own
+    "big": (700, [(True, 0, 300), (True, 45, 129), (True, 0, 2), (False, 0, 77)]),
+    "small": (100, [(True, 0, 40), (True, 45, 20), (True, 0, 2)]),
+}
+MIXED = {  # decodes with and without the shared prefix, an extend over it, a chunk, a prefill
+    "big": (300, [(True, 0, 1), (False, 900, 1), (True, 50, 200), (False, 0, 1), (False, 500, 256), (False, 0, 90)]),
+    "small": (40, [(True, 0, 1), (False, 90, 1), (True, 10, 30), (False, 0, 1), (False, 60, 20), (False, 0, 9)]),
+}
+
+
+def size(device) -> str:
+    return "big" if device.type == "cuda" else "small"
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_pure_decode_over_mixed_context_lengths(backend_name, group, head_dim, device):
+    shape = Shape(NUM_KV_HEADS * group, head_dim)
+    check_step(backend_name, make_sequences(DECODE[size(device)], shape, device), shape, device)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_prefill_from_empty(backend_name, group, head_dim, device):
+    shape = Shape(NUM_KV_HEADS * group, head_dim)
+    check_step(backend_name, make_sequences(PREFILL[size(device)], shape, device), shape, device)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_extend_over_a_shared_prefix_hit(backend_name, group, head_dim, device):
+    shape = Shape(NUM_KV_HEADS * group, head_dim)
+    shared_len, specs = PREFIX_HIT[size(device)]
+    check_step(backend_name, make_sequences(specs, shape, device, shared_len=shared_len), shape, device)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_mixed_decode_and_extend_batch(backend_name, group, head_dim, device):
+    shape = Shape(NUM_KV_HEADS * group, head_dim)
+    shared_len, specs = MIXED[size(device)]
+    check_step(backend_name, make_sequences(specs, shape, device, shared_len=shared_len), shape, device)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_other_dtypes_and_int32_indices(backend_name, dtype, index_dtype, device):
+    if backend_name == "flashinfer" and dtype == torch.float32:
+        pytest.skip("flashinfer kernels take fp16/bf16")
+    shape = Shape(NUM_KV_HEADS * 4, 64, dtype)
+    shared_len, specs = MIXED[size(device)]
+    check_step(backend_name, make_sequences(specs, shape, device, seed=1, shared_len=shared_len), shape, device)
+
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("group, head_dim", [(3, 64), (2, 96), (1, 32), (4, 256)])
+def test_triton_odd_groups_and_head_dims(group, head_dim, device):
+    shape = Shape(NUM_KV_HEADS * group, head_dim)
+    shared_len, specs = MIXED["small"]
+    check_step("triton", make_sequences(specs, shape, device, seed=2, shared_len=shared_len), shape, device)
+    check_step("triton", make_sequences(DECODE["small"], shape, device, seed=3), shape, device)
+
+
+# ---- CUDA graphs ------------------------------------------------------------------------------
+
+
+class StaticDecode:
+    """A padded decode batch in static buffers, filled the way runner/cuda_graph.py fills them:
+    padding rows write to the dummy slot 0 and attend to the one-slot context ``[0]``."""
+
+    def __init__(self, padded: int, max_context: int, shape: Shape, device):
+        self.padded = padded
+        self.q = torch.zeros(padded, shape.num_q_heads, shape.head_dim, dtype=shape.dtype, device=device)
+        self.k = torch.zeros(padded, NUM_KV_HEADS, shape.head_dim, dtype=shape.dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.out_slots = torch.zeros(padded, dtype=torch.int64, device=device)
+        self.qo_indptr = torch.arange(padded + 1, dtype=torch.int64, device=device)
+        self.kv_indptr = torch.arange(padded + 1, dtype=torch.int64, device=device)
+        self.kv_slots = torch.zeros(max_context + padded, dtype=torch.int32, device=device)
+
+    def batch(self, seq_lens: list[int]) -> ForwardBatch:
+        return ForwardBatch(
+            input_ids=torch.zeros_like(self.out_slots),
+            positions=torch.zeros_like(self.out_slots),
+            out_slots=self.out_slots,
+            qo_indptr=self.qo_indptr,
+            kv_indptr=self.kv_indptr,
+            kv_slots=self.kv_slots,
+            seq_lens=seq_lens,
+            extend_lens=[1] * self.padded,
+            logits_indices=self.out_slots,
+        )
+
+    def fill(self, sequences: list[Sequence]) -> ForwardBatch:
+        real, total = len(sequences), sum(s.seq_len for s in sequences)
+        pad = self.padded - real
+        batch = make_batch(sequences, self.q.device)
+        for static, new in zip((self.q, self.k, self.v), new_tokens(sequences)):
+            static.zero_()
+            static[:real].copy_(new)
+        self.out_slots.zero_()
+        self.out_slots[:real].copy_(batch.out_slots)
+        self.kv_indptr[: real + 1].copy_(batch.kv_indptr)
+        self.kv_indptr[real + 1 :].copy_(torch.arange(1, pad + 1) + total)
+        self.kv_slots[:total].copy_(batch.kv_slots)
+        self.kv_slots[total : total + pad].zero_()
+        return self.batch(batch.seq_lens + [1] * pad)
+
+
+@pytest.mark.parametrize("backend_name", [pytest.param("triton", marks=pytest.mark.triton_interpreter), BACKENDS[1]])
+def test_decode_graph_replays_match_eager(backend_name, device):
+    """Capture one padded decode step (CUDA), replay it over new batches; off CUDA the
+    ``prepare_graph`` forward runs directly (the same static-buffer protocol, no graph)."""
+    shape = Shape(NUM_KV_HEADS * 4, 128 if device.type == "cuda" else 64)
+    lens = DECODE[size(device)]
+    rounds = [make_sequences(lens[:3], shape, device, seed=4), make_sequences(lens[1:], shape, device, seed=5)]
+    padded = max(len(sequences) for sequences in rounds)
+    pool = make_pool(rounds[0] + rounds[1], shape, device)
+    backend = make_backend(backend_name, pool, shape.num_q_heads)
+    static = StaticDecode(padded, max(sum(s.seq_len for s in sequences) for sequences in rounds), shape, device)
+    scale = shape.head_dim**-0.5
+    step = static.batch([1] * padded)
+    backend.prepare_graph(step)
+    out = backend.forward(static.q, static.k, static.v, LAYER, step, scale)  # warm-up: compiles
+    graph = torch.cuda.CUDAGraph() if device.type == "cuda" else None
+    if graph is not None:
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            out = backend.forward(static.q, static.k, static.v, LAYER, step, scale)
+    for sequences in rounds:
+        write_past(pool, sequences)
+        backend.prepare_graph(static.fill(sequences))
+        if graph is not None:
+            graph.replay()
+        else:
+            out = backend.forward(static.q, static.k, static.v, LAYER, static.batch(step.seq_lens), scale)
+        replayed = out[: len(sequences)].clone()
+        batch = make_batch(sequences, device)
+        backend.prepare(batch)
+        eager = backend.forward(*new_tokens(sequences), LAYER, batch, scale)
+        assert_close(replayed, eager.float(), 5e-3)
+        assert_close(replayed, reference(sequences, shape, device), REL_TOL[shape.dtype])
