@@ -55,6 +55,9 @@ class ServerArgs:
     )
     cuda_graph_max_bs: int = _opt(256, "largest decode batch replayed from a captured CUDA graph")
     disable_cuda_graph: bool = _opt(False, "run decode steps eagerly on CUDA (no graph capture)")
+    disable_overlap_schedule: bool = _opt(
+        False, "detokenize a step's output before launching the next one instead of while the device runs"
+    )
     grammar_backend: str = _opt("xgrammar", "constrained decoding backend", choices=("xgrammar", "none"))
     random_seed: int = _opt(0, "seed for unseeded sampling and dummy weights")
     host: str = _opt("127.0.0.1", "HTTP host")

@@ -37,6 +37,8 @@ class EngineCore:
         self.vocab_size = parts.model_config.vocab_size
         self.step_log = StepLog()
         self._grammar: GrammarManager | None = None  # built on the first constrained request
+        self.overlap = not args.disable_overlap_schedule
+        self._deferred: list[Request] = []  # sampled last step, not yet detokenized
 
     @property
     def grammar(self) -> GrammarManager:
@@ -89,33 +91,54 @@ class EngineCore:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work or bool(self._grammar and self._grammar.pending)
+        return self.scheduler.has_work or bool(self._deferred) or bool(self._grammar and self._grammar.pending)
 
     # ---- the loop body ----------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduler step; return an output for every request that produced tokens."""
+        """Run one scheduler step; return an output for every request that produced tokens.
+
+        Overlap: once step N is queued on the device, the CPU detokenizes step N-1's tokens (and
+        matches stop strings) before waiting for N. A stop string found then finishes its request
+        one step late; the extra token it computed is dropped.
+        """
         outputs = self._admit_compiled()
         plan = self.scheduler.schedule()
         if not plan:
+            outputs += self._process_deferred()
             if self._grammar is not None and self._grammar.pending:
                 self._grammar.wait_any(timeout=0.005)  # nothing runnable yet: don't spin on the compile
             return outputs
         masks = self._grammar.start_masks(plan, self.requests) if self._grammar is not None else None
         try:
-            result = self.runner.execute(plan, vocab_mask=masks.result if masks is not None else None)
+            pending = self.runner.launch(plan, vocab_mask=masks.result if masks is not None else None)
+            if self.overlap:
+                outputs += self._process_deferred()
+            result = pending.result()
         except Exception as exc:  # a failed step must not poison the cache or wedge the loop
             logger.exception("step failed; finishing its %d requests with an error", len(plan.sequences))
-            return outputs + self._fail_step(plan, f"{type(exc).__name__}: {exc}")
+            return outputs + self._fail_step(plan, f"{type(exc).__name__}: {exc}") + self._process_deferred()
         self.scheduler.update(plan, result)  # finished requests are among the sampled ones below
         self.num_tokens_computed += result.num_tokens_computed
         self.num_steps += 1
         self.step_log.record(plan, self.scheduler)
-        touched = [self.requests[s.request_id] for s in plan.sequences if s.sample]
+        touched = [self.requests[s.request_id] for s in plan.sequences if s.sample and s.request_id in self.requests]
         for request in touched:
             reason = GrammarManager.advance(request)
             if reason is not None:
                 self.scheduler.finish(request, reason)
+        self._deferred.extend(touched)
+        if not self.overlap:
+            outputs += self._process_deferred()
+        return outputs
+
+    def _process_deferred(self) -> list[RequestOutput]:
+        """Detokenize the requests touched by the last step; finish those whose stop string matched."""
+        outputs = []
+        deferred, self._deferred = self._deferred, []
+        for request in deferred:
+            if self.requests.get(request.request_id) is not request:  # aborted meanwhile: already reported
+                continue
             output, matched_stop = self.outputs.process(request)
             if matched_stop is not None:
                 self.scheduler.finish(request, FinishReason("stop", matched=matched_stop))
@@ -128,7 +151,9 @@ class EngineCore:
         """The step's KV was never written: drop those positions, then finish every request in it."""
         outputs = []
         for seq in plan.sequences:
-            request = self.requests[seq.request_id]
+            request = self.requests.get(seq.request_id)
+            if request is None:  # finished by a stop string while the step ran: its KV is already released
+                continue
             self.cache.truncate(request, seq.prefix_len)
             self.scheduler.finish(request, FinishReason("error", message=message))
             output, _ = self.outputs.process(request)

@@ -2,6 +2,10 @@
 
 Parameters are allocated with ``torch.empty``: a model is built in milliseconds and then filled by
 the loader (checkpoint weights or the seeded dummy init), never initialised twice.
+
+On CUDA, where triton imports, the norms (with the residual add), RoPE and SiLU-and-mul run as
+fused Triton kernels (``radixserve.kernels``); everywhere else the ``*_torch`` functions below run,
+which are also the reference the kernels are tested against.
 """
 
 from __future__ import annotations
@@ -12,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radixserve.kernels import fused_ops
 from radixserve.model.model_config import RopeScaling
+
+
+def _fused_kernels(x: torch.Tensor):
+    """The fused-kernel module when ``x`` lives on CUDA and triton imports, else None (the torch path)."""
+    return fused_ops() if x.is_cuda else None
 
 
 class Linear(nn.Module):
@@ -64,19 +74,40 @@ class Embedding(nn.Module):
         return F.embedding(ids, self.weight)
 
 
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * (x / rms(x))`` over the last dim, normalised in float32 and cast back before the
+    weight multiplies (HF Llama's order of rounding)."""
+    input_dtype = x.dtype
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(input_dtype)
+
+
 class RMSNorm(nn.Module):
-    """``x / rms(x) * weight`` over the last dim, normalised in float32 like the reference model."""
+    """``x / rms(x) * weight`` over the last dim, normalised in float32 like the reference model.
+
+    Called with a ``residual`` it first adds it (``residual + x`` in ``x``'s dtype) and returns
+    ``(norm(sum), sum)``: the decoder carries its residual stream through the norms, so that on
+    CUDA the add and the norm are one kernel.
+    """
 
     def __init__(self, dim: int, eps: float, dtype: torch.dtype, device=None):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        input_dtype = x.dtype
-        x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(input_dtype)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        kernels = _fused_kernels(x) if x.dtype == self.weight.dtype else None
+        if residual is None:
+            if kernels is not None:
+                return kernels.rms_norm(x, self.weight, self.eps)
+            return rms_norm_torch(x, self.weight, self.eps)
+        if kernels is not None:
+            return kernels.fused_add_rms_norm(x, residual, self.weight, self.eps)
+        hidden = residual + x
+        return rms_norm_torch(hidden, self.weight, self.eps), hidden
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -120,11 +151,28 @@ class RotaryEmbedding(nn.Module):
         q: torch.Tensor,  # [T, num_q_heads, head_dim]
         k: torch.Tensor,  # [T, num_kv_heads, head_dim]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos_cache[positions].to(q.dtype)  # [T, head_dim // 2]
-        sin = self.sin_cache[positions].to(q.dtype)
-        cos = torch.cat((cos, cos), dim=-1).unsqueeze(1)  # [T, 1, head_dim]
-        sin = torch.cat((sin, sin), dim=-1).unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        """Rotated ``(q, k)``. On the fused path q and k are rotated in place and returned (float32
+        math, one rounding: see ``kernels.fused.rope_inplace``); otherwise new tensors."""
+        kernels = _fused_kernels(q)
+        if kernels is not None and q.stride(-1) == 1 and k.stride(-1) == 1:
+            kernels.rope_inplace(positions, q, k, self.cos_cache, self.sin_cache)
+            return q, k
+        return rope_torch(positions, q, k, self.cos_cache, self.sin_cache)
+
+
+def rope_torch(
+    positions: torch.Tensor,  # [T] int64
+    q: torch.Tensor,  # [T, num_q_heads, head_dim]
+    k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    cos_cache: torch.Tensor,  # [max_positions, head_dim // 2] float32
+    sin_cache: torch.Tensor,  # [max_positions, head_dim // 2] float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style RoPE in ``q.dtype`` (cos/sin cast first, like HF Llama); returns new tensors."""
+    cos = cos_cache[positions].to(q.dtype)  # [T, head_dim // 2]
+    sin = sin_cache[positions].to(q.dtype)
+    cos = torch.cat((cos, cos), dim=-1).unsqueeze(1)  # [T, 1, head_dim]
+    sin = torch.cat((sin, sin), dim=-1).unsqueeze(1)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -143,5 +191,13 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(intermediate_size, hidden_size, bias, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)  # [T, intermediate] each
-        return self.down_proj(F.silu(gate) * up)
+        gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate]
+        kernels = _fused_kernels(gate_up)
+        activation = kernels.silu_and_mul(gate_up) if kernels is not None else silu_and_mul_torch(gate_up)
+        return self.down_proj(activation)  # activation: [T, intermediate]
+
+
+def silu_and_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gate_up = [gate | up]`` along the last dim."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -70,9 +70,21 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype, device)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.mlp_bias, dtype, device)
 
-    def forward(self, hidden: torch.Tensor, rotary: RotaryEmbedding, batch: ForwardBatch) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rotary, batch)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [T, hidden], the previous layer's MLP output (or the embeddings)
+        residual: torch.Tensor | None,  # [T, hidden], the residual stream before ``hidden`` is added
+        rotary: RotaryEmbedding,
+        batch: ForwardBatch,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(mlp_out, residual)``; their sum is this layer's output (the next norm adds it)."""
+        if residual is None:
+            hidden, residual = self.input_layernorm(hidden), hidden
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, rotary, batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
@@ -102,9 +114,11 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one step; returns float32 logits ``[len(batch.logits_indices), vocab_size]``."""
         hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
+        residual = None
         for layer in self.model.layers:
-            hidden = layer(hidden, self.model.rotary, batch)
-        hidden = self.model.norm(hidden[batch.logits_indices])  # [num_sampled, hidden]
+            hidden, residual = layer(hidden, residual, self.model.rotary, batch)
+        rows = batch.logits_indices
+        hidden, _ = self.model.norm(hidden[rows], residual[rows])  # [num_sampled, hidden]
         return self.lm_head(hidden).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

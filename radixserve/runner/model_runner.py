@@ -14,8 +14,23 @@ from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.core.plan import SequenceResult, StepPlan, StepResult
 from radixserve.runner.cuda_graph import DecodeGraphRunner
 from radixserve.runner.kv_pool import KVPool
-from radixserve.runner.sampler import Sampler, SamplingRow
+from radixserve.runner.sampler import PendingSample, Sampler, SamplingRow
 from radixserve.runner.slot_table import SlotTable
+
+
+class PendingStep:
+    """A launched step; ``result()`` waits for its sampled tokens."""
+
+    def __init__(self, plan: StepPlan, sampled: list, pending: PendingSample):
+        self.plan, self.sampled, self.pending = plan, sampled, pending
+
+    def result(self) -> StepResult:
+        out = self.pending.result()
+        results = {
+            seq.request_id: SequenceResult(seq.request_id, out.token_ids[i], out.logprobs[i], out.top_logprobs[i])
+            for i, seq in enumerate(self.sampled)
+        }
+        return StepResult(results, num_tokens_computed=self.plan.num_tokens)
 
 
 class ModelRunner:
@@ -43,25 +58,23 @@ class ModelRunner:
         self.slot_table = slot_table or SlotTable(257, kv_pool.num_slots, kv_pool.device)
         self.graph_runner = graph_runner
 
-    @torch.inference_mode()
     def execute(self, plan: StepPlan, vocab_mask: Callable[[], torch.Tensor] | None = None) -> StepResult:
         """Run one step. ``vocab_mask``, when given, is called after the forward pass (so the caller can
         fill it concurrently) and returns the allowed tokens ``[num_sampled, vocab]`` (bool)."""
+        return self.launch(plan, vocab_mask).result()
+
+    @torch.inference_mode()
+    def launch(self, plan: StepPlan, vocab_mask: Callable[[], torch.Tensor] | None = None) -> PendingStep:
+        """Queue one step on the device and return without waiting for it (CPU work can overlap)."""
         batch = self.build_batch(plan)
         logits = self.forward(batch)  # [num_sampled, vocab] float32
         if self.num_real_tokens is not None and self.num_real_tokens < logits.shape[1]:
             logits[:, self.num_real_tokens :] = float("-inf")
         sampled = [seq for seq in plan.sequences if seq.sample]
-        results: dict[str, SequenceResult] = {}
-        if sampled:
-            rows = [SamplingRow(s.sampling, s.prompt_ids, s.output_ids, s.stop_token_ids) for s in sampled]
-            mask = vocab_mask() if vocab_mask is not None else None
-            out = self.sampler.sample(logits, rows, mask.to(logits.device) if mask is not None else None)
-            for i, seq in enumerate(sampled):
-                results[seq.request_id] = SequenceResult(
-                    seq.request_id, out.token_ids[i], out.logprobs[i], out.top_logprobs[i]
-                )
-        return StepResult(results, num_tokens_computed=plan.num_tokens)
+        rows = [SamplingRow(s.sampling, s.prompt_ids, s.output_ids, s.stop_token_ids) for s in sampled]
+        mask = vocab_mask() if vocab_mask is not None and sampled else None
+        pending = self.sampler.sample_async(logits, rows, mask.to(logits.device) if mask is not None else None)
+        return PendingStep(plan, sampled, pending)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits ``[num_sampled, vocab]`` (float32): a replayed CUDA graph when one fits, else eager."""

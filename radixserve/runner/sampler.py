@@ -69,6 +69,34 @@ class SampleOutput:
     top_logprobs: list[list[tuple[int, float]] | None]
 
 
+class PendingSample:
+    """Sampled token ids still on their way from the device.
+
+    Without logprobs the ids are copied to pinned host memory asynchronously and ``result()`` waits on
+    that copy alone: the one host synchronisation of a step.
+    """
+
+    def __init__(self, logits: torch.Tensor | None, token_ids: torch.Tensor | None, rows: Sequence[SamplingRow]):
+        self.logits, self.token_ids, self.rows = logits, token_ids, rows
+        self._host: torch.Tensor | None = None
+        self._event = None
+        needs_logprobs = any(row.params.return_logprob for row in rows)
+        if token_ids is not None and token_ids.is_cuda and not needs_logprobs:
+            self._host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
+            self._host.copy_(token_ids, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def result(self) -> SampleOutput:
+        if self.token_ids is None:
+            return SampleOutput([], [], [])
+        if self._event is None:
+            return _build_output(self.logits, self.token_ids, self.rows)
+        self._event.synchronize()
+        num_rows = len(self.rows)
+        return SampleOutput(self._host.tolist(), [None] * num_rows, [None] * num_rows)
+
+
 class Sampler:
     def __init__(self, vocab_size: int, device: torch.device | str = "cpu", seed: int | None = None):
         """``seed`` seeds the generator of unseeded rows (a random seed when None)."""
@@ -93,12 +121,17 @@ class Sampler:
         ``logits``: ``[B, V]`` float32 on the sampler's device, ``V == vocab_size``; not modified.
         ``vocab_mask``: optional ``[B, V]`` bool of allowed tokens; each row must allow at least one.
         """
+        return self.sample_async(logits, rows, vocab_mask).result()
+
+    def sample_async(
+        self, logits: torch.Tensor, rows: Sequence[SamplingRow], vocab_mask: torch.Tensor | None = None
+    ) -> PendingSample:
+        """Like ``sample``, but returns as soon as the work is queued on the device; ``result()`` waits."""
         self._check_shapes(logits, rows)
         if not rows:
-            return SampleOutput([], [], [])
+            return PendingSample(None, None, rows)
         logits = process_logits(logits, rows, vocab_mask)  # [B, V]
-        token_ids = self._choose(logits, rows)  # [B]
-        return _build_output(logits, token_ids, rows)
+        return PendingSample(logits, self._choose(logits, rows), rows)
 
     def _check_shapes(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
         if logits.dim() != 2 or logits.shape != (len(rows), self.vocab_size):

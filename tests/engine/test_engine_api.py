@@ -149,13 +149,13 @@ def test_a_failed_step_frees_its_kv_and_does_not_poison_the_cache(engine):
     engine.flush_cache()
     expected = engine.generate(prompt, params)["output_ids"]
     engine.flush_cache()
-    runner, real_execute = engine.core.runner, engine.core.runner.execute
+    runner, real_launch = engine.core.runner, engine.core.runner.launch
 
     def fail_once(*args, **kwargs):
-        runner.execute = real_execute
+        runner.launch = real_launch
         raise RuntimeError("injected device fault")
 
-    runner.execute = fail_once
+    runner.launch = fail_once
     failed = engine.generate(prompt, params)
     assert failed["meta_info"]["finish_reason"]["type"] == "error"
     assert "injected device fault" in failed["meta_info"]["finish_reason"]["message"]
