@@ -2,8 +2,10 @@
 
 Per step ``prepare`` plans once and every layer reuses the plan:
 
-* a pure decode batch: ``BatchDecodeWithPagedKVCacheWrapper`` (tensor-core kernels, which also
-  serve odd GQA group sizes), one query per sequence;
+* a pure decode batch: ``BatchDecodeWithPagedKVCacheWrapper``, one query per sequence: CUDA-core
+  kernels below ``TENSOR_CORE_MIN_BATCH`` sequences, tensor-core kernels above and for GQA group
+  sizes the CUDA-core kernels are not built for (H200, Llama-3-8B shapes, one layer: CUDA-core
+  56 µs vs tensor-core 90 µs at 32 x 1024; 714 vs 531 µs at 256 x 2048; see bench/);
 * anything else (prefill, chunked prefill, extend over a prefix hit, decodes mixed in):
   ``BatchPrefillWithPagedKVCacheWrapper`` with a causal mask. A sequence's new tokens are the last
   ``extend_len`` positions of its context, so bottom-right-aligned causal masking is exactly
@@ -23,7 +25,9 @@ import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 
-_WORKSPACE_BYTES = 256 * 1024 * 1024
+_WORKSPACE_BYTES = 768 * 1024 * 1024  # split-KV partials of a 1,024-sequence decode need ~335 MB
+TENSOR_CORE_MIN_BATCH = 64
+_CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)
 
 
 class FlashInferBackend(AttentionBackend):
@@ -39,14 +43,18 @@ class FlashInferBackend(AttentionBackend):
         self.dtype = kv_pool.dtype
         device = kv_pool.device
         self.workspace = torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-        self.decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            self.workspace, "NHD", use_tensor_cores=True
-        )
+        self.num_q_heads = num_q_heads
+        self.cuda_core_ok = num_q_heads // self.num_kv_heads in _CUDA_CORE_GROUPS
+        self.decode_wrappers = {
+            tensor_cores: flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                self.workspace, "NHD", use_tensor_cores=tensor_cores
+            )
+            for tensor_cores in ((True, False) if self.cuda_core_ok else (True,))
+        }
         self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
         self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
         self._graph_indices = torch.zeros(kv_pool.num_slots * 2, dtype=torch.int32, device=device)
-        self.num_q_heads = num_q_heads
-        self._active = self.decode_wrapper
+        self._active = self.decode_wrappers[True]
         # the paged cache as FlashInfer sees it: [num_pages, page_size=1, Hkv, D] per layer
         self._paged = [
             (k.view(-1, 1, self.num_kv_heads, self.head_dim), v.view(-1, 1, self.num_kv_heads, self.head_dim))
@@ -60,8 +68,9 @@ class FlashInferBackend(AttentionBackend):
         kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
         last_page_len = torch.ones(batch.batch_size, dtype=torch.int32)
         if batch.is_decode:
-            self._plan_decode(self.decode_wrapper, kv_indptr, kv_indices, last_page_len)
-            self._active = self.decode_wrapper
+            wrapper = self.decode_wrappers[self._tensor_cores(batch.batch_size)]
+            self._plan_decode(wrapper, kv_indptr, kv_indices, last_page_len)
+            self._active = wrapper
             return
         self.prefill_wrapper.plan(
             _host_indptr(batch.extend_lens),
@@ -88,7 +97,7 @@ class FlashInferBackend(AttentionBackend):
                 self.workspace,
                 "NHD",
                 use_cuda_graph=True,
-                use_tensor_cores=True,
+                use_tensor_cores=self._tensor_cores(size),
                 paged_kv_indptr_buffer=torch.zeros(size + 1, dtype=torch.int32, device=device),
                 paged_kv_indices_buffer=self._graph_indices,
                 paged_kv_last_page_len_buffer=torch.ones(size, dtype=torch.int32, device=device),
@@ -98,6 +107,9 @@ class FlashInferBackend(AttentionBackend):
         kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
         self._plan_decode(wrapper, kv_indptr, kv_indices, torch.ones(size, dtype=torch.int32))
         self._active = wrapper
+
+    def _tensor_cores(self, batch_size: int) -> bool:
+        return batch_size >= TENSOR_CORE_MIN_BATCH or not self.cuda_core_ok
 
     def _plan_decode(self, wrapper, kv_indptr, kv_indices, last_page_len) -> None:
         wrapper.plan(

@@ -182,10 +182,18 @@ def size(device) -> str:
     return "big" if device.type == "cuda" else "small"
 
 
+def _skip_uncompiled_flashinfer(backend_name: str, head_dim: int) -> None:
+    """FlashInfer JIT-builds one module per (dtype, head_dim), ~100 s each on a fresh GPU machine:
+    this suite checks it at head_dim 128 (Llama-3 shapes); the triton backend covers 64 too."""
+    if backend_name == "flashinfer" and head_dim != 128:
+        pytest.skip("flashinfer checked at head_dim 128 only (JIT build cost)")
+
+
 @pytest.mark.parametrize("backend_name", BACKENDS)
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_pure_decode_over_mixed_context_lengths(backend_name, group, head_dim, device):
+    _skip_uncompiled_flashinfer(backend_name, head_dim)
     shape = Shape(NUM_KV_HEADS * group, head_dim)
     check_step(backend_name, make_sequences(DECODE[size(device)], shape, device), shape, device)
 
@@ -194,6 +202,7 @@ def test_pure_decode_over_mixed_context_lengths(backend_name, group, head_dim, d
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_prefill_from_empty(backend_name, group, head_dim, device):
+    _skip_uncompiled_flashinfer(backend_name, head_dim)
     shape = Shape(NUM_KV_HEADS * group, head_dim)
     check_step(backend_name, make_sequences(PREFILL[size(device)], shape, device), shape, device)
 
@@ -202,6 +211,7 @@ def test_prefill_from_empty(backend_name, group, head_dim, device):
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_extend_over_a_shared_prefix_hit(backend_name, group, head_dim, device):
+    _skip_uncompiled_flashinfer(backend_name, head_dim)
     shape = Shape(NUM_KV_HEADS * group, head_dim)
     shared_len, specs = PREFIX_HIT[size(device)]
     check_step(backend_name, make_sequences(specs, shape, device, shared_len=shared_len), shape, device)
@@ -211,6 +221,7 @@ def test_extend_over_a_shared_prefix_hit(backend_name, group, head_dim, device):
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_mixed_decode_and_extend_batch(backend_name, group, head_dim, device):
+    _skip_uncompiled_flashinfer(backend_name, head_dim)
     shape = Shape(NUM_KV_HEADS * group, head_dim)
     shared_len, specs = MIXED[size(device)]
     check_step(backend_name, make_sequences(specs, shape, device, shared_len=shared_len), shape, device)
@@ -220,8 +231,8 @@ def test_mixed_decode_and_extend_batch(backend_name, group, head_dim, device):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_other_dtypes_and_int32_indices(backend_name, dtype, index_dtype, device):
-    if backend_name == "flashinfer" and dtype == torch.float32:
-        pytest.skip("flashinfer kernels take fp16/bf16")
+    if backend_name == "flashinfer":
+        pytest.skip("flashinfer: bf16 only here (each dtype is another ~100 s JIT build on a fresh GPU machine)")
     shape = Shape(NUM_KV_HEADS * 4, 64, dtype)
     shared_len, specs = MIXED[size(device)]
     check_step(backend_name, make_sequences(specs, shape, device, seed=1, shared_len=shared_len), shape, device)
