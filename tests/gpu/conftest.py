@@ -26,6 +26,7 @@ def pytest_configure(config):
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton_kernels is imported
     if interpreting():
         _upcast_bf16_dot_operands()
+        _round_bf16_casts_to_nearest_even()
 
 
 def _upcast_bf16_dot_operands() -> None:
@@ -43,6 +44,26 @@ def _upcast_bf16_dot_operands() -> None:
         return create_dot(self, a, b, d, *args)
 
     InterpreterBuilder.create_dot = upcast_dot
+
+
+def _round_bf16_casts_to_nearest_even() -> None:
+    """The interpreter (3.6) truncates float32 -> bf16 casts, the GPU (and torch) round them to
+    nearest even; round like the GPU, so that interpreted bf16 results match CUDA's to the bit."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    cast_impl = InterpreterBuilder.cast_impl
+
+    def rounding_cast(self, src, dst_type):
+        if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.bfloat16:
+            return cast_impl(self, src, dst_type)
+        values = np.asarray(src.data, dtype=np.float32)
+        bits = values.view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        return TensorHandle(np.where(np.isnan(values), np.uint16(0x7FC0), rounded), tl.bfloat16)
+
+    InterpreterBuilder.cast_impl = rounding_cast
 
 
 @pytest.hookimpl(trylast=True)  # after the root conftest has skipped every gpu test
