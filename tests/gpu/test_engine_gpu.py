@@ -9,6 +9,7 @@ of a random model, so those compare the first step's log-probabilities instead.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -81,11 +82,15 @@ def _greedy(engine, prompts, max_new_tokens=24) -> list[list[int]]:
 
 def _release(engine) -> None:
     engine.shutdown()
+    gc.collect()
     torch.cuda.empty_cache()
 
 
 @pytest.mark.parametrize("backend", ["flashinfer", "triton"])
 def test_graph_replay_and_overlap_match_the_plain_eager_loop(backend, model_dir, tokenizer_path):
+    """FlashInfer's graphs replay the very kernels of the eager path: identical tokens. Triton's
+    graphs use a fixed KV split count where eager picks one per batch, so float sums are ordered
+    differently and a near-tie of the random model may flip: most sequences must still match."""
     if backend == "flashinfer":
         pytest.importorskip("flashinfer")
     prompts = _prompts(24)
@@ -97,10 +102,26 @@ def test_graph_replay_and_overlap_match_the_plain_eager_loop(backend, model_dir,
     _release(plain)
     fast = _engine(model_dir, tokenizer_path, attention_backend=backend, cuda_graph_max_bs=32)
     assert fast.core.runner.graph_runner is not None
-    assert _greedy(fast, prompts) == expected
+    got = _greedy(fast, prompts)
+    matching = sum(a == b for a, b in zip(got, expected))
+    assert matching == len(prompts) if backend == "flashinfer" else matching >= 0.8 * len(prompts)
     fast.core.check_invariants()
     assert fast.core.cache.accounting()["protected"] == 0
     _release(fast)
+
+
+@pytest.mark.parametrize("backend", ["flashinfer", "triton"])
+def test_overlapped_loop_is_token_identical_to_the_synchronous_one(backend, model_dir, tokenizer_path):
+    if backend == "flashinfer":
+        pytest.importorskip("flashinfer")
+    prompts = _prompts(24, seed=2)
+    synchronous = _engine(model_dir, tokenizer_path, attention_backend=backend, disable_overlap_schedule=True)
+    expected = _greedy(synchronous, prompts)
+    _release(synchronous)
+    overlapped = _engine(model_dir, tokenizer_path, attention_backend=backend)
+    assert _greedy(overlapped, prompts) == expected
+    overlapped.core.check_invariants()
+    _release(overlapped)
 
 
 @pytest.mark.parametrize("backend", ["flashinfer", "triton"])
