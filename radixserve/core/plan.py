@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 
 from radixserve.core.sampling_params import SamplingParams
 
+# Input id of a position whose token a launched step samples but the host does not know yet. Only
+# the last input of a sequence can be one; the runner fills it in on the device from the previous
+# step's sampled ids (overlap schedule), so a placeholder never reaches the model.
+FUTURE_TOKEN = -1
+
 
 @dataclass
 class SequencePlan:
@@ -28,9 +33,13 @@ class SequencePlan:
     # Produce a next token from the last input position. False for a non-final prefill chunk.
     sample: bool
     sampling: SamplingParams
-    # History for penalties and seeded sampling (read-only for the runner).
+    # History for penalties (read-only for the runner). ``output_ids`` holds resolved tokens only:
+    # with the overlap schedule the newest ones may still be in flight (see ``num_output``).
     prompt_ids: list[int] = field(default_factory=list)
     output_ids: list[int] = field(default_factory=list)
+    # Tokens the request generated before this one, resolved or in flight (seeds, min_new_tokens).
+    # None means ``len(output_ids)``.
+    num_output: int | None = None
     # Tokens that end generation (EOS + stop_token_ids); masked while below min_new_tokens.
     stop_token_ids: tuple[int, ...] = ()
     # ``Request.slots_version``: changes when ``slots[:prefix_len]`` may differ from the last step's.

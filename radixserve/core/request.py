@@ -6,16 +6,22 @@ KV accounting (page size 1), for a request in the running set::
     slots[num_tree_slots:num_computed]  private to this request (freed or inserted on release)
     len(slots) == num_computed          tokens whose K/V is in the pool
 
-``all_ids = prompt_ids + output_ids``. The last sampled token never has K/V yet, so a running
-request always has ``num_computed < len(all_ids)``; the next step computes
-``all_ids[num_computed : num_computed + chunk]``. Prefill, chunked prefill, decode and a
+``all_ids = prompt_ids + output_ids`` holds resolved tokens. The last sampled token never has K/V
+yet, so a running request always has ``num_computed < num_tokens``; the next step computes
+positions ``num_computed : num_computed + chunk``. Prefill, chunked prefill, decode and a
 re-prefill after retraction are the same operation.
+
+Overlap schedule: step N+1 is planned before step N's tokens reach the host. ``num_inflight``
+counts tokens sampled by launched-but-unresolved steps (ids unknown to the host). They count in
+``num_tokens``, so a request with one in flight is a decode candidate whose input is
+``FUTURE_TOKEN``; ``all_ids``/``output_ids`` hold resolved tokens only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from radixserve.core.plan import FUTURE_TOKEN
 from radixserve.core.sampling_params import SamplingParams
 
 
@@ -53,6 +59,8 @@ class Request:
     slots_version: int = 0
     num_tree_slots: int = 0
     cache_node: object = None
+    # Tokens sampled by launched steps the host has not resolved yet (owned by the scheduler).
+    num_inflight: int = 0
     # Reporting.
     num_cached_tokens: int = 0  # prompt tokens served from the cache at first admission
     num_retractions: int = 0
@@ -65,8 +73,12 @@ class Request:
         return self.prompt_ids + self.output_ids
 
     def ids_between(self, start: int, end: int) -> list[int]:
-        """``all_ids[start:end]`` without building ``all_ids``."""
+        """Token ids of positions ``start:end`` without building ``all_ids``; ``FUTURE_TOKEN`` for
+        positions past the resolved tokens (sampled by a step still in flight)."""
         num_prompt = len(self.prompt_ids)
+        num_resolved = num_prompt + len(self.output_ids)
+        if end > num_resolved:
+            return self.ids_between(start, num_resolved) + [FUTURE_TOKEN] * (end - max(start, num_resolved))
         if start >= num_prompt:
             return self.output_ids[start - num_prompt : end - num_prompt]
         if end <= num_prompt:
@@ -75,7 +87,13 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
+        """Prompt + resolved output + in-flight tokens."""
+        return len(self.prompt_ids) + len(self.output_ids) + self.num_inflight
+
+    @property
+    def num_output(self) -> int:
+        """Tokens generated so far, resolved or in flight."""
+        return len(self.output_ids) + self.num_inflight
 
     @property
     def num_computed(self) -> int:
@@ -92,7 +110,13 @@ class Request:
 
     @property
     def remaining_new_tokens(self) -> int:
-        return max(0, self.sampling.max_new_tokens - len(self.output_ids))
+        """Tokens still to be sampled: neither resolved nor in flight."""
+        return max(0, self.sampling.max_new_tokens - self.num_output)
+
+    @property
+    def awaiting_resolution(self) -> bool:
+        """Every token it may generate is sampled; only in-flight results are missing (never plan it)."""
+        return self.num_inflight > 0 and self.remaining_new_tokens == 0
 
     @property
     def finished(self) -> bool:

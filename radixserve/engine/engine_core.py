@@ -1,14 +1,17 @@
-"""The engine loop body: schedule → execute → update → detokenize, one call to ``step()``.
+"""The engine loop body: schedule → launch → resolve (update, grammar, detokenize), one call to ``step()``.
 
-``EngineCore`` is synchronous and single-threaded; the offline ``Engine`` drives it in-process and
-the HTTP server drives it in its own process.
+``EngineCore`` is single-threaded; the offline ``Engine`` drives it in-process and the HTTP server
+drives it in its own process. With the overlap schedule (the default) a step is resolved during
+the next call, after the following step has been launched (see ``step``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from radixserve.config import ServerArgs
+from radixserve.core.plan import StepPlan
 from radixserve.core.request import FinishReason, Request
 from radixserve.core.sampling_params import InvalidParamError, SamplingParams
 from radixserve.engine.build import build_engine_parts
@@ -17,6 +20,23 @@ from radixserve.engine.output_processor import OutputProcessor, RequestOutput
 from radixserve.engine.step_log import StepLog
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Launched:
+    plan: StepPlan
+    pending: object  # the runner's PendingStep: ``result()`` waits for the step's StepResult
+
+
+def _needs_exact_history(request: Request) -> bool:
+    """Grammar masks and penalties read every previous token, so they cannot sample on in-flight ones."""
+    params = request.sampling
+    return (
+        request.grammar is not None
+        or params.repetition_penalty != 1.0
+        or bool(params.frequency_penalty)
+        or bool(params.presence_penalty)
+    )
 
 
 class EngineCore:
@@ -38,7 +58,7 @@ class EngineCore:
         self.step_log = StepLog()
         self._grammar: GrammarManager | None = None  # built on the first constrained request
         self.overlap = not args.disable_overlap_schedule
-        self._deferred: list[Request] = []  # sampled last step, not yet detokenized
+        self._inflight: _Launched | None = None  # launched, not yet resolved (at most one between steps)
 
     @property
     def grammar(self) -> GrammarManager:
@@ -85,58 +105,79 @@ class EngineCore:
         return output
 
     def flush_cache(self) -> bool:
-        if self.scheduler.has_work:
+        """Empty the prefix cache; refused (False) while any request is alive or a step is in flight."""
+        if self.scheduler.has_work or self._inflight is not None:
             return False
         return self.cache.flush()
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work or bool(self._deferred) or bool(self._grammar and self._grammar.pending)
+        return self.scheduler.has_work or self._inflight is not None or bool(self._grammar and self._grammar.pending)
 
     # ---- the loop body ----------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; return an output for every request that produced tokens.
 
-        Overlap: once step N is queued on the device, the CPU detokenizes step N-1's tokens (and
-        matches stop strings) before waiting for N. A stop string found then finishes its request
-        one step late; the extra token it computed is dropped.
+        Overlap (the default): schedule and launch step N+1, then resolve step N (wait for its
+        tokens, update, advance grammars, detokenize) while N+1 runs, so the device always has the
+        next step queued. At most one launched step is unresolved between calls. Requests whose
+        sampling needs exact history (a grammar mask, penalties) make the step synchronous: the
+        pending step is resolved before scheduling. With ``--disable-overlap-schedule`` every step
+        is resolved right after its launch.
         """
         outputs = self._admit_compiled()
+        if self._inflight is not None and self._needs_exact_history():
+            outputs += self._resolve()
         plan = self.scheduler.schedule()
         if not plan:
-            outputs += self._process_deferred()
+            if self._inflight is not None:
+                return outputs + self._resolve()
             if self._grammar is not None and self._grammar.pending:
                 self._grammar.wait_any(timeout=0.005)  # nothing runnable yet: don't spin on the compile
             return outputs
+        launched, failed = self._launch(plan)
+        outputs += failed + self._resolve()
+        self._inflight = launched
+        if not self.overlap:
+            outputs += self._resolve()
+        return outputs
+
+    def _needs_exact_history(self) -> bool:
+        """A running request with a token in flight samples from masks or penalties over its history."""
+        return any(request.num_inflight and _needs_exact_history(request) for request in self.scheduler.running)
+
+    def _launch(self, plan: StepPlan) -> tuple[_Launched | None, list[RequestOutput]]:
         masks = self._grammar.start_masks(plan, self.requests) if self._grammar is not None else None
         try:
             pending = self.runner.launch(plan, vocab_mask=masks.result if masks is not None else None)
-            if self.overlap:
-                outputs += self._process_deferred()
-            result = pending.result()
         except Exception as exc:  # a failed step must not poison the cache or wedge the loop
-            logger.exception("step failed; finishing its %d requests with an error", len(plan.sequences))
-            return outputs + self._fail_step(plan, f"{type(exc).__name__}: {exc}") + self._process_deferred()
-        self.scheduler.update(plan, result)  # finished requests are among the sampled ones below
+            return None, self._fail_step(plan, exc)
+        return _Launched(plan, pending), []
+
+    def _resolve(self) -> list[RequestOutput]:
+        """Wait for the in-flight step's tokens and apply them; outputs of the requests it touched."""
+        launched, self._inflight = self._inflight, None
+        if launched is None:
+            return []
+        try:
+            result = launched.pending.result()
+        except Exception as exc:
+            return self._fail_step(launched.plan, exc)
+        touched = self.scheduler.update(launched.plan, result)  # finished requests included, KV released
         self.num_tokens_computed += result.num_tokens_computed
         self.num_steps += 1
-        self.step_log.record(plan, self.scheduler)
-        touched = [self.requests[s.request_id] for s in plan.sequences if s.sample and s.request_id in self.requests]
+        self.step_log.record(launched.plan, self.scheduler)
         for request in touched:
             reason = GrammarManager.advance(request)
             if reason is not None:
                 self.scheduler.finish(request, reason)
-        self._deferred.extend(touched)
-        if not self.overlap:
-            outputs += self._process_deferred()
-        return outputs
+        return self._emit(touched)
 
-    def _process_deferred(self) -> list[RequestOutput]:
-        """Detokenize the requests touched by the last step; finish those whose stop string matched."""
+    def _emit(self, touched: list[Request]) -> list[RequestOutput]:
+        """Detokenize the requests a step touched; finish those whose stop string matched."""
         outputs = []
-        deferred, self._deferred = self._deferred, []
-        for request in deferred:
+        for request in touched:
             if self.requests.get(request.request_id) is not request:  # aborted meanwhile: already reported
                 continue
             output, matched_stop = self.outputs.process(request)
@@ -147,15 +188,12 @@ class EngineCore:
             outputs.append(output)
         return outputs
 
-    def _fail_step(self, plan, message: str) -> list[RequestOutput]:
-        """The step's KV was never written: drop those positions, then finish every request in it."""
+    def _fail_step(self, plan: StepPlan, exc: Exception) -> list[RequestOutput]:
+        """The step's KV was never written: the scheduler drops those positions and finishes its requests."""
+        logger.error("step failed; finishing its %d requests with an error", len(plan.sequences), exc_info=exc)
+        reason = FinishReason("error", message=f"{type(exc).__name__}: {exc}")
         outputs = []
-        for seq in plan.sequences:
-            request = self.requests.get(seq.request_id)
-            if request is None:  # finished by a stop string while the step ran: its KV is already released
-                continue
-            self.cache.truncate(request, seq.prefix_len)
-            self.scheduler.finish(request, FinishReason("error", message=message))
+        for request in self.scheduler.fail(plan, reason):
             output, _ = self.outputs.process(request)
             self.requests.pop(request.request_id, None)
             outputs.append(output)

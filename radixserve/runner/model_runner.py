@@ -1,6 +1,10 @@
 """Turns a ``StepPlan`` (plain ints) into device tensors, runs the model and samples.
 
 The runner owns every device tensor: the KV pool, the step's input tensors, the sampler state.
+
+Overlap schedule: a step may be launched before the previous one's tokens reach the host. A decode
+whose input token is still in flight carries ``FUTURE_TOKEN``; ``build_batch`` replaces it on the
+device with the token the last launched step sampled for that request (a gather, no host sync).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
-from radixserve.core.plan import SequenceResult, StepPlan, StepResult
+from radixserve.core.plan import FUTURE_TOKEN, SequenceResult, StepPlan, StepResult
 from radixserve.runner.cuda_graph import DecodeGraphRunner
 from radixserve.runner.kv_pool import KVPool
 from radixserve.runner.sampler import PendingSample, Sampler, SamplingRow
@@ -57,6 +61,9 @@ class ModelRunner:
         self.device = kv_pool.device
         self.slot_table = slot_table or SlotTable(257, kv_pool.num_slots, kv_pool.device)
         self.graph_runner = graph_runner
+        # The last launched step's sampled ids [num_sampled] (on the device) and each request's row.
+        self._last_token_ids: torch.Tensor | None = None
+        self._last_rows: dict[str, int] = {}
 
     def execute(self, plan: StepPlan, vocab_mask: Callable[[], torch.Tensor] | None = None) -> StepResult:
         """Run one step. ``vocab_mask``, when given, is called after the forward pass (so the caller can
@@ -71,10 +78,18 @@ class ModelRunner:
         if self.num_real_tokens is not None and self.num_real_tokens < logits.shape[1]:
             logits[:, self.num_real_tokens :] = float("-inf")
         sampled = [seq for seq in plan.sequences if seq.sample]
-        rows = [SamplingRow(s.sampling, s.prompt_ids, s.output_ids, s.stop_token_ids) for s in sampled]
+        rows = [SamplingRow.from_plan(seq) for seq in sampled]
         mask = vocab_mask() if vocab_mask is not None and sampled else None
         pending = self.sampler.sample_async(logits, rows, mask.to(logits.device) if mask is not None else None)
+        self._last_token_ids = pending.token_ids
+        self._last_rows = {seq.request_id: row for row, seq in enumerate(sampled)}
         return PendingStep(plan, sampled, pending)
+
+    def _future_row(self, request_id: str) -> int:
+        row = self._last_rows.get(request_id)
+        if row is None or self._last_token_ids is None:
+            raise RuntimeError(f"request {request_id!r} has an input in flight but the last step did not sample it")
+        return row
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits ``[num_sampled, vocab]`` (float32): a replayed CUDA graph when one fits, else eager."""
@@ -84,7 +99,11 @@ class ModelRunner:
         return self.model(batch)
 
     def build_batch(self, plan: StepPlan) -> ForwardBatch:
-        """One host-to-device upload of the step's small index tensors; ``kv_slots`` gathered on the device."""
+        """One host-to-device upload of the step's small index tensors; ``kv_slots`` gathered on the device.
+
+        ``FUTURE_TOKEN`` inputs are filled from the last launched step's sampled ids (see the module
+        docstring); a request absent from that step is a scheduler bug and raises ``RuntimeError``.
+        """
         sequences = plan.sequences
         rows = self.slot_table.sync(sequences)
         seq_lens = [seq.seq_len for seq in sequences]
@@ -92,17 +111,25 @@ class ModelRunner:
         input_ids: list[int] = []
         positions: list[int] = []
         out_slots: list[int] = []
+        future_index: list[int] = []  # flat input positions of in-flight tokens
+        future_rows: list[int] = []  # their rows in the last launched step's sampled ids
         for seq, seq_len in zip(sequences, seq_lens):
             input_ids.extend(seq.input_ids)
+            if seq.input_ids[-1] == FUTURE_TOKEN:
+                future_index.append(len(input_ids) - 1)
+                future_rows.append(self._future_row(seq.request_id))
             positions.extend(range(seq.prefix_len, seq_len))
             out_slots.extend(seq.slots[seq.prefix_len : seq_len])
         qo_indptr = [0, *itertools.accumulate(extend_lens)]
         kv_indptr = [0, *itertools.accumulate(seq_lens)]
         logits_indices = [qo_indptr[i + 1] - 1 for i, seq in enumerate(sequences) if seq.sample]
         parts = (input_ids, positions, out_slots, qo_indptr, kv_indptr, logits_indices, rows, seq_lens)
+        parts += (future_index, future_rows)
         host = torch.tensor(list(itertools.chain.from_iterable(parts)), dtype=torch.int64)
         device = host.to(self.device, non_blocking=True).split([len(part) for part in parts])
-        ids_t, positions_t, out_slots_t, qo_indptr_t, kv_indptr_t, logits_t, rows_t, seq_lens_t = device
+        ids_t, positions_t, out_slots_t, qo_indptr_t, kv_indptr_t, logits_t, rows_t, seq_lens_t = device[:8]
+        if future_index:
+            ids_t[device[8]] = self._last_token_ids[device[9]]
         kv_slots = self.slot_table.gather(rows_t, seq_lens_t, kv_indptr_t, kv_indptr[-1])
         return ForwardBatch(
             input_ids=ids_t,

@@ -7,10 +7,13 @@
    a positive logit is divided by the penalty, a negative one multiplied by it.
 3. Frequency / presence penalties (OpenAI semantics) over output tokens only:
    ``logit[t] -= frequency_penalty * count[t] + presence_penalty * (count[t] > 0)``.
-4. ``min_new_tokens``: a row's stop tokens are set to ``-inf`` while ``len(output_ids) < min_new_tokens``.
+4. ``min_new_tokens``: a row's stop tokens are set to ``-inf`` while ``num_output < min_new_tokens``.
 5. Grammar ``vocab_mask`` (``[B, V]`` bool of *allowed* tokens): disallowed tokens are set to ``-inf``.
    When a row's grammar allows only stop tokens that step 4 forbids, the grammar wins and step 4 is
    dropped for that row: a structurally valid end beats a longer output.
+
+Penalties read ``output_ids``, which holds resolved tokens only: the engine resolves in-flight
+tokens (overlap schedule) before it schedules a penalised request, so its history is exact here.
 
 Counts come from one ``scatter_add`` over a padded ``[B, L]`` tensor of token ids, so repeated ids
 count correctly. This recomputes counts from the full history every step; a stateful per-request
@@ -124,7 +127,7 @@ def _min_tokens_blocked(rows: Sequence[SamplingRow]) -> tuple[list[int], list[in
     """(row indices, token ids) of stop tokens forbidden because the row is below ``min_new_tokens``."""
     row_index, token_ids = [], []
     for i, row in enumerate(rows):
-        if len(row.output_ids) < row.params.min_new_tokens:
+        if row.num_output < row.params.min_new_tokens:
             row_index.extend([i] * len(row.stop_token_ids))
             token_ids.extend(row.stop_token_ids)
     return row_index, token_ids

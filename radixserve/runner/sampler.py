@@ -21,7 +21,7 @@ with probability ``p_t``. It is computed as ``argmax(logit / T - log E)``, which
 can never pick a ``-inf`` (masked) token.
 
 Seeds: a row with ``params.seed`` takes its noise from a counter-based hash of
-(seed, len(output_ids), token id), so its token depends on nothing else in the batch and needs no
+(seed, num_output, token id), so its token depends on nothing else in the batch and needs no
 generator state; the hash is integer arithmetic, identical on CPU and GPU (only the final ``log`` may
 differ in the last bit). Rows without a seed draw from the sampler's own ``torch.Generator``.
 """
@@ -49,13 +49,20 @@ class SamplingRow:
 
     params: SamplingParams
     prompt_ids: list[int] = field(default_factory=list)
-    output_ids: list[int] = field(default_factory=list)  # generated before this step
-    # EOS + user stop ids; masked (-inf) while len(output_ids) < params.min_new_tokens.
+    output_ids: list[int] = field(default_factory=list)  # generated before this step (penalties)
+    # EOS + user stop ids; masked (-inf) while num_output < params.min_new_tokens.
     stop_token_ids: tuple[int, ...] = ()
+    # Tokens generated before this one, including those still in flight (overlap schedule), whose ids
+    # ``output_ids`` lacks. Seeds and min_new_tokens read it. None: ``len(output_ids)``.
+    num_output: int | None = None
+
+    def __post_init__(self):
+        if self.num_output is None:
+            self.num_output = len(self.output_ids)
 
     @classmethod
     def from_plan(cls, plan: SequencePlan) -> SamplingRow:
-        return cls(plan.sampling, plan.prompt_ids, plan.output_ids, plan.stop_token_ids)
+        return cls(plan.sampling, plan.prompt_ids, plan.output_ids, plan.stop_token_ids, plan.num_output)
 
 
 @dataclass
@@ -72,16 +79,19 @@ class SampleOutput:
 class PendingSample:
     """Sampled token ids still on their way from the device.
 
-    Without logprobs the ids are copied to pinned host memory asynchronously and ``result()`` waits on
-    that copy alone: the one host synchronisation of a step.
+    ``token_ids`` (``[B]``, on the device) may feed the next step's inputs before ``result()`` is
+    called. Logprobs are computed when the step is queued, not in ``result()``: the logits may live in
+    a buffer the next step overwrites (a replayed CUDA graph). Without logprobs the ids are copied to
+    pinned host memory asynchronously and ``result()`` waits on that copy alone: the one host
+    synchronisation of a step.
     """
 
     def __init__(self, logits: torch.Tensor | None, token_ids: torch.Tensor | None, rows: Sequence[SamplingRow]):
-        self.logits, self.token_ids, self.rows = logits, token_ids, rows
+        self.token_ids, self.rows = token_ids, rows
+        self._logprobs = _queue_logprobs(logits, token_ids, rows) if token_ids is not None else None
         self._host: torch.Tensor | None = None
         self._event = None
-        needs_logprobs = any(row.params.return_logprob for row in rows)
-        if token_ids is not None and token_ids.is_cuda and not needs_logprobs:
+        if token_ids is not None and token_ids.is_cuda and self._logprobs is None:
             self._host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
             self._host.copy_(token_ids, non_blocking=True)
             self._event = torch.cuda.Event()
@@ -90,10 +100,13 @@ class PendingSample:
     def result(self) -> SampleOutput:
         if self.token_ids is None:
             return SampleOutput([], [], [])
-        if self._event is None:
-            return _build_output(self.logits, self.token_ids, self.rows)
-        self._event.synchronize()
         num_rows = len(self.rows)
+        if self._event is None:
+            output = SampleOutput(self.token_ids.tolist(), [None] * num_rows, [None] * num_rows)
+            if self._logprobs is not None:
+                self._logprobs.fill(output)
+            return output
+        self._event.synchronize()
         return SampleOutput(self._host.tolist(), [None] * num_rows, [None] * num_rows)
 
 
@@ -161,7 +174,7 @@ class Sampler:
         seeded = [i for i, row in enumerate(rows) if row.params.seed is not None]
         if not seeded:
             return self._generator_noise(len(rows))
-        keys = [_row_key(rows[i].params.seed, len(rows[i].output_ids)) for i in seeded]
+        keys = [_row_key(rows[i].params.seed, rows[i].num_output) for i in seeded]
         if len(seeded) == len(rows):
             return seeded_exponential(keys, self._token_ids)
         unseeded = [i for i, row in enumerate(rows) if row.params.seed is None]
@@ -222,7 +235,7 @@ def seeded_exponential(keys: Sequence[tuple[int, int]], token_ids: torch.Tensor)
 
 
 def _row_key(seed: int, step: int) -> tuple[int, int]:
-    """Two 32-bit keys from (seed, step); ``step`` is ``len(output_ids)``."""
+    """Two 32-bit keys from (seed, step); ``step`` is the row's ``num_output``."""
     key = _splitmix64(_splitmix64(seed & _MASK64) ^ step)
     return key & _MASK32, key >> 32
 
@@ -241,27 +254,38 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def _build_output(logits: torch.Tensor, token_ids: torch.Tensor, rows: Sequence[SamplingRow]) -> SampleOutput:
-    num_rows = len(rows)
-    output = SampleOutput(token_ids.tolist(), [None] * num_rows, [None] * num_rows)
+class _QueuedLogprobs:
+    """Device tensors of the rows that asked for logprobs; ``fill`` copies them into an output."""
+
+    def __init__(self, wanted: list[int], chosen: torch.Tensor, top: tuple | None, nums: list[int]):
+        self.wanted, self.chosen, self.top, self.nums = wanted, chosen, top, nums
+
+    def fill(self, output: SampleOutput) -> None:
+        chosen = self.chosen.tolist()  # [W]
+        top = _top_logprobs(self.top, self.nums)
+        for j, i in enumerate(self.wanted):
+            output.logprobs[i] = chosen[j]
+            output.top_logprobs[i] = top[j]
+
+
+def _queue_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, rows: Sequence[SamplingRow]
+) -> _QueuedLogprobs | None:
     wanted = [i for i, row in enumerate(rows) if row.params.return_logprob]
     if not wanted:
-        return output
+        return None
     index = torch.tensor(wanted, device=logits.device)  # [W]
     logprobs = logits[index].float().log_softmax(dim=-1)  # [W, V], temperature 1
-    chosen = logprobs.gather(1, token_ids[index][:, None]).squeeze(1).tolist()  # [W]
-    top = _top_logprobs(logprobs, [rows[i].params.top_logprobs_num for i in wanted])
-    for j, i in enumerate(wanted):
-        output.logprobs[i] = chosen[j]
-        output.top_logprobs[i] = top[j]
-    return output
-
-
-def _top_logprobs(logprobs: torch.Tensor, nums: list[int]) -> list[list[tuple[int, float]] | None]:
-    """For each ``[V]`` row of ``logprobs``, its ``nums[j]`` best (id, logprob), best first (None for 0)."""
+    chosen = logprobs.gather(1, token_ids[index][:, None]).squeeze(1)  # [W]
+    nums = [rows[i].params.top_logprobs_num for i in wanted]
     num_top = min(max(nums), logprobs.shape[1])
-    if num_top == 0:
+    top = logprobs.topk(num_top, dim=-1) if num_top > 0 else None  # ([W, num_top], [W, num_top]), best first
+    return _QueuedLogprobs(wanted, chosen, top, nums)
+
+
+def _top_logprobs(top: tuple | None, nums: list[int]) -> list[list[tuple[int, float]] | None]:
+    """For each wanted row, its ``nums[j]`` best (id, logprob), best first (None for 0)."""
+    if top is None:
         return [None] * len(nums)
-    values, ids = logprobs.topk(num_top, dim=-1)  # [W, num_top] each, sorted descending
-    values, ids = values.tolist(), ids.tolist()
+    values, ids = top[0].tolist(), top[1].tolist()
     return [list(zip(ids[j][:k], values[j][:k])) if k > 0 else None for j, k in enumerate(nums)]

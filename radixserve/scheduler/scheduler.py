@@ -4,9 +4,25 @@ Each step runs every decoding request (one token each) plus prefill chunks for n
 or partially prefilled requests, within the ``chunked_prefill_size`` token budget. When decode
 runs out of KV, the newest running requests are retracted: their computed tokens go into the
 radix tree (so a re-admission usually recomputes almost nothing) and they re-queue.
+
+Overlap schedule: ``schedule()`` may run again before the previous plan's ``update()`` (the engine
+keeps one step in flight). A plan is *unresolved* from ``schedule()`` until ``update()`` or
+``fail()``. While unresolved:
+
+- each sampled sequence counts in its request's ``num_inflight``; a request with a token in flight
+  decodes with a ``FUTURE_TOKEN`` input, and none is planned past ``max_new_tokens``;
+- the positions it computes are *unwritten*: they never go into the radix tree (a retracted or
+  finished request drops them), so a failed step never leaves bad K/V in the cache;
+- its requests are not re-admitted after a retraction.
+
+``update()`` applies results to the Request objects of that plan, wherever they are now: a request
+retracted meanwhile keeps its token; one finished meanwhile (abort, stop string) drops it.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
 
 from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.cache.radix_tree import RadixTree
@@ -21,6 +37,15 @@ from radixserve.scheduler.policy import Candidate
 _RESERVE_CLIP = 4096
 
 
+@dataclass
+class _Unresolved:
+    """A plan between ``schedule()`` and ``update()``/``fail()``."""
+
+    plan: StepPlan
+    requests: list[Request]  # parallel to plan.sequences
+    prefix_lens: dict[int, int]  # id(request) -> first position the plan computes for it
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, cache: PrefixCache):
         if config.schedule_policy not in policy.POLICIES:
@@ -33,6 +58,7 @@ class Scheduler:
         self.num_retractions = 0
         # (request, cached prefix tokens) admitted by the latest schedule(), for logs and metrics
         self.last_admitted: list[tuple[Request, int]] = []
+        self._unresolved: list[_Unresolved] = []  # oldest first
 
     # ---- queue management -------------------------------------------------------------------
 
@@ -61,30 +87,49 @@ class Scheduler:
         self.waiting.append(request)
 
     def abort(self, request_id: str, message: str = "aborted") -> Request | None:
-        """Finish a waiting or running request as ``abort`` and free its KV. None if unknown."""
+        """Finish a waiting or running request as ``abort`` and free its KV. None if unknown.
+
+        Tokens still in flight for it are dropped when their step is resolved."""
         for queue in (self.waiting, self.running):
             for request in queue:
                 if request.request_id == request_id:
                     queue.remove(request)
-                    self.cache.release(request, keep=True)
+                    self._release(request)
                     request.finish(FinishReason("abort", message=message))
                     return request
         return None
 
     def finish(self, request: Request, reason: FinishReason) -> None:
-        """Finish a running request from outside (e.g. a stop string matched) and free its KV."""
+        """Finish a request from outside (e.g. a stop string matched), free its KV, drop it from its queue."""
         request.finish(reason)
         if request in self.running:
             self.running.remove(request)
-            self.cache.release(request, keep=True)
+            self._release(request)
+        elif request in self.waiting:  # retracted while its last token was in flight: holds no KV
+            self.waiting.remove(request)
 
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    @property
+    def num_unresolved(self) -> int:
+        """Plans scheduled but not yet resolved by ``update()`` or ``fail()``."""
+        return len(self._unresolved)
+
     # ---- scheduling -------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
+        """Plan the next step; it stays unresolved until ``update()`` or ``fail()`` (see the module docstring)."""
+        plan = self._schedule()
+        if plan:
+            by_id = {r.request_id: r for r in self.running}  # every planned request is running
+            requests = [by_id[seq.request_id] for seq in plan.sequences]
+            prefix_lens = {id(r): seq.prefix_len for seq, r in zip(plan.sequences, requests)}
+            self._unresolved.append(_Unresolved(plan, requests, prefix_lens))
+        return plan
+
+    def _schedule(self) -> StepPlan:
         self.step_count += 1
         self.last_admitted = []
         decoding = self._make_room_for_decode()
@@ -97,15 +142,15 @@ class Scheduler:
                     plans.append(self._plan_allocated(request, chunk))
                     budget -= chunk
         plans.extend(self._admit(budget, plans))
-        if not plans and self.running:
+        if not plans and any(not r.awaiting_resolution for r in self.running):
             self._retract(self._newest_running())
-            return self.schedule()
+            return self._schedule()
         return StepPlan(plans)
 
     def _make_room_for_decode(self) -> list[Request]:
         """Ensure one free slot per decoding request, retracting the newest requests if needed."""
         while True:
-            decoding = [r for r in self.running if r.num_pending == 1]
+            decoding = [r for r in self.running if r.num_pending == 1 and not r.awaiting_resolution]
             if self.cache.num_available >= len(decoding) or len(self.running) <= 1:
                 return decoding
             self._retract(self._newest_running())
@@ -128,7 +173,7 @@ class Scheduler:
         """Plan the last ``num_tokens`` allocated positions of ``request``."""
         end = request.num_computed
         start = end - num_tokens
-        return SequencePlan(
+        plan = SequencePlan(
             request_id=request.request_id,
             input_ids=request.ids_between(start, end),
             prefix_len=start,
@@ -139,7 +184,11 @@ class Scheduler:
             output_ids=request.output_ids,
             stop_token_ids=request.stop_token_ids,
             slots_version=request.slots_version,
+            num_output=request.num_output,
         )
+        if plan.sample:
+            request.num_inflight += 1
+        return plan
 
     # ---- admission ----------------------------------------------------------------------------
 
@@ -152,14 +201,15 @@ class Scheduler:
             if budget <= 0 or len(self.running) >= self.config.max_running_requests:
                 break
             request = candidate.request
-            if self._defer_for_inflight(candidate, inflight):
+            if self._is_unresolved(request) or self._defer_for_inflight(candidate, inflight):
                 continue
             chunk = self._try_admit(request, budget)
             if chunk is None:
                 break  # admit in order: a large request is not overtaken forever
             self.waiting.remove(request)
             self.running.append(request)
-            inflight.insert(request.all_ids, [0] * request.num_tokens, request.extra_key)
+            ids = request.all_ids
+            inflight.insert(ids, [0] * len(ids), request.extra_key)
             plans.append(self._plan_allocated(request, chunk))
             budget -= chunk
         return plans
@@ -177,13 +227,16 @@ class Scheduler:
         return Candidate(request, len(match.slots), match.node)
 
     def _inflight_index(self, planned: list[SequencePlan]) -> RadixTree:
-        """Token ids being prefilled right now (this step's chunks and what is still pending), to spot
-        new requests that should wait a step and hit them instead of computing them again."""
+        """Token ids being prefilled right now (this step's chunks, unresolved steps' chunks and what is
+        still pending), to spot new requests that should wait and hit them instead of computing them again."""
         index = RadixTree()
         prefilling = {s.request_id for s in planned if len(s.input_ids) > 1}
+        for step in self._unresolved:  # computed, but in the tree only once resolved
+            prefilling.update(s.request_id for s in step.plan.sequences if len(s.input_ids) > 1)
         for request in self.running:
             if request.num_pending > 1 or request.request_id in prefilling:
-                index.insert(request.all_ids, [0] * request.num_tokens, request.extra_key)
+                ids = request.all_ids
+                index.insert(ids, [0] * len(ids), request.extra_key)
         return index
 
     def _defer_for_inflight(self, candidate: Candidate, inflight: RadixTree) -> bool:
@@ -221,11 +274,13 @@ class Scheduler:
     # ---- retraction ---------------------------------------------------------------------------
 
     def _newest_running(self) -> Request:
-        return max(reversed(self.running), key=lambda r: r.arrival_step)  # ties: the latest admitted
+        # Not one awaiting resolution (it finishes then anyway); ties: the latest admitted.
+        candidates = [r for r in self.running if not r.awaiting_resolution] or self.running
+        return max(reversed(candidates), key=lambda r: r.arrival_step)
 
     def _retract(self, request: Request) -> None:
         self.running.remove(request)
-        self.cache.release(request, keep=True)
+        self._release(request)
         request.num_retractions += 1
         self.num_retractions += 1
         self.waiting.insert(0, request)
@@ -233,25 +288,85 @@ class Scheduler:
     # ---- results ------------------------------------------------------------------------------
 
     def update(self, plan: StepPlan, result: StepResult) -> list[Request]:
-        """Apply sampled tokens; return requests that finished this step (their KV already released)."""
-        by_id = {r.request_id: r for r in self.running}
-        finished: list[Request] = []
-        for seq in plan.sequences:
-            request = by_id.get(seq.request_id)
-            if request is None:
-                continue
-            if not seq.sample:
-                self.cache.cache_computed(request)  # let others hit the chunk already computed
-                continue
-            self._append_token(request, result.results[seq.request_id])
+        """Resolve ``plan`` with its results; return the requests that got a token (or finished) from it.
+
+        Finished requests are among them with their KV released. A request finished before this
+        call (abort, stop string, failure) is skipped: its token is dropped."""
+        step = self._pop_unresolved(plan)
+        touched: list[Request] = []
+        for seq, request in zip(plan.sequences, step.requests):
+            if seq.sample:
+                request.num_inflight -= 1
             if request.finished:
-                finished.append(request)
-            elif len(seq.input_ids) > 1:
-                self.cache.cache_computed(request)  # prefill done: siblings and followers can hit it
-        for request in finished:
+                continue
+            if seq.sample:
+                self._append_token(request, result.results[seq.request_id])
+                touched.append(request)
+            if not request.finished and (not seq.sample or len(seq.input_ids) > 1):
+                self._cache_written(request)  # a chunk or a whole prefill: siblings and followers can hit it
+        for request in touched:
+            if request.finished:
+                self._drop_finished(request)
+        return touched
+
+    def fail(self, plan: StepPlan, reason: FinishReason) -> list[Request]:
+        """Resolve ``plan`` as failed: its K/V was never written. Its requests still alive lose the
+        positions it (and any later unresolved plan) computes and finish with ``reason``; returned."""
+        step = self._pop_unresolved(plan)
+        failed: list[Request] = []
+        for seq, request in zip(plan.sequences, step.requests):
+            if seq.sample:
+                request.num_inflight -= 1
+            if request.finished:
+                continue
+            if request.cache_node is not None:
+                self.cache.truncate(request, min(seq.prefix_len, request.num_computed))
+            self.finish(request, reason)
+            failed.append(request)
+        return failed
+
+    def _pop_unresolved(self, plan: StepPlan) -> _Unresolved:
+        for i, step in enumerate(self._unresolved):
+            if step.plan is plan:
+                return self._unresolved.pop(i)
+        raise ValueError("plan is not an unresolved plan of this scheduler")
+
+    def _drop_finished(self, request: Request) -> None:
+        if request in self.running:
             self.running.remove(request)
-            self.cache.release(request, keep=True)
-        return finished
+            self._release(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+
+    # ---- unwritten positions ------------------------------------------------------------------
+
+    def _is_unresolved(self, request: Request) -> bool:
+        return any(id(request) in step.prefix_lens for step in self._unresolved)
+
+    def _num_written(self, request: Request) -> int:
+        """Leading positions of ``request`` whose K/V no unresolved plan is still computing."""
+        written = request.num_computed
+        for step in self._unresolved:
+            written = min(written, step.prefix_lens.get(id(request), written))
+        return written
+
+    def _cache_written(self, request: Request) -> None:
+        """``cache_computed`` for the written positions only; the unwritten tail stays private."""
+        if request.cache_node is None:  # retracted while the step ran: holds no KV
+            return
+        written = self._num_written(request)
+        unwritten = request.slots[written:]
+        del request.slots[written:]
+        self.cache.cache_computed(request)
+        request.slots.extend(unwritten)
+
+    def _release(self, request: Request) -> None:
+        """Give back all KV: written positions go into the tree, unwritten ones are freed.
+
+        Freeing a slot an in-flight step still writes is safe: any later owner writes it in a later step."""
+        if request.cache_node is not None:
+            self.cache.truncate(request, self._num_written(request))
+        self.cache.release(request, keep=True)
 
     def _append_token(self, request: Request, sampled) -> None:
         if request.sampling.max_new_tokens == 0:  # prefill only (e.g. to warm the cache)
@@ -273,5 +388,12 @@ class Scheduler:
         self.cache.check_invariants(num_private_slots_expected=private)
         for request in self.waiting:
             assert not request.slots and request.cache_node is None, "a waiting request holds KV"
+        inflight = Counter(
+            id(r) for step in self._unresolved for seq, r in zip(step.plan.sequences, step.requests) if seq.sample
+        )
+        for request in self.running + self.waiting:
+            assert request.num_inflight == inflight[id(request)], f"{request.request_id}: num_inflight is off"
+        for request in self.running:
+            assert request.num_pending >= 1, f"{request.request_id}: running with nothing to compute"
         if not self.running:
             assert self.cache.accounting()["protected"] == 0, "no request alive but KV is protected"
