@@ -7,7 +7,7 @@ radix tree (so a re-admission usually recomputes almost nothing) and they re-que
 
 Overlap schedule: ``schedule()`` may run again before the previous plan's ``update()`` (the engine
 keeps one step in flight). A plan is *unresolved* from ``schedule()`` until ``update()`` or
-``fail()``. While unresolved:
+``fail()`` (bookkeeping in ``unresolved.py``). While unresolved:
 
 - each sampled sequence counts in its request's ``num_inflight``; a request with a token in flight
   decodes with a ``FUTURE_TOKEN`` input, and none is planned past ``max_new_tokens``;
@@ -21,9 +21,6 @@ retracted meanwhile keeps its token; one finished meanwhile (abort, stop string)
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
-
 from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import SchedulerConfig
@@ -32,18 +29,10 @@ from radixserve.core.request import FinishReason, Request
 from radixserve.core.sampling_params import InvalidParamError
 from radixserve.scheduler import policy
 from radixserve.scheduler.policy import Candidate
+from radixserve.scheduler.unresolved import UnresolvedPlans
 
 # Remaining output tokens counted per request when reserving KV at admission.
 _RESERVE_CLIP = 4096
-
-
-@dataclass
-class _Unresolved:
-    """A plan between ``schedule()`` and ``update()``/``fail()``."""
-
-    plan: StepPlan
-    requests: list[Request]  # parallel to plan.sequences
-    prefix_lens: dict[int, int]  # id(request) -> first position the plan computes for it
 
 
 class Scheduler:
@@ -58,7 +47,7 @@ class Scheduler:
         self.num_retractions = 0
         # (request, cached prefix tokens) admitted by the latest schedule(), for logs and metrics
         self.last_admitted: list[tuple[Request, int]] = []
-        self._unresolved: list[_Unresolved] = []  # oldest first
+        self._unresolved = UnresolvedPlans()
 
     # ---- queue management -------------------------------------------------------------------
 
@@ -124,9 +113,7 @@ class Scheduler:
         plan = self._schedule()
         if plan:
             by_id = {r.request_id: r for r in self.running}  # every planned request is running
-            requests = [by_id[seq.request_id] for seq in plan.sequences]
-            prefix_lens = {id(r): seq.prefix_len for seq, r in zip(plan.sequences, requests)}
-            self._unresolved.append(_Unresolved(plan, requests, prefix_lens))
+            self._unresolved.add(plan, [by_id[seq.request_id] for seq in plan.sequences])
         return plan
 
     def _schedule(self) -> StepPlan:
@@ -201,7 +188,7 @@ class Scheduler:
             if budget <= 0 or len(self.running) >= self.config.max_running_requests:
                 break
             request = candidate.request
-            if self._is_unresolved(request) or self._defer_for_inflight(candidate, inflight):
+            if self._unresolved.covers(request) or self._defer_for_inflight(candidate, inflight):
                 continue
             chunk = self._try_admit(request, budget)
             if chunk is None:
@@ -231,8 +218,7 @@ class Scheduler:
         still pending), to spot new requests that should wait and hit them instead of computing them again."""
         index = RadixTree()
         prefilling = {s.request_id for s in planned if len(s.input_ids) > 1}
-        for step in self._unresolved:  # computed, but in the tree only once resolved
-            prefilling.update(s.request_id for s in step.plan.sequences if len(s.input_ids) > 1)
+        prefilling |= self._unresolved.prefilling_ids()
         for request in self.running:
             if request.num_pending > 1 or request.request_id in prefilling:
                 ids = request.all_ids
@@ -292,9 +278,9 @@ class Scheduler:
 
         Finished requests are among them with their KV released. A request finished before this
         call (abort, stop string, failure) is skipped: its token is dropped."""
-        step = self._pop_unresolved(plan)
+        requests = self._unresolved.pop(plan)
         touched: list[Request] = []
-        for seq, request in zip(plan.sequences, step.requests):
+        for seq, request in zip(plan.sequences, requests):
             if seq.sample:
                 request.num_inflight -= 1
             if request.finished:
@@ -306,15 +292,15 @@ class Scheduler:
                 self._cache_written(request)  # a chunk or a whole prefill: siblings and followers can hit it
         for request in touched:
             if request.finished:
-                self._drop_finished(request)
+                self.finish(request, request.finish_reason)  # out of its queue, KV released
         return touched
 
     def fail(self, plan: StepPlan, reason: FinishReason) -> list[Request]:
         """Resolve ``plan`` as failed: its K/V was never written. Its requests still alive lose the
         positions it (and any later unresolved plan) computes and finish with ``reason``; returned."""
-        step = self._pop_unresolved(plan)
+        requests = self._unresolved.pop(plan)
         failed: list[Request] = []
-        for seq, request in zip(plan.sequences, step.requests):
+        for seq, request in zip(plan.sequences, requests):
             if seq.sample:
                 request.num_inflight -= 1
             if request.finished:
@@ -325,36 +311,13 @@ class Scheduler:
             failed.append(request)
         return failed
 
-    def _pop_unresolved(self, plan: StepPlan) -> _Unresolved:
-        for i, step in enumerate(self._unresolved):
-            if step.plan is plan:
-                return self._unresolved.pop(i)
-        raise ValueError("plan is not an unresolved plan of this scheduler")
-
-    def _drop_finished(self, request: Request) -> None:
-        if request in self.running:
-            self.running.remove(request)
-            self._release(request)
-        elif request in self.waiting:
-            self.waiting.remove(request)
-
     # ---- unwritten positions ------------------------------------------------------------------
-
-    def _is_unresolved(self, request: Request) -> bool:
-        return any(id(request) in step.prefix_lens for step in self._unresolved)
-
-    def _num_written(self, request: Request) -> int:
-        """Leading positions of ``request`` whose K/V no unresolved plan is still computing."""
-        written = request.num_computed
-        for step in self._unresolved:
-            written = min(written, step.prefix_lens.get(id(request), written))
-        return written
 
     def _cache_written(self, request: Request) -> None:
         """``cache_computed`` for the written positions only; the unwritten tail stays private."""
         if request.cache_node is None:  # retracted while the step ran: holds no KV
             return
-        written = self._num_written(request)
+        written = self._unresolved.num_written(request)
         unwritten = request.slots[written:]
         del request.slots[written:]
         self.cache.cache_computed(request)
@@ -365,7 +328,7 @@ class Scheduler:
 
         Freeing a slot an in-flight step still writes is safe: any later owner writes it in a later step."""
         if request.cache_node is not None:
-            self.cache.truncate(request, self._num_written(request))
+            self.cache.truncate(request, self._unresolved.num_written(request))
         self.cache.release(request, keep=True)
 
     def _append_token(self, request: Request, sampled) -> None:
@@ -388,11 +351,7 @@ class Scheduler:
         self.cache.check_invariants(num_private_slots_expected=private)
         for request in self.waiting:
             assert not request.slots and request.cache_node is None, "a waiting request holds KV"
-        inflight = Counter(
-            id(r) for step in self._unresolved for seq, r in zip(step.plan.sequences, step.requests) if seq.sample
-        )
-        for request in self.running + self.waiting:
-            assert request.num_inflight == inflight[id(request)], f"{request.request_id}: num_inflight is off"
+        self._unresolved.check(self.running + self.waiting)
         for request in self.running:
             assert request.num_pending >= 1, f"{request.request_id}: running with nothing to compute"
         if not self.running:
