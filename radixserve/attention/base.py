@@ -25,6 +25,11 @@ class ForwardBatch:
     extend_lens: list[int]  # [B] new tokens this step
     logits_indices: torch.Tensor  # [num_sampled] rows of the hidden state to project to logits
     attn_backend: AttentionBackend | None = None
+    # Optional host-side identity of each sequence's KV, for backends that exploit shared prefixes
+    # (see attention/prefix_groups.py); None when the runner does not provide it.
+    seq_slots: list[list[int]] | None = None  # [B] slots[:seq_len] of each sequence, read-only
+    seq_keys: list[str] | None = None  # [B] a stable key per request (its request id)
+    seq_versions: list[int] | None = None  # [B] changes whenever seq_slots[i] changes other than by appending
 
     @property
     def batch_size(self) -> int:
@@ -47,6 +52,12 @@ class AttentionBackend:
 
     def prepare(self, batch: ForwardBatch) -> None:
         raise NotImplementedError
+
+    def wants_eager(self, batch: ForwardBatch) -> bool:
+        """True when this step should run eagerly (``prepare`` + ``forward``) even though a captured
+        CUDA graph could replay it, because the backend has a faster eager plan for it. Called by
+        the runner before choosing; may plan ahead for the ``prepare`` of the same batch."""
+        return False
 
     def forward(
         self,

@@ -13,7 +13,8 @@ scores) with float32 accumulators; inputs are bf16, fp16 or fp32.
   the context (K/V loaded once for the group) and writes a partial output and its log-sum-exp;
   stage 2, grid ``(sequence, q head)``, merges the splits. Every shape depends only on the batch
   size and the split count, and lengths are read from ``kv_indptr`` on the device, so a decode
-  step can be captured in a CUDA graph.
+  step can be captured in a CUDA graph. ``decode_partials`` is stage 1 alone, optionally from a
+  per-sequence first position (the shared-prefix cascade of ``triton_cascade.py`` merges it).
 * ``extend_attention``: flash attention for prefill/extend rows, grid ``(q head, query block)``;
   each query block walks its sequence's context in KV blocks gathered by slot id: first the keys
   every row of the block sees (no mask), then the diagonal band (causal mask by position).
@@ -67,6 +68,7 @@ def _decode_split_kernel(
     kv_indptr_ptr,  # [B + 1]
     kv_slots_ptr,  # [sum(seq_lens)]
     seq_ids_ptr,  # [num_seqs], read only when GATHER
+    kv_offsets_ptr,  # [B] first context position to attend, read only when HAS_OFFSET
     part_out_ptr,  # [num_seqs, Hq, num_splits, D] float32
     part_lse_ptr,  # [num_seqs, Hq, num_splits] float32, base 2
     scale_log2,
@@ -82,6 +84,7 @@ def _decode_split_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     GATHER: tl.constexpr,
+    HAS_OFFSET: tl.constexpr,
     USE_DOT: tl.constexpr,
 ):
     index = tl.program_id(0)
@@ -91,10 +94,11 @@ def _decode_split_kernel(
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
     kv_start = tl.load(kv_indptr_ptr + seq).to(tl.int64)
     seq_len = (tl.load(kv_indptr_ptr + seq + 1) - kv_start).to(tl.int32)
-    # this split's slice of the context, a whole number of KV blocks long
-    split_len = (seq_len + num_splits - 1) // num_splits
+    offset = tl.load(kv_offsets_ptr + seq).to(tl.int32) if HAS_OFFSET else 0
+    # this split's slice of context positions offset..seq_len, a whole number of KV blocks long
+    split_len = (seq_len - offset + num_splits - 1) // num_splits
     split_len = (split_len + BLOCK_N - 1) // BLOCK_N * BLOCK_N
-    lo = split * split_len
+    lo = offset + split * split_len
     hi = tl.minimum(lo + split_len, seq_len)
 
     offs_g = tl.arange(0, BLOCK_G)
@@ -180,7 +184,7 @@ def _decode_merge_kernel(
 
 
 @triton.jit
-def _extend_block(
+def attend_kv_range(
     q,  # [BLOCK_M, BLOCK_D], in the pool's dtype
     m_i,
     l_i,
@@ -201,7 +205,8 @@ def _extend_block(
     BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
 ):
-    """Online softmax of ``q`` over context positions ``lo..hi``; returns the updated state."""
+    """Online softmax of ``q`` over context positions ``lo..hi`` (slots from ``kv_slots[kv_start:]``),
+    causal by ``query_pos`` when ``CAUSAL``; returns the updated ``(m_i, l_i, acc)``."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
@@ -278,11 +283,11 @@ def _extend_kernel(
     # keys before the block's first row are seen by every row; the band after needs the causal mask
     band_start = seq_len - extend_len + first_row
     band_end = tl.minimum(band_start + BLOCK_M, seq_len)
-    m_i, l_i, acc = _extend_block(
+    m_i, l_i, acc = attend_kv_range(
         q, m_i, l_i, acc, k_pool_ptr, v_pool_ptr, kv_slots_ptr, kv_start, kv_head, query_pos, 0, band_start,
         scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, False,
     )  # fmt: skip
-    m_i, l_i, acc = _extend_block(
+    m_i, l_i, acc = attend_kv_range(
         q, m_i, l_i, acc, k_pool_ptr, v_pool_ptr, kv_slots_ptr, kv_start, kv_head, query_pos, band_start, band_end,
         scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, True,
     )  # fmt: skip
@@ -326,27 +331,57 @@ def decode_attention(
     scale: float,
 ) -> None:
     """Attention of one query row per sequence over its whole context (split ``num_splits`` ways)."""
+    part_out, part_lse = decode_partials(
+        q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale
+    )
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    gather = seq_ids is not None
+    _decode_merge_kernel[(num_seqs, num_q_heads)](
+        part_out, part_lse, out, qo_indptr, seq_ids if gather else qo_indptr, out.stride(0), out.stride(1),
+        num_splits, NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_S=triton.next_power_of_2(num_splits), GATHER=gather, num_warps=4 if head_dim >= 128 else 2,
+    )  # fmt: skip
+
+
+def decode_partials(
+    q: torch.Tensor,  # [T, Hq, D], last dim contiguous
+    k_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    v_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    qo_indptr: torch.Tensor,  # [B + 1]
+    kv_indptr: torch.Tensor,  # [B + 1]
+    kv_slots: torch.Tensor,
+    seq_ids: torch.Tensor | None,  # [num_seqs] decoding sequences; None: sequences 0..num_seqs-1
+    num_seqs: int,
+    num_splits: int,
+    scale: float,
+    kv_offsets: torch.Tensor | None = None,  # [B] attend context positions kv_offsets[s]..seq_len only
+) -> tuple[torch.Tensor, torch.Tensor]:  # [num_seqs, Hq, num_splits, D], [num_seqs, Hq, num_splits]
+    """Stage 1 of ``decode_attention``: per split, the normalized partial output (float32) and its
+    log-sum-exp (float32, base 2; ``-inf`` for a split without keys). With ``kv_offsets`` every
+    sequence must keep at least one key (``kv_offsets[s] < seq_len``): its split 0 is never empty.
+    """
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_pool.shape[1]
     group = num_q_heads // num_kv_heads
     use_dot = group > 1  # tl.dot needs >= 16 rows: a GQA group is padded to 16 heads
     block_g = max(16, triton.next_power_of_2(group)) if use_dot else 1
-    block_d = triton.next_power_of_2(head_dim)
     part_out = torch.empty(num_seqs, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
-    gather = seq_ids is not None
-    seq_ids = seq_ids if gather else qo_indptr  # never read
+    gather, has_offset = seq_ids is not None, kv_offsets is not None
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, part_out, part_lse,
+        q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids if gather else qo_indptr,
+        kv_offsets if has_offset else qo_indptr, part_out, part_lse,
         scale * LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), num_splits,
-        NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_N=64 if head_dim <= 128 else 32, GATHER=gather, USE_DOT=use_dot, num_warps=4, num_stages=2,
+        NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_N=decode_block_n(head_dim), GATHER=gather,
+        HAS_OFFSET=has_offset, USE_DOT=use_dot, num_warps=4, num_stages=2,
     )  # fmt: skip
-    _decode_merge_kernel[(num_seqs, num_q_heads)](
-        part_out, part_lse, out, qo_indptr, seq_ids, out.stride(0), out.stride(1), num_splits,
-        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_S=triton.next_power_of_2(num_splits), GATHER=gather, num_warps=4 if head_dim >= 128 else 2,
-    )  # fmt: skip
+    return part_out, part_lse
+
+
+def decode_block_n(head_dim: int) -> int:
+    """Keys per block of the decode kernels (a split is a whole number of blocks)."""
+    return 64 if head_dim <= 128 else 32
 
 
 def extend_block_m(head_dim: int) -> int:

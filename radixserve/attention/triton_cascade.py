@@ -1,0 +1,262 @@
+"""Cascade decode attention: a shared prefix is read once per group, not once per sequence.
+
+For a pure decode batch in which groups of sequences start with the same KV slots (found by
+``prefix_groups.PrefixGrouper``), attention of each query row splits by log-sum-exp into two parts
+over disjoint keys, then merges:
+
+    sequence s in group g, context = [ shared prefix (shared_len[g]) | own suffix (>= 1 key) ]
+
+    prefix kernel, grid (tile, kv head, split): a tile is up to ``members_per_tile`` members of one
+        group; its program stacks every member's query heads of one KV head into one
+        ``[BLOCK_M, D]`` block (``BLOCK_M >= 16`` rows for ``tl.dot``) and streams its slice of the
+        prefix's K/V once for all of them -> partial (out, lse) per member, head and split
+    suffix, ``triton_kernels.decode_partials`` from position ``shared_len[s]`` (0 outside any
+        group: the whole context) -> partial (out, lse) per sequence, head and split
+    merge kernel, grid (sequence, q head): all partials weighed by ``exp2(lse - max)`` -> out
+
+Everything data dependent (tiles, members, shared lengths) is planned on the host and uploaded
+as one int32 tensor per step; accumulators are float32, softmax in base 2 as in
+``triton_kernels``. Eager only: shapes depend on the grouping, so these steps are not captured
+in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from radixserve.attention import triton_kernels
+from radixserve.attention.prefix_groups import PrefixGroups
+
+MAX_TILE_ROWS = 128  # query rows (members x GQA heads) per prefix program; half that above head_dim 128
+TILE_HEADER = 2  # a tile row is [shared_len, num_members, member seq ids...]
+
+
+@triton.jit
+def _shared_prefix_kernel(
+    q_ptr,  # [T, Hq, D]
+    k_pool_ptr,  # [num_slots, Hkv, D]
+    v_pool_ptr,  # [num_slots, Hkv, D]
+    qo_indptr_ptr,  # [B + 1]
+    kv_indptr_ptr,  # [B + 1]
+    kv_slots_ptr,  # [sum(seq_lens)]
+    tiles_ptr,  # [num_tiles, TILE_HEADER + MAX_MEMBERS] int32
+    part_out_ptr,  # [B, Hq, num_splits, D] float32, written for grouped sequences only
+    part_lse_ptr,  # [B, Hq, num_splits] float32, base 2
+    scale_log2,
+    stride_q_token,
+    stride_q_head,
+    stride_pool_slot,
+    stride_pool_head,
+    num_splits,
+    NUM_Q_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    MAX_MEMBERS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    tile_ptr = tiles_ptr + tile * (2 + MAX_MEMBERS)  # TILE_HEADER == 2
+    shared_len = tl.load(tile_ptr)
+    num_members = tl.load(tile_ptr + 1)
+    # the prefix's slots are read from the first member's context (every member holds the same)
+    kv_start = tl.load(kv_indptr_ptr + tl.load(tile_ptr + 2)).to(tl.int64)
+    split_len = (shared_len + num_splits - 1) // num_splits
+    split_len = (split_len + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, shared_len)
+
+    # query row r of the block is member r // GROUP, q head kv_head * GROUP + r % GROUP
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    member = offs_m // GROUP
+    m_mask = member < num_members
+    d_mask = offs_d < HEAD_DIM
+    seqs = tl.load(tile_ptr + 2 + member, mask=m_mask, other=0)  # [BLOCK_M]
+    rows = tl.load(qo_indptr_ptr + seqs, mask=m_mask, other=0).to(tl.int64)
+    heads = kv_head * GROUP + offs_m % GROUP
+    q_offs = rows[:, None] * stride_q_token + heads[:, None] * stride_q_head + offs_d[None, :]
+    q = tl.load(q_ptr + q_offs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+    q = q.to(k_pool_ptr.dtype.element_ty)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    m_i, l_i, acc = triton_kernels.attend_kv_range(
+        q, m_i, l_i, acc, k_pool_ptr, v_pool_ptr, kv_slots_ptr, kv_start, kv_head, offs_m, lo, hi,
+        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+    )  # fmt: skip
+
+    # an empty split (prefix shorter than the split count allows) weighs nothing in the merge
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    part = (seqs.to(tl.int64) * NUM_Q_HEADS + heads) * num_splits + split  # [BLOCK_M]
+    tl.store(part_lse_ptr + part, lse, mask=m_mask)
+    tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=m_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _cascade_merge_kernel(
+    prefix_out_ptr,  # [B, Hq, num_prefix_splits, D] float32
+    prefix_lse_ptr,  # [B, Hq, num_prefix_splits] float32
+    suffix_out_ptr,  # [B, Hq, num_suffix_splits, D] float32
+    suffix_lse_ptr,  # [B, Hq, num_suffix_splits] float32
+    shared_lens_ptr,  # [B] int32, 0: the sequence has no prefix part
+    out_ptr,  # [T, Hq, D]
+    qo_indptr_ptr,  # [B + 1]
+    stride_out_token,
+    stride_out_head,
+    num_prefix_splits,
+    num_suffix_splits,
+    NUM_Q_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    p_mask = (offs_p < num_prefix_splits) & (tl.load(shared_lens_ptr + seq) > 0)
+    s_mask = offs_s < num_suffix_splits
+    prefix_part = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_prefix_splits + offs_p  # [BLOCK_P]
+    suffix_part = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_suffix_splits + offs_s  # [BLOCK_S]
+    prefix_lse = tl.load(prefix_lse_ptr + prefix_part, mask=p_mask, other=float("-inf"))
+    suffix_lse = tl.load(suffix_lse_ptr + suffix_part, mask=s_mask, other=float("-inf"))
+    # suffix split 0 always holds the newest key: the max is finite
+    top = tl.maximum(tl.max(prefix_lse, 0), tl.max(suffix_lse, 0))
+    prefix_w = tl.exp2(prefix_lse - top)
+    suffix_w = tl.exp2(suffix_lse - top)
+    prefix = tl.load(
+        prefix_out_ptr + prefix_part[:, None] * HEAD_DIM + offs_d[None, :],
+        mask=p_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )  # [BLOCK_P, BLOCK_D]
+    suffix = tl.load(
+        suffix_out_ptr + suffix_part[:, None] * HEAD_DIM + offs_d[None, :],
+        mask=s_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )  # [BLOCK_S, BLOCK_D]
+    total = tl.sum(prefix_w[:, None] * prefix, 0) + tl.sum(suffix_w[:, None] * suffix, 0)  # [BLOCK_D]
+    out = total / (tl.sum(prefix_w, 0) + tl.sum(suffix_w, 0))
+    row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
+    tl.store(
+        out_ptr + row * stride_out_token + head * stride_out_head + offs_d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d_mask,
+    )
+
+
+# ---- host planning ------------------------------------------------------------------------------
+
+
+@dataclass
+class CascadePlan:
+    """One step's cascade layout, on the device. Built by ``plan_cascade``; splits set by the caller."""
+
+    batch_size: int
+    shared_lens: torch.Tensor  # [B] int32, each sequence's shared prefix length (0 outside groups)
+    tiles: torch.Tensor  # [num_tiles, TILE_HEADER + max_members] int32, longest prefix first
+    max_members: int
+    block_m: int  # query rows per prefix program: >= max_members * GQA group, >= 16, a power of 2
+    max_shared_len: int
+    max_suffix_len: int  # the most keys any sequence reads past its shared prefix
+    num_prefix_splits: int = 1
+    num_suffix_splits: int = 1
+
+    @property
+    def num_tiles(self) -> int:
+        return int(self.tiles.shape[0])
+
+
+def plan_cascade(
+    groups: PrefixGroups, seq_lens: list[int], gqa_group: int, head_dim: int, device: torch.device
+) -> CascadePlan:
+    """Cut ``groups`` into tiles of at most ``MAX_TILE_ROWS // gqa_group`` members (a group too big
+    for one tile is split evenly, each tile reading the prefix once) and upload the layout."""
+    max_rows = MAX_TILE_ROWS if head_dim <= 128 else MAX_TILE_ROWS // 2  # the accumulator is rows x head_dim
+    members_per_tile = max(1, max_rows // gqa_group)
+    tiles = []  # (shared_len, members)
+    for group in groups.groups:
+        num_tiles = -(-len(group.members) // members_per_tile)
+        size = -(-len(group.members) // num_tiles)
+        tiles += [(group.shared_len, group.members[i : i + size]) for i in range(0, len(group.members), size)]
+    tiles.sort(key=lambda tile: -tile[0])
+    max_members = max((len(members) for _, members in tiles), default=1)
+    host = list(groups.shared_lens)
+    for shared_len, members in tiles:
+        host += [shared_len, len(members), *members] + [members[0]] * (max_members - len(members))
+    host_t = torch.tensor(host, dtype=torch.int32)
+    uploaded = host_t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host_t.to(device)
+    batch_size = len(seq_lens)
+    return CascadePlan(
+        batch_size=batch_size,
+        shared_lens=uploaded[:batch_size],
+        tiles=uploaded[batch_size:].view(len(tiles), TILE_HEADER + max_members),
+        max_members=max_members,
+        block_m=max(16, triton.next_power_of_2(max_members * gqa_group)),
+        max_shared_len=max((shared_len for shared_len, _ in tiles), default=0),
+        max_suffix_len=max(n - shared for n, shared in zip(seq_lens, groups.shared_lens)),
+    )
+
+
+# ---- launch -------------------------------------------------------------------------------------
+
+
+def cascade_decode_attention(
+    q: torch.Tensor,  # [B, Hq, D], last dim contiguous; one query row per sequence
+    k_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    v_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
+    out: torch.Tensor,  # [B, Hq, D]; every row is written
+    qo_indptr: torch.Tensor,  # [B + 1]
+    kv_indptr: torch.Tensor,  # [B + 1]
+    kv_slots: torch.Tensor,
+    plan: CascadePlan,
+    scale: float,
+) -> None:
+    """Decode attention of every sequence over its whole context, shared prefixes read once per tile."""
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_pool.shape[1]
+    batch_size, num_prefix = plan.batch_size, plan.num_prefix_splits
+    prefix_out = torch.empty(batch_size, num_q_heads, num_prefix, head_dim, dtype=torch.float32, device=q.device)
+    prefix_lse = torch.empty(batch_size, num_q_heads, num_prefix, dtype=torch.float32, device=q.device)
+    block_d = triton.next_power_of_2(head_dim)
+    if plan.num_tiles:
+        _shared_prefix_kernel[(plan.num_tiles, num_kv_heads, num_prefix)](
+            q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, plan.tiles, prefix_out, prefix_lse,
+            scale * triton_kernels.LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), num_prefix,
+            NUM_Q_HEADS=num_q_heads, GROUP=num_q_heads // num_kv_heads, MAX_MEMBERS=plan.max_members,
+            HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_D=block_d, BLOCK_N=triton_kernels.decode_block_n(head_dim),
+            num_warps=8 if plan.block_m * block_d >= 128 * 128 else 4, num_stages=2,
+        )  # fmt: skip
+    suffix_out, suffix_lse = triton_kernels.decode_partials(
+        q,
+        k_pool,
+        v_pool,
+        qo_indptr,
+        kv_indptr,
+        kv_slots,
+        None,
+        batch_size,
+        plan.num_suffix_splits,
+        scale,
+        kv_offsets=plan.shared_lens,
+    )
+    _cascade_merge_kernel[(batch_size, num_q_heads)](
+        prefix_out, prefix_lse, suffix_out, suffix_lse, plan.shared_lens, out, qo_indptr,
+        out.stride(0), out.stride(1), num_prefix, plan.num_suffix_splits,
+        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_P=triton.next_power_of_2(num_prefix), BLOCK_S=triton.next_power_of_2(plan.num_suffix_splits),
+        num_warps=4 if head_dim >= 128 else 2,
+    )  # fmt: skip

@@ -1,0 +1,182 @@
+"""The triton backend's shared-prefix cascade against its plain decode and TorchNativeBackend.
+
+A decode step whose sequences start with the same slots (radix-tree hits) runs the cascade when
+the batch carries ``seq_slots``/``seq_keys``: the prefix is read once per group tile, each own
+suffix on the decode kernel from the shared length, and the parts merged by log-sum-exp. Its output
+must match the plain decode of the same step (bf16) and the float32 reference. Without CUDA these
+run under ``TRITON_INTERPRET=1`` (see conftest.py) on small sizes and a small ``min_shared_prefix``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radixserve.attention import triton_backend, triton_cascade
+from tests.gpu.test_attention_backends import (
+    LAYER,
+    NUM_KV_HEADS,
+    REL_TOL,
+    Sequence,
+    Shape,
+    assert_close,
+    make_batch,
+    make_pool,
+    new_tokens,
+    reference,
+    write_past,
+)
+
+pytestmark = [pytest.mark.gpu, pytest.mark.triton_interpreter]
+
+
+def make_groups(groups, shape: Shape, device, seed: int = 0) -> list[Sequence]:
+    """``groups``: per group ``(base_len, [(prefix_len, own_len), ...])``: each member's context is
+    the group's first ``prefix_len <= base_len`` base slots (same ids, same K/V), then ``own_len``
+    slots of its own, the last being this step's token. ``base_len == 0``: sequences outside any
+    group. Members are interleaved across groups in the batch."""
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(base + sum(own for _, own in members) for base, members in groups)
+    free = (torch.randperm(total + 64, generator=gen)[:total] + 1).tolist()
+    columns = []
+    for base_len, members in groups:
+        base, free = free[:base_len], free[base_len:]
+        base_k, base_v = _randn(gen, shape, base_len, NUM_KV_HEADS), _randn(gen, shape, base_len, NUM_KV_HEADS)
+        column = []
+        for prefix_len, own_len in members:
+            own, free = free[:own_len], free[own_len:]
+            k = torch.cat([base_k[:prefix_len], _randn(gen, shape, own_len, NUM_KV_HEADS)])
+            v = torch.cat([base_v[:prefix_len], _randn(gen, shape, own_len, NUM_KV_HEADS)])
+            q = _randn(gen, shape, 1, shape.num_q_heads)
+            column.append(Sequence(base[:prefix_len] + own, 1, k.to(device), v.to(device), q.to(device)))
+        columns.append(column)
+    return [s for row in _interleave(columns) for s in row]
+
+
+def _interleave(columns):
+    for i in range(max(len(c) for c in columns)):
+        yield [c[i] for c in columns if i < len(c)]
+
+
+def _randn(gen, shape: Shape, rows: int, heads: int) -> torch.Tensor:
+    return torch.randn(rows, heads, shape.head_dim, generator=gen).to(shape.dtype)
+
+
+def with_identity(batch, sequences: list[Sequence]):
+    batch.seq_slots = [s.slots for s in sequences]
+    batch.seq_keys = [f"request-{i}" for i in range(len(sequences))]
+    batch.seq_versions = [0] * len(sequences)
+    return batch
+
+
+def run_cascade(sequences: list[Sequence], shape: Shape, device, min_shared_prefix: int):
+    """One decode step through the cascade and through the plain decode; returns both and the plan."""
+    pool = make_pool(sequences, shape, device)
+    write_past(pool, sequences)
+    backend = triton_backend.TritonBackend(
+        pool, num_q_heads=shape.num_q_heads, min_shared_prefix=min_shared_prefix, min_saved_bytes=0
+    )
+    scale = shape.head_dim**-0.5
+    batch = with_identity(make_batch(sequences, device), sequences)
+    assert backend.wants_eager(batch)
+    backend.prepare(batch)
+    plan = backend._plan.cascade
+    assert plan is not None
+    cascade = backend.forward(*new_tokens(sequences), LAYER, batch, scale)
+    plain_batch = make_batch(sequences, device)
+    assert not backend.wants_eager(plain_batch)
+    backend.prepare(plain_batch)
+    plain = backend.forward(*new_tokens(sequences), LAYER, plain_batch, scale)
+    return cascade, plain, plan
+
+
+def check_cascade(groups, shape: Shape, device, min_shared_prefix: int, seed: int = 0):
+    sequences = make_groups(groups, shape, device, seed)
+    cascade, plain, plan = run_cascade(sequences, shape, device, min_shared_prefix)
+    assert cascade.shape == plain.shape and cascade.dtype == shape.dtype
+    assert_close(cascade, plain.float(), REL_TOL[shape.dtype])
+    assert_close(cascade, reference(sequences, shape, device), REL_TOL[shape.dtype])
+    return plan
+
+
+# (base_len, [(prefix_len, own_len), ...]) per group; base_len 0: ungrouped sequences
+SCENARIOS = {
+    "big": [
+        (2048, [(2048, 256)] * 16),
+        (700, [(700, n) for n in (1, 2, 65, 300)]),
+        (1300, [(1300, 5), (900, 40), (1300, 129)]),  # members share 900 or 1300: 900 is used
+        (0, [(0, n) for n in (1, 64, 1999, 300)]),
+    ],
+    "small": [
+        (70, [(70, 3), (70, 20), (70, 1)]),
+        (40, [(40, 9), (40, 2)]),
+        (100, [(100, 4), (80, 30), (100, 12)]),  # members share 80 or 100: 80 is used
+        (0, [(0, n) for n in (1, 30, 90)]),
+    ],
+}
+
+
+def size(device) -> tuple[str, int]:
+    return ("big", 256) if device.type == "cuda" else ("small", 16)
+
+
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_cascade_matches_plain_decode_and_reference(group, head_dim, device):
+    name, min_shared = size(device)
+    shape = Shape(NUM_KV_HEADS * group, head_dim)
+    plan = check_cascade(SCENARIOS[name], shape, device, min_shared)
+    assert plan.num_tiles >= 3
+    shared = plan.shared_lens.tolist()
+    assert sorted(set(shared)) == ([0, 700, 900, 2048] if name == "big" else [0, 40, 70, 80])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_cascade_other_dtypes(dtype, device):
+    name, min_shared = size(device)
+    check_cascade(SCENARIOS[name], Shape(NUM_KV_HEADS * 4, 64, dtype), device, min_shared, seed=1)
+
+
+def test_many_splits_and_groups_bigger_than_a_tile(monkeypatch, device):
+    """Small split minimums force several prefix and suffix splits (some of them empty), a small
+    tile forces a group across tiles: the parts still merge to the same output."""
+    monkeypatch.setattr(triton_cascade, "MAX_TILE_ROWS", 16)  # 4 members per tile at GQA 4
+    monkeypatch.setattr(triton_backend, "MIN_PREFIX_SPLIT_LEN", 16)
+    monkeypatch.setattr(triton_backend, "MIN_SPLIT_LEN", 16)
+    name, min_shared = size(device)
+    groups = [(130, [(130, n) for n in (1, 9, 40, 2, 70, 3)]), (0, [(0, 50)])]
+    plan = check_cascade(groups, Shape(NUM_KV_HEADS * 4, 64), device, min_shared, seed=2)
+    assert plan.num_tiles == 2 and plan.max_members == 3
+    assert plan.num_prefix_splits > 1 and plan.num_suffix_splits > 1
+
+
+@pytest.mark.parametrize("group, head_dim", [(3, 96), (2, 256)])
+def test_odd_gqa_groups_and_head_dims(group, head_dim, device):
+    name, min_shared = size(device)
+    check_cascade(SCENARIOS[name][:2], Shape(NUM_KV_HEADS * group, head_dim), device, min_shared, seed=3)
+
+
+def test_no_cascade_when_nothing_pays(device):
+    _, min_shared = size(device)
+    shape = Shape(NUM_KV_HEADS * 4, 64)
+    short = min_shared - 1
+    sequences = make_groups([(short, [(short, 1), (short, 4)])], shape, device)
+    pool = make_pool(sequences, shape, device)
+    batch = with_identity(make_batch(sequences, device), sequences)
+    too_short = triton_backend.TritonBackend(
+        pool, num_q_heads=shape.num_q_heads, min_shared_prefix=min_shared, min_saved_bytes=0
+    )
+    assert not too_short.wants_eager(batch)
+    shared_len = 2 * min_shared
+    sequences = make_groups([(shared_len, [(shared_len, 2)] * 2)], shape, device)
+    pool = make_pool(sequences, shape, device)
+    batch = with_identity(make_batch(sequences, device), sequences)
+    row_bytes = 2 * NUM_KV_HEADS * shape.head_dim * 2
+    pays = triton_backend.TritonBackend(
+        pool, num_q_heads=shape.num_q_heads, min_shared_prefix=min_shared, min_saved_bytes=shared_len * row_bytes
+    )
+    assert pays.wants_eager(batch)
+    costly = triton_backend.TritonBackend(
+        pool, num_q_heads=shape.num_q_heads, min_shared_prefix=min_shared, min_saved_bytes=shared_len * row_bytes + 1
+    )
+    assert not costly.wants_eager(batch)
