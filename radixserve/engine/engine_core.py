@@ -123,8 +123,9 @@ class EngineCore:
         tokens, update, advance grammars, detokenize) while N+1 runs, so the device always has the
         next step queued. At most one launched step is unresolved between calls. Requests whose
         sampling needs exact history (a grammar mask, penalties) make the step synchronous: the
-        pending step is resolved before scheduling. With ``--disable-overlap-schedule`` every step
-        is resolved right after its launch.
+        pending step is resolved before scheduling. With ``--disable-overlap-schedule``, or when no
+        live request is left (the launched step holds only finished ones), a step is resolved right
+        after its launch, so an idle engine never has a step in flight.
         """
         outputs = self._admit_compiled()
         if self._inflight is not None and self._needs_exact_history():
@@ -139,7 +140,7 @@ class EngineCore:
         launched, failed = self._launch(plan)
         outputs += failed + self._resolve()
         self._inflight = launched
-        if not self.overlap:
+        if not self.overlap or not self.scheduler.has_work:  # no live request left to overlap with
             outputs += self._resolve()
         return outputs
 
