@@ -404,3 +404,19 @@ def test_a_mixed_batch_gives_each_row_what_it_would_get_alone():
             assert batch_id == alone_id and batch_value == pytest.approx(alone_value, abs=1e-6), i
     assert batch.token_ids[1] >= 20
     assert batch.token_ids[5] not in (0, 3)
+
+
+def test_in_flight_outputs_count_like_resolved_ones_for_seeds_and_min_new_tokens():
+    """Overlap schedule: a row's last outputs may still be in flight (``num_output`` > ``len(output_ids)``).
+    Seeds and min_new_tokens see the count, so the draw is the one the resolved history would give."""
+    logits = random_logits(2, 40, seed=9)
+    params = {"temperature": 1.0, "seed": 77, "min_new_tokens": 3}
+    resolved = [row(output=[5, 6, 7], stop=[11], **params), row(output=[5, 6], stop=[11], **params)]
+    in_flight = [
+        SamplingRow(SamplingParams(**params), [], [5], (11,), num_output=3),
+        SamplingRow(SamplingParams(**params), [], [], (11,), num_output=2),
+    ]
+    sampler = Sampler(40, seed=0)
+    assert sampler.sample(logits, in_flight).token_ids == sampler.sample(logits, resolved).token_ids
+    masked = process_logits(logits, in_flight)
+    assert masked[1, 11] == float("-inf") and masked[0, 11] == logits[0, 11]
