@@ -12,8 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radixserve.attention import triton_backend, triton_cascade
-from tests.gpu.test_attention_backends import (
+pytest.importorskip("triton", reason="needs triton")
+
+from radixserve.attention import triton_backend, triton_cascade  # noqa: E402
+from tests.gpu.test_attention_backends import (  # noqa: E402
     LAYER,
     NUM_KV_HEADS,
     REL_TOL,
