@@ -28,6 +28,10 @@ ENGINE_PRESETS = {
         "load_format": "dummy",
         "dtype": "bfloat16",
         "context_length": 8192,
+        # batch 1,000-request workloads whole, prefill in big chunks, replay graphs up to batch 1,024
+        "max_running_requests": 1024,
+        "chunked_prefill_size": 8192,
+        "cuda_graph_max_bs": 1024,
     },
 }
 

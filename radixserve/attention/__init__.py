@@ -21,7 +21,7 @@ def create_backend(name: str, kv_pool, num_q_heads: int) -> AttentionBackend:
     if name == "triton":
         from radixserve.attention.triton_backend import TritonBackend
 
-        return TritonBackend(kv_pool)
+        return TritonBackend(kv_pool, num_q_heads=num_q_heads)
     raise ValueError(f"unknown attention backend {name!r} (available: {', '.join(BACKENDS)})")
 
 

@@ -93,8 +93,9 @@ class ModelRunner:
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits ``[num_sampled, vocab]`` (float32): a replayed CUDA graph when one fits, else eager."""
-        if self.graph_runner is not None and self.graph_runner.can_run(batch):
-            return self.graph_runner.replay(batch)
+        graph = self.graph_runner
+        if graph is not None and graph.can_run(batch) and not self.backend.wants_eager(batch):
+            return graph.replay(batch)
         self.backend.prepare(batch)
         return self.model(batch)
 
@@ -131,6 +132,7 @@ class ModelRunner:
         if future_index:
             ids_t[device[8]] = self._last_token_ids[device[9]]
         kv_slots = self.slot_table.gather(rows_t, seq_lens_t, kv_indptr_t, kv_indptr[-1])
+        decode = all(n == 1 for n in extend_lens)  # only decode steps can read a shared prefix once
         return ForwardBatch(
             input_ids=ids_t,
             positions=positions_t,
@@ -142,4 +144,7 @@ class ModelRunner:
             extend_lens=extend_lens,
             logits_indices=logits_t,
             attn_backend=self.backend,
+            seq_slots=[seq.slots for seq in sequences] if decode else None,
+            seq_keys=[seq.request_id for seq in sequences] if decode else None,
+            seq_versions=[seq.slots_version for seq in sequences] if decode else None,
         )
