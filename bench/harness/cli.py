@@ -65,7 +65,7 @@ def parse(parser: argparse.ArgumentParser, bench_presets: dict[str, dict], argv=
     argv = sys.argv[1:] if argv is None else argv
     known, _ = _preset_parser().parse_known_args(argv)
     preset = known.preset or default_preset()
-    parser.set_defaults(**ENGINE_PRESETS[preset], **bench_presets.get(preset, {}))
+    parser.set_defaults(**{**ENGINE_PRESETS[preset], **bench_presets.get(preset, {})})
     args = parser.parse_args(argv)
     args.preset = preset
     return args

@@ -43,7 +43,7 @@ def _shared_prefix_kernel(
     qo_indptr_ptr,  # [B + 1]
     kv_indptr_ptr,  # [B + 1]
     kv_slots_ptr,  # [sum(seq_lens)]
-    tiles_ptr,  # [num_tiles, TILE_HEADER + MAX_MEMBERS] int32
+    tiles_ptr,  # [num_tiles, tile_stride] int32: TILE_HEADER, then the members (padded)
     part_out_ptr,  # [B, Hq, num_splits, D] float32, written for grouped sequences only
     part_lse_ptr,  # [B, Hq, num_splits] float32, base 2
     scale_log2,
@@ -52,9 +52,9 @@ def _shared_prefix_kernel(
     stride_pool_slot,
     stride_pool_head,
     num_splits,
+    tile_stride,  # a runtime value: a constexpr would compile a kernel per tile width seen
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
-    MAX_MEMBERS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -63,7 +63,7 @@ def _shared_prefix_kernel(
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    tile_ptr = tiles_ptr + tile * (2 + MAX_MEMBERS)  # TILE_HEADER == 2
+    tile_ptr = tiles_ptr + tile * tile_stride
     shared_len = tl.load(tile_ptr)
     num_members = tl.load(tile_ptr + 1)
     # the prefix's slots are read from the first member's context (every member holds the same)
@@ -236,7 +236,7 @@ def cascade_decode_attention(
         _shared_prefix_kernel[(plan.num_tiles, num_kv_heads, num_prefix)](
             q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, plan.tiles, prefix_out, prefix_lse,
             scale * triton_kernels.LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), num_prefix,
-            NUM_Q_HEADS=num_q_heads, GROUP=num_q_heads // num_kv_heads, MAX_MEMBERS=plan.max_members,
+            plan.tiles.stride(0), NUM_Q_HEADS=num_q_heads, GROUP=num_q_heads // num_kv_heads,
             HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_D=block_d, BLOCK_N=triton_kernels.decode_block_n(head_dim),
             num_warps=8 if plan.block_m * block_d >= 128 * 128 else 4, num_stages=2,
         )  # fmt: skip
