@@ -53,6 +53,9 @@ class AttentionBackend:
     def prepare(self, batch: ForwardBatch) -> None:
         raise NotImplementedError
 
+    def warmup(self, num_q_heads: int) -> None:
+        """Compile or load whatever kernels the backend JIT-builds, before the first request."""
+
     def wants_eager(self, batch: ForwardBatch) -> bool:
         """True when this step should run eagerly (``prepare`` + ``forward``) even though a captured
         CUDA graph could replay it, because the backend has a faster eager plan for it. Called by

@@ -30,6 +30,7 @@ import torch
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.attention.prefix_groups import MIN_SHARED_PREFIX, PrefixGrouper, PrefixGroups
+from radixserve.attention.upload import upload_aligned
 
 MIN_SPLIT_LEN = 128  # an eager decode split reads at least this many keys
 MIN_PREFIX_SPLIT_LEN = 256  # a split of a shared prefix reads at least this many keys
@@ -97,17 +98,16 @@ class TritonBackend(AttentionBackend):
         decode_ids = [i for i, n in enumerate(batch.extend_lens) if n == 1]
         block_seq, block_index = self._plan_extend_blocks(batch)
         # one upload: [decode ids | block sequences | block indices]
-        device = batch.kv_slots.device
-        host = torch.tensor(decode_ids + block_seq + block_index, dtype=torch.int32)
-        index = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
-        num_decodes, num_blocks = len(decode_ids), len(block_seq)
+        decode_seq_ids, block_seq_t, block_index_t = upload_aligned(
+            (decode_ids, block_seq, block_index), batch.kv_slots.device, torch.int32
+        )
         max_decode_len = max((batch.seq_lens[i] for i in decode_ids), default=1)
         self._plan = _StepPlan(
-            num_decodes=num_decodes,
-            decode_seq_ids=index[:num_decodes],
-            num_splits=self._eager_splits(num_decodes, max_decode_len),
-            block_seq=index[num_decodes : num_decodes + num_blocks],
-            block_index=index[num_decodes + num_blocks :],
+            num_decodes=len(decode_ids),
+            decode_seq_ids=decode_seq_ids,
+            num_splits=self._eager_splits(len(decode_ids), max_decode_len),
+            block_seq=block_seq_t,
+            block_index=block_index_t,
         )
 
     def prepare_graph(self, batch: ForwardBatch) -> None:
@@ -137,14 +137,44 @@ class TritonBackend(AttentionBackend):
         plan.num_suffix_splits = self._eager_splits(batch.batch_size, plan.max_suffix_len)
         wanted = -(-2 * self._target_programs // (plan.num_tiles * self.num_kv_heads))
         by_len = -(-plan.max_shared_len // MIN_PREFIX_SPLIT_LEN)
-        plan.num_prefix_splits = max(1, min(wanted, by_len, MAX_SPLITS))
+        plan.num_prefix_splits = _pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
         return plan
 
     def _eager_splits(self, num_decodes: int, max_len: int) -> int:
-        """Enough splits to fill the GPU, none shorter than ``MIN_SPLIT_LEN`` keys."""
+        """Enough splits to fill the GPU, none shorter than ``MIN_SPLIT_LEN`` keys; a power of two,
+        so that the kernels see few distinct split counts (each compiles its own variant)."""
         wanted = -(-self._target_programs // max(num_decodes * self.num_kv_heads, 1))
         by_len = -(-max_len // MIN_SPLIT_LEN)
-        return max(1, min(wanted, by_len, MAX_SPLITS))
+        return _pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
+
+    def warmup(self, num_q_heads: int) -> None:
+        """Compile, before the first request, every variant an eager step can launch: the decode
+        kernels for each split count (whole batch and gathered rows), their merge, the extend
+        kernel and the K/V store. Otherwise each compiles on first use, stalling that step ~1 s.
+        (Triton caches compiled kernels on disk: later starts only load them.)"""
+        pool, device = self.kv_pool, self.kv_pool.device
+        num_kv_heads, head_dim = pool.num_kv_heads, pool.head_dim
+        qkv = torch.zeros(2, (num_q_heads + 2 * num_kv_heads) * head_dim, dtype=pool.dtype, device=device)
+        q, k, v = qkv.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+        q, k, v = (x.view(2, -1, head_dim) for x in (q, k, v))
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        k_pool, v_pool = pool.get(0)
+        # two sequences, one query row and two keys each, all in the dummy slot 0 (never handed out)
+        qo_indptr, kv_indptr, kv_slots, seq_ids, block = upload_aligned(
+            ([0, 1, 2], [0, 2, 4], [0, 0, 0, 0], [1], [0]), device, torch.int32
+        )
+        triton_kernels.store_kv(k, v, k_pool, v_pool, kv_slots[:2])
+        contiguous_q = q.contiguous()
+        for splits in (1 << i for i in range(MAX_SPLITS.bit_length())):
+            for ids, num_seqs in ((None, 2), (seq_ids, 1)):
+                triton_kernels.decode_attention(
+                    contiguous_q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, ids, num_seqs, splits, 1.0
+                )
+        triton_kernels.extend_attention(
+            contiguous_q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, block, block, 1.0
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def _plan_extend_blocks(self, batch: ForwardBatch) -> tuple[list[int], list[int]]:
         """Query blocks of every sequence with ``extend_len > 1``, the most keys to read first."""
@@ -187,6 +217,10 @@ class TritonBackend(AttentionBackend):
         if plan.block_seq is not None:
             triton_kernels.extend_attention(q, k_pool, v_pool, out, *indices, plan.block_seq, plan.block_index, scale)
         return out
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
 
 
 def _kv_row_bytes_of(kv_pool) -> int:

@@ -30,6 +30,7 @@ import triton.language as tl
 
 from radixserve.attention import triton_kernels
 from radixserve.attention.prefix_groups import PrefixGroups
+from radixserve.attention.upload import upload_aligned
 
 MAX_TILE_ROWS = 128  # query rows (members x GQA heads) per prefix program; half that above head_dim 128
 TILE_HEADER = 2  # a tile row is [shared_len, num_members, member seq ids...]
@@ -194,16 +195,14 @@ def plan_cascade(
         tiles += [(group.shared_len, group.members[i : i + size]) for i in range(0, len(group.members), size)]
     tiles.sort(key=lambda tile: -tile[0])
     max_members = max((len(members) for _, members in tiles), default=1)
-    host = list(groups.shared_lens)
+    tile_rows: list[int] = []
     for shared_len, members in tiles:
-        host += [shared_len, len(members), *members] + [members[0]] * (max_members - len(members))
-    host_t = torch.tensor(host, dtype=torch.int32)
-    uploaded = host_t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host_t.to(device)
-    batch_size = len(seq_lens)
+        tile_rows += [shared_len, len(members), *members] + [members[0]] * (max_members - len(members))
+    shared_lens, tiles_t = upload_aligned((groups.shared_lens, tile_rows), device, torch.int32)
     return CascadePlan(
-        batch_size=batch_size,
-        shared_lens=uploaded[:batch_size],
-        tiles=uploaded[batch_size:].view(len(tiles), TILE_HEADER + max_members),
+        batch_size=len(seq_lens),
+        shared_lens=shared_lens,
+        tiles=tiles_t.view(len(tiles), TILE_HEADER + max_members),
         max_members=max_members,
         block_m=max(16, triton.next_power_of_2(max_members * gqa_group)),
         max_shared_len=max((shared_len for shared_len, _ in tiles), default=0),

@@ -74,6 +74,8 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     )
     backend_name = _backend_name(args.attention_backend, device)
     backend = create_backend(backend_name, kv_pool, num_q_heads=model_config.num_heads)
+    if device.type == "cuda":
+        backend.warmup(model_config.num_heads)
     sampler = Sampler(model_config.vocab_size, device=device, seed=args.random_seed)
     slot_table = SlotTable(args.max_running_requests + 1, min(context_length, pool_size) + 1, device)
     graphs = _graph_runner(args, model, backend, pool_size, device)

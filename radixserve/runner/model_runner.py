@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
+from radixserve.attention.upload import upload_aligned
 from radixserve.core.plan import FUTURE_TOKEN, SequenceResult, StepPlan, StepResult
 from radixserve.runner.cuda_graph import DecodeGraphRunner
 from radixserve.runner.kv_pool import KVPool
@@ -126,8 +127,7 @@ class ModelRunner:
         logits_indices = [qo_indptr[i + 1] - 1 for i, seq in enumerate(sequences) if seq.sample]
         parts = (input_ids, positions, out_slots, qo_indptr, kv_indptr, logits_indices, rows, seq_lens)
         parts += (future_index, future_rows)
-        host = torch.tensor(list(itertools.chain.from_iterable(parts)), dtype=torch.int64)
-        device = host.to(self.device, non_blocking=True).split([len(part) for part in parts])
+        device = upload_aligned(parts, self.device)
         ids_t, positions_t, out_slots_t, qo_indptr_t, kv_indptr_t, logits_t, rows_t, seq_lens_t = device[:8]
         if future_index:
             ids_t[device[8]] = self._last_token_ids[device[9]]

@@ -228,6 +228,27 @@ def test_mixed_decode_and_extend_batch(backend_name, group, head_dim, device):
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
+def test_warmup_writes_only_the_dummy_slot_and_steps_still_match(backend_name, device):
+    """``warmup`` (run at engine start on CUDA) compiles the eager kernels on dummy inputs: it may
+    write nothing but the dummy slot 0, and a step after it still matches the reference."""
+    shape = Shape(NUM_KV_HEADS * 4, 128 if device.type == "cuda" else 64)
+    _skip_uncompiled_flashinfer(backend_name, shape.head_dim)
+    shared_len, specs = MIXED[size(device)]
+    sequences = make_sequences(specs, shape, device, shared_len=shared_len)
+    pool = make_pool(sequences, shape, device)
+    write_past(pool, sequences)
+    before = [buffer[1:].clone() for layer in range(pool.num_layers) for buffer in pool.get(layer)]
+    backend = make_backend(backend_name, pool, shape.num_q_heads)
+    backend.warmup(shape.num_q_heads)
+    after = [buffer[1:] for layer in range(pool.num_layers) for buffer in pool.get(layer)]
+    assert all(torch.equal(old, new) for old, new in zip(before, after))
+    batch = make_batch(sequences, device)
+    backend.prepare(batch)
+    out = backend.forward(*new_tokens(sequences), LAYER, batch, shape.head_dim**-0.5)
+    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_other_dtypes_and_int32_indices(backend_name, dtype, index_dtype, device):
