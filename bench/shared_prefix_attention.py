@@ -170,7 +170,7 @@ def main() -> None:
     for _ in range(5):  # steady state: every request known
         triton.prepare(cascade_batch)
     prepare_us = (time.perf_counter() - began) / 5 * 1e6
-    plan = triton._plan.cascade
+    plan = triton.step_cascade
     shared = plan.shared_lens.tolist()
     tiles = plan.tiles.tolist()
     cascade_kv = (sum(tile[0] for tile in tiles) + sum(len(c) - s for c, s in zip(contexts, shared))) * row_bytes

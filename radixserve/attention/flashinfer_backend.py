@@ -11,6 +11,10 @@ Per step ``prepare`` plans once and every layer reuses the plan:
   ``extend_len`` positions of its context, so bottom-right-aligned causal masking is exactly
   "row j sees positions 0 .. prefix_len + j".
 
+A pure decode batch whose sequences share long prefixes (radix-tree hits) runs the shared-prefix
+cascade of ``shared_prefix.py`` (Triton kernels over the same pool) when it pays: BatchDecode
+would read each shared prefix once per request. Without triton the plain decode runs.
+
 New K/V are written to the pool before attention, so the kernels read the whole context from it.
 Decode steps can be captured in CUDA graphs: ``prepare_graph`` keeps one wrapper per padded batch
 size, planned into fixed buffers.
@@ -55,6 +59,8 @@ class FlashInferBackend(AttentionBackend):
         self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
         self._graph_indices = torch.zeros(kv_pool.num_slots * 2, dtype=torch.int32, device=device)
         self._active = self.decode_wrappers[True]
+        self.shared_prefix = _shared_prefix_decode(kv_pool, num_q_heads)
+        self.step_cascade = None  # the cascade layout of the step last prepared, if it runs one
         # the paged cache as FlashInfer sees it: [num_pages, page_size=1, Hkv, D] per layer
         self._paged = [
             (k.view(-1, 1, self.num_kv_heads, self.head_dim), v.view(-1, 1, self.num_kv_heads, self.head_dim))
@@ -63,7 +69,14 @@ class FlashInferBackend(AttentionBackend):
 
     # ---- planning (host side, once per step) ------------------------------------------------
 
+    def wants_eager(self, batch: ForwardBatch) -> bool:
+        """True when ``batch`` runs the shared-prefix cascade (eager only); ``prepare`` reuses the plan."""
+        return self.shared_prefix is not None and self.shared_prefix.plan(batch) is not None
+
     def prepare(self, batch: ForwardBatch) -> None:
+        self.step_cascade = self.shared_prefix.take(batch) if self.shared_prefix is not None else None
+        if self.step_cascade is not None:
+            return
         kv_indptr = _host_indptr(batch.seq_lens)
         kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
         last_page_len = torch.ones(batch.batch_size, dtype=torch.int32)
@@ -89,6 +102,9 @@ class FlashInferBackend(AttentionBackend):
 
     def prepare_graph(self, batch: ForwardBatch) -> None:
         """Plan a decode batch held in the graph runner's static buffers (see runner/cuda_graph.py)."""
+        self.step_cascade = None
+        if self.shared_prefix is not None:
+            self.shared_prefix.forget()
         size = batch.batch_size
         wrapper = self._graph_wrappers.get(size)
         if wrapper is None:
@@ -137,9 +153,20 @@ class FlashInferBackend(AttentionBackend):
     ) -> torch.Tensor:  # [T, num_q_heads, head_dim]
         self.kv_pool.write(layer_id, batch.out_slots, k, v)
         default_scale = self.head_dim**-0.5
+        if self.step_cascade is not None:
+            return self.shared_prefix.run(q.to(self.dtype), layer_id, batch, self.step_cascade, scale)
         if scale != default_scale:  # plans use 1/sqrt(head_dim); fold any other scale into q
             q = q * (scale / default_scale)
         return self._active.run(q.to(self.dtype).contiguous(), self._paged[layer_id])
+
+
+def _shared_prefix_decode(kv_pool, num_q_heads: int):
+    """The shared-prefix cascade planner, or None where triton is missing."""
+    try:
+        from radixserve.attention.shared_prefix import SharedPrefixDecode
+    except ImportError:
+        return None
+    return SharedPrefixDecode(kv_pool, num_q_heads)
 
 
 def _host_indptr(lengths: list[int]) -> torch.Tensor:

@@ -11,9 +11,7 @@ then runs, after one fused K/V store:
   long blocks do not end up as the tail of the launch.
 
 A pure decode batch whose sequences share long prefixes (same leading slots: radix-tree hits)
-runs the cascade of ``triton_cascade.py`` instead, when the runner provides the batch's slot lists
-(``ForwardBatch.seq_slots``/``seq_keys``/``seq_versions``) and ``prefix_groups`` finds groups that
-save at least ``min_saved_bytes`` of K/V reads per layer. Such steps are eager only:
+runs the cascade instead when it pays (``shared_prefix.py``). Such steps are eager only:
 ``wants_eager(batch)`` tells the runner not to replay a CUDA graph for them.
 
 Decode steps can be captured in CUDA graphs: after ``prepare_graph`` the forward reads every
@@ -29,15 +27,9 @@ import torch
 
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
-from radixserve.attention.prefix_groups import MIN_SHARED_PREFIX, PrefixGrouper, PrefixGroups
+from radixserve.attention.prefix_groups import MIN_SHARED_PREFIX
+from radixserve.attention.shared_prefix import MAX_SPLITS, MIN_SAVED_BYTES, SharedPrefixDecode, decode_splits
 from radixserve.attention.upload import upload_aligned
-
-MIN_SPLIT_LEN = 128  # an eager decode split reads at least this many keys
-MIN_PREFIX_SPLIT_LEN = 256  # a split of a shared prefix reads at least this many keys
-MAX_SPLITS = 64
-# A cascade step costs an extra launch and, above all, gives up CUDA-graph replay: it must save at
-# least this many bytes of K/V reads per layer (~15 us at 4 TB/s; a guess to tune with bench/).
-MIN_SAVED_BYTES = 64 << 20
 
 
 @dataclass
@@ -69,25 +61,24 @@ class TritonBackend(AttentionBackend):
         self.kv_pool = kv_pool
         self.num_kv_heads = kv_pool.num_kv_heads
         self.num_kv_splits = num_kv_splits
-        self.num_q_heads = num_q_heads
         self.block_m = triton_kernels.extend_block_m(kv_pool.head_dim)
-        self.grouper = PrefixGrouper(min_shared_prefix)
-        self.min_saved_bytes = min_saved_bytes
-        self._kv_row_bytes = _kv_row_bytes_of(kv_pool)
-        self._target_programs = _target_programs(kv_pool.device)
+        self.shared_prefix = SharedPrefixDecode(kv_pool, num_q_heads, min_shared_prefix, min_saved_bytes)
         self._plan: _StepPlan | None = None
-        self._lookahead: tuple[ForwardBatch, triton_cascade.CascadePlan | None] | None = None
+
+    @property
+    def step_cascade(self) -> triton_cascade.CascadePlan | None:
+        """The cascade layout of the step last prepared, None when it runs the plain kernels."""
+        return self._plan.cascade if self._plan is not None else None
 
     # ---- planning (host side, once per step) ------------------------------------------------
 
     def wants_eager(self, batch: ForwardBatch) -> bool:
         """True when ``batch`` runs the shared-prefix cascade (eager only) rather than the plain
         decode a CUDA graph would replay. The plan made here is reused by ``prepare(batch)``."""
-        return self._cascade_plan(batch) is not None
+        return self.shared_prefix.plan(batch) is not None
 
     def prepare(self, batch: ForwardBatch) -> None:
-        cascade = self._cascade_plan(batch)
-        self._lookahead = None
+        cascade = self.shared_prefix.take(batch)
         if cascade is not None:
             self._plan = _StepPlan(0, None, 0, None, None, cascade)
             return
@@ -112,40 +103,11 @@ class TritonBackend(AttentionBackend):
 
     def prepare_graph(self, batch: ForwardBatch) -> None:
         """Plan a padded decode batch held in static buffers; the forward after it is capturable."""
-        self._lookahead = None
+        self.shared_prefix.forget()
         self._plan = _StepPlan(batch.batch_size, None, self.num_kv_splits, None, None)
 
-    def _cascade_plan(self, batch: ForwardBatch) -> triton_cascade.CascadePlan | None:
-        """The cascade layout of a pure decode batch whose shared prefixes pay, else None."""
-        if self._lookahead is not None and self._lookahead[0] is batch:
-            return self._lookahead[1]
-        plan = None
-        if batch.seq_slots is not None and batch.seq_keys is not None and self.num_q_heads and batch.is_decode:
-            groups = self.grouper.group(batch.seq_slots, batch.seq_keys, batch.seq_lens, batch.seq_versions)
-            if groups.groups and groups.num_saved_tokens * self._kv_row_bytes >= self.min_saved_bytes:
-                plan = self._plan_cascade(batch, groups)
-        self._lookahead = (batch, plan)
-        return plan
-
-    def _plan_cascade(self, batch: ForwardBatch, groups: PrefixGroups) -> triton_cascade.CascadePlan:
-        """Tiles and shared lengths (one upload), then split counts: the own suffixes split like a
-        plain decode; the prefix tiles until twice the usual program target (a prefix program's
-        slice is long and its tiles few), none shorter than ``MIN_PREFIX_SPLIT_LEN`` keys."""
-        gqa_group = self.num_q_heads // self.num_kv_heads
-        device = batch.kv_slots.device
-        plan = triton_cascade.plan_cascade(groups, batch.seq_lens, gqa_group, self.kv_pool.head_dim, device)
-        plan.num_suffix_splits = self._eager_splits(batch.batch_size, plan.max_suffix_len)
-        wanted = -(-2 * self._target_programs // (plan.num_tiles * self.num_kv_heads))
-        by_len = -(-plan.max_shared_len // MIN_PREFIX_SPLIT_LEN)
-        plan.num_prefix_splits = _pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
-        return plan
-
     def _eager_splits(self, num_decodes: int, max_len: int) -> int:
-        """Enough splits to fill the GPU, none shorter than ``MIN_SPLIT_LEN`` keys; a power of two,
-        so that the kernels see few distinct split counts (each compiles its own variant)."""
-        wanted = -(-self._target_programs // max(num_decodes * self.num_kv_heads, 1))
-        by_len = -(-max_len // MIN_SPLIT_LEN)
-        return _pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
+        return decode_splits(self.shared_prefix.target_programs, num_decodes * self.num_kv_heads, max_len)
 
     def warmup(self, num_q_heads: int) -> None:
         """Compile, before the first request, every variant an eager step can launch: the decode
@@ -201,15 +163,14 @@ class TritonBackend(AttentionBackend):
         scale: float,
     ) -> torch.Tensor:  # [T, num_q_heads, head_dim], q's dtype
         plan = self._plan
-        self.num_q_heads = q.shape[1]
+        self.shared_prefix.num_q_heads = q.shape[1]
         k_pool, v_pool = self.kv_pool.get(layer_id)  # [num_slots, Hkv, D] each
         triton_kernels.store_kv(_last_dim_contiguous(k), _last_dim_contiguous(v), k_pool, v_pool, batch.out_slots)
         q = _last_dim_contiguous(q)
+        if plan.cascade is not None:
+            return self.shared_prefix.run(q, layer_id, batch, plan.cascade, scale)
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         indices = (batch.qo_indptr, batch.kv_indptr, batch.kv_slots)
-        if plan.cascade is not None:
-            triton_cascade.cascade_decode_attention(q, k_pool, v_pool, out, *indices, plan.cascade, scale)
-            return out
         if plan.num_decodes:
             triton_kernels.decode_attention(
                 q, k_pool, v_pool, out, *indices, plan.decode_seq_ids, plan.num_decodes, plan.num_splits, scale
@@ -219,21 +180,5 @@ class TritonBackend(AttentionBackend):
         return out
 
 
-def _pow2_floor(n: int) -> int:
-    return 1 << (n.bit_length() - 1)
-
-
-def _kv_row_bytes_of(kv_pool) -> int:
-    """Bytes of one token's K and V in one layer."""
-    return 2 * kv_pool.num_kv_heads * kv_pool.head_dim * torch.empty((), dtype=kv_pool.dtype).element_size()
-
-
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _target_programs(device: torch.device) -> int:
-    """Decode programs that keep the device busy: two per SM (a fixed guess off CUDA)."""
-    if device.type != "cuda":
-        return 64
-    return 2 * torch.cuda.get_device_properties(device).multi_processor_count

@@ -1,4 +1,5 @@
-"""The triton backend's shared-prefix cascade against its plain decode and TorchNativeBackend.
+"""The shared-prefix cascade (triton and flashinfer backends) against their plain decode and
+TorchNativeBackend.
 
 A decode step whose sequences start with the same slots (radix-tree hits) runs the cascade when
 the batch carries ``seq_slots``/``seq_keys``: the prefix is read once per group tile, each own
@@ -9,12 +10,14 @@ run under ``TRITON_INTERPRET=1`` (see conftest.py) on small sizes and a small ``
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
 pytest.importorskip("triton", reason="needs triton")
 
-from radixserve.attention import triton_backend, triton_cascade  # noqa: E402
+from radixserve.attention import shared_prefix, triton_backend, triton_cascade  # noqa: E402
 from tests.gpu.test_attention_backends import (  # noqa: E402
     LAYER,
     NUM_KV_HEADS,
@@ -22,6 +25,7 @@ from tests.gpu.test_attention_backends import (  # noqa: E402
     Sequence,
     Shape,
     assert_close,
+    make_backend,
     make_batch,
     make_pool,
     new_tokens,
@@ -71,30 +75,40 @@ def with_identity(batch, sequences: list[Sequence]):
     return batch
 
 
-def run_cascade(sequences: list[Sequence], shape: Shape, device, min_shared_prefix: int):
+def cascade_backend(name: str, pool, num_q_heads: int, min_shared_prefix: int, min_saved_bytes: int = 0):
+    """Backend ``name`` whose cascade planner uses the given thresholds."""
+    if name == "triton":
+        return triton_backend.TritonBackend(
+            pool, num_q_heads=num_q_heads, min_shared_prefix=min_shared_prefix, min_saved_bytes=min_saved_bytes
+        )
+    backend = make_backend(name, pool, num_q_heads)
+    backend.shared_prefix = shared_prefix.SharedPrefixDecode(pool, num_q_heads, min_shared_prefix, min_saved_bytes)
+    return backend
+
+
+def run_cascade(sequences: list[Sequence], shape: Shape, device, min_shared_prefix: int, name: str = "triton"):
     """One decode step through the cascade and through the plain decode; returns both and the plan."""
     pool = make_pool(sequences, shape, device)
     write_past(pool, sequences)
-    backend = triton_backend.TritonBackend(
-        pool, num_q_heads=shape.num_q_heads, min_shared_prefix=min_shared_prefix, min_saved_bytes=0
-    )
+    backend = cascade_backend(name, pool, shape.num_q_heads, min_shared_prefix)
     scale = shape.head_dim**-0.5
     batch = with_identity(make_batch(sequences, device), sequences)
     assert backend.wants_eager(batch)
     backend.prepare(batch)
-    plan = backend._plan.cascade
+    plan = backend.step_cascade
     assert plan is not None
     cascade = backend.forward(*new_tokens(sequences), LAYER, batch, scale)
     plain_batch = make_batch(sequences, device)
     assert not backend.wants_eager(plain_batch)
     backend.prepare(plain_batch)
+    assert backend.step_cascade is None
     plain = backend.forward(*new_tokens(sequences), LAYER, plain_batch, scale)
     return cascade, plain, plan
 
 
-def check_cascade(groups, shape: Shape, device, min_shared_prefix: int, seed: int = 0):
+def check_cascade(groups, shape: Shape, device, min_shared_prefix: int, seed: int = 0, name: str = "triton"):
     sequences = make_groups(groups, shape, device, seed)
-    cascade, plain, plan = run_cascade(sequences, shape, device, min_shared_prefix)
+    cascade, plain, plan = run_cascade(sequences, shape, device, min_shared_prefix, name)
     assert cascade.shape == plain.shape and cascade.dtype == shape.dtype
     assert_close(cascade, plain.float(), REL_TOL[shape.dtype])
     assert_close(cascade, reference(sequences, shape, device), REL_TOL[shape.dtype])
@@ -133,6 +147,18 @@ def test_cascade_matches_plain_decode_and_reference(group, head_dim, device):
     assert sorted(set(shared)) == ([0, 700, 900, 2048] if name == "big" else [0, 40, 70, 80])
 
 
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_flashinfer_backend_runs_the_cascade_too(group, device):
+    """The default CUDA backend plans and runs the same cascade for shared-prefix decode steps
+    (its BatchDecode would read every prefix once per request), matching its own plain decode."""
+    if device.type != "cuda" or importlib.util.find_spec("flashinfer") is None:
+        pytest.skip("needs CUDA and flashinfer")
+    name, min_shared = size(device)
+    shape = Shape(NUM_KV_HEADS * group, 128)  # the head_dim whose FlashInfer modules are built
+    plan = check_cascade(SCENARIOS[name], shape, device, min_shared, name="flashinfer")
+    assert sorted(set(plan.shared_lens.tolist())) == [0, 700, 900, 2048]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_cascade_other_dtypes(dtype, device):
     name, min_shared = size(device)
@@ -143,8 +169,8 @@ def test_many_splits_and_groups_bigger_than_a_tile(monkeypatch, device):
     """Small split minimums force several prefix and suffix splits (some of them empty), a small
     tile forces a group across tiles: the parts still merge to the same output."""
     monkeypatch.setattr(triton_cascade, "MAX_TILE_ROWS", 16)  # 4 members per tile at GQA 4
-    monkeypatch.setattr(triton_backend, "MIN_PREFIX_SPLIT_LEN", 16)
-    monkeypatch.setattr(triton_backend, "MIN_SPLIT_LEN", 16)
+    monkeypatch.setattr(shared_prefix, "MIN_PREFIX_SPLIT_LEN", 16)
+    monkeypatch.setattr(shared_prefix, "MIN_SPLIT_LEN", 16)
     name, min_shared = size(device)
     groups = [(130, [(130, n) for n in (1, 9, 40, 2, 70, 3)]), (0, [(0, 50)])]
     plan = check_cascade(groups, Shape(NUM_KV_HEADS * 4, 64), device, min_shared, seed=2)

@@ -1,0 +1,133 @@
+"""Shared-prefix decode for any backend over the paged pool: when a step's shared prefixes pay,
+and the cascade that reads each of them once per step (``triton_cascade.py``).
+
+Requests under the same radix-tree node hold the same slot ids for that node's tokens, so a decode
+step whose sequences start with the same slots can read that prefix once per group of requests
+instead of once per request. ``prefix_groups`` finds the groups from the batch's slot lists
+(``ForwardBatch.seq_slots``/``seq_keys``/``seq_versions``, set by the runner for decode steps);
+a cascade step is planned when the reads it saves per layer reach ``min_saved_bytes``. Cascade
+steps run eagerly (their layout changes from step to step), so a backend reports them through
+``AttentionBackend.wants_eager`` and the runner does not replay a CUDA graph for them.
+
+Used by the triton backend and by the flashinfer backend (whose own decode kernels read every
+context in full): both keep K/V in the same pool layout, page size 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from radixserve.attention import triton_cascade
+from radixserve.attention.base import ForwardBatch
+from radixserve.attention.prefix_groups import MIN_SHARED_PREFIX, PrefixGrouper
+
+MIN_SPLIT_LEN = 128  # an eager decode split reads at least this many keys
+MIN_PREFIX_SPLIT_LEN = 256  # a split of a shared prefix reads at least this many keys
+MAX_SPLITS = 64
+# A cascade step costs extra launches and, above all, gives up CUDA-graph replay: it must save at
+# least this many bytes of K/V reads per layer (~15 us at 4 TB/s; a guess to tune with bench/).
+MIN_SAVED_BYTES = 64 << 20
+
+
+class SharedPrefixDecode:
+    """Plans and runs cascade decode steps. ``plan(batch)`` may be asked twice for the same batch
+    (``wants_eager`` then ``prepare``): the second call returns the first call's plan."""
+
+    def __init__(
+        self,
+        kv_pool,
+        num_q_heads: int | None,
+        min_shared_prefix: int = MIN_SHARED_PREFIX,
+        min_saved_bytes: int = MIN_SAVED_BYTES,
+    ):
+        self.kv_pool = kv_pool
+        self.num_kv_heads = kv_pool.num_kv_heads
+        self.num_q_heads = num_q_heads  # None until known: no cascade before it is
+        self.grouper = PrefixGrouper(min_shared_prefix)
+        self.min_saved_bytes = min_saved_bytes
+        self.kv_row_bytes = 2 * kv_pool.num_kv_heads * kv_pool.head_dim * kv_pool.dtype.itemsize
+        self.target_programs = target_programs(kv_pool.device)
+        self._lookahead: tuple[ForwardBatch, triton_cascade.CascadePlan | None] | None = None
+
+    def plan(self, batch: ForwardBatch) -> triton_cascade.CascadePlan | None:
+        """The cascade layout of a pure decode batch whose shared prefixes pay, else None."""
+        if self._lookahead is not None and self._lookahead[0] is batch:
+            return self._lookahead[1]
+        plan = None
+        if (
+            batch.seq_slots is not None
+            and batch.seq_keys is not None
+            and self.num_q_heads
+            and batch.is_decode
+            and _some_share_a_first_slot(batch.seq_slots)
+        ):
+            groups = self.grouper.group(batch.seq_slots, batch.seq_keys, batch.seq_lens, batch.seq_versions)
+            if groups.groups and groups.num_saved_tokens * self.kv_row_bytes >= self.min_saved_bytes:
+                plan = self._layout(batch, groups)
+        self._lookahead = (batch, plan)
+        return plan
+
+    def take(self, batch: ForwardBatch) -> triton_cascade.CascadePlan | None:
+        """``plan(batch)`` for the step about to run; forgets it for any later batch."""
+        plan = self.plan(batch)
+        self._lookahead = None
+        return plan
+
+    def forget(self) -> None:
+        self._lookahead = None
+
+    def _layout(self, batch: ForwardBatch, groups) -> triton_cascade.CascadePlan:
+        """Tiles and shared lengths (one upload), then split counts: the own suffixes split like a
+        plain decode; the prefix tiles until twice the usual program target (a prefix program's
+        slice is long and its tiles few), none shorter than ``MIN_PREFIX_SPLIT_LEN`` keys."""
+        gqa_group = self.num_q_heads // self.num_kv_heads
+        device = batch.kv_slots.device
+        plan = triton_cascade.plan_cascade(groups, batch.seq_lens, gqa_group, self.kv_pool.head_dim, device)
+        plan.num_suffix_splits = decode_splits(
+            self.target_programs, batch.batch_size * self.num_kv_heads, plan.max_suffix_len
+        )
+        wanted = -(-2 * self.target_programs // (plan.num_tiles * self.num_kv_heads))
+        by_len = -(-plan.max_shared_len // MIN_PREFIX_SPLIT_LEN)
+        plan.num_prefix_splits = pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
+        return plan
+
+    def run(
+        self,
+        q: torch.Tensor,  # [B, Hq, D]
+        layer_id: int,
+        batch: ForwardBatch,
+        plan: triton_cascade.CascadePlan,
+        scale: float,
+    ) -> torch.Tensor:  # [B, Hq, D], q's dtype; the step's K/V must already be in the pool
+        q = q if q.stride(-1) == 1 else q.contiguous()
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        k_pool, v_pool = self.kv_pool.get(layer_id)
+        triton_cascade.cascade_decode_attention(
+            q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, plan, scale
+        )
+        return out
+
+
+def _some_share_a_first_slot(seq_slots: list[list[int]]) -> bool:
+    """A cheap necessary condition for any group: without it the grouper's loop is skipped."""
+    return len({slots[0] for slots in seq_slots if slots}) < len(seq_slots)
+
+
+def decode_splits(target: int, programs_per_split: int, max_len: int) -> int:
+    """Splits per context that fill the GPU (``target`` programs), none shorter than
+    ``MIN_SPLIT_LEN`` keys; a power of two, so that the kernels see few distinct split counts
+    (each compiles its own variant)."""
+    wanted = -(-target // max(programs_per_split, 1))
+    by_len = -(-max_len // MIN_SPLIT_LEN)
+    return pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
+
+
+def pow2_floor(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def target_programs(device: torch.device) -> int:
+    """Decode programs that keep the device busy: two per SM (a fixed guess off CUDA)."""
+    if device.type != "cuda":
+        return 64
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
