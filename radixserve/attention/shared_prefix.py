@@ -37,14 +37,16 @@ class SharedPrefixDecode:
         self,
         kv_pool,
         num_q_heads: int | None,
-        min_shared_prefix: int = MIN_SHARED_PREFIX,
-        min_saved_bytes: int = MIN_SAVED_BYTES,
+        min_shared_prefix: int | None = None,
+        min_saved_bytes: int | None = None,
     ):
+        """Thresholds default to the module's ``MIN_SHARED_PREFIX`` and ``MIN_SAVED_BYTES`` (read
+        when the planner is built)."""
         self.kv_pool = kv_pool
         self.num_kv_heads = kv_pool.num_kv_heads
         self.num_q_heads = num_q_heads  # None until known: no cascade before it is
-        self.grouper = PrefixGrouper(min_shared_prefix)
-        self.min_saved_bytes = min_saved_bytes
+        self.grouper = PrefixGrouper(MIN_SHARED_PREFIX if min_shared_prefix is None else min_shared_prefix)
+        self.min_saved_bytes = MIN_SAVED_BYTES if min_saved_bytes is None else min_saved_bytes
         self.kv_row_bytes = 2 * kv_pool.num_kv_heads * kv_pool.head_dim * kv_pool.dtype.itemsize
         self.target_programs = target_programs(kv_pool.device)
         self._lookahead: tuple[ForwardBatch, triton_cascade.CascadePlan | None] | None = None

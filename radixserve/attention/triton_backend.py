@@ -27,8 +27,7 @@ import torch
 
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
-from radixserve.attention.prefix_groups import MIN_SHARED_PREFIX
-from radixserve.attention.shared_prefix import MAX_SPLITS, MIN_SAVED_BYTES, SharedPrefixDecode, decode_splits
+from radixserve.attention.shared_prefix import MAX_SPLITS, SharedPrefixDecode, decode_splits
 from radixserve.attention.upload import upload_aligned
 
 
@@ -50,8 +49,8 @@ class TritonBackend(AttentionBackend):
         kv_pool,
         num_kv_splits: int = 16,
         num_q_heads: int | None = None,
-        min_shared_prefix: int = MIN_SHARED_PREFIX,
-        min_saved_bytes: int = MIN_SAVED_BYTES,
+        min_shared_prefix: int | None = None,
+        min_saved_bytes: int | None = None,
     ):
         """``kv_pool``: a ``radixserve.runner.kv_pool.KVPool`` (CUDA; CPU tensors only under
         ``TRITON_INTERPRET=1``). ``num_kv_splits``: the fixed split count of captured decode steps.
