@@ -10,7 +10,7 @@ the new question; it is built at run time from the real outputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,11 +26,18 @@ class UserPlan:
 
 
 @dataclass
+class BackgroundRequest:
+    start: float  # seconds after the run starts
+    prompt: list[int]  # unrelated to every document and to each other
+
+
+@dataclass
 class ConversationPlan:
     system: list[int]
     documents: list[list[int]]
     users: list[UserPlan]
     output_len: int
+    background: list[BackgroundRequest] = field(default_factory=list)  # other tenants' traffic
 
     @property
     def num_turns(self) -> int:
@@ -69,3 +76,15 @@ def rag_plan(
         questions = [random_ids(rng, question_len, vocab_size) for _ in range(turns)]
         users.append(UserPlan(doc, float(start), questions, rng.exponential(think_mean, turns).tolist()))
     return ConversationPlan(system, documents, users, output_len)
+
+
+def background_traffic(rate: float, count: int, prompt_len: int, vocab_size: int, seed: int) -> list[BackgroundRequest]:
+    """``count`` random prompts of about ``prompt_len`` tokens (uniform in [0.5, 1.5] x), arriving
+    as a Poisson process at ``rate`` per second from t = 0: another tenant's traffic, sharing
+    nothing with the conversations, competing with them for the KV pool."""
+    if count <= 0 or rate <= 0:
+        return []
+    rng = np.random.default_rng(seed + 7919)
+    starts = np.cumsum(rng.exponential(1.0 / rate, count))
+    lengths = rng.integers(max(1, prompt_len // 2), prompt_len * 3 // 2 + 1, count)
+    return [BackgroundRequest(float(t), random_ids(rng, int(n), vocab_size)) for t, n in zip(starts, lengths)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.harness import workloads
-from bench.harness.conversations import rag_plan
+from bench.harness.conversations import background_traffic, rag_plan
 
 
 def test_sharegpt_lengths_have_the_documented_means_and_bounds():
@@ -57,3 +57,16 @@ def test_rag_plan_users_turns_and_prompts():
     user = plan.users[0]
     prompt = plan.prompt(user, [1, 2, 3], 1)
     assert prompt == plan.system + plan.documents[user.doc] + [1, 2, 3] + user.questions[1]
+
+
+def test_background_traffic_arrives_over_time_and_shares_nothing():
+    plan = rag_plan(2, 200, (2, 2), (2, 2), 16, 6, 5, user_rate=2.0, think_mean=1.0, vocab_size=30000, seed=0)
+    background = background_traffic(rate=4.0, count=200, prompt_len=100, vocab_size=30000, seed=0)
+    assert len(background) == 200 and background == background_traffic(4.0, 200, 100, 30000, 0)
+    starts = [request.start for request in background]
+    assert starts == sorted(starts) and starts[0] > 0
+    assert 35 < starts[-1] < 65  # 200 arrivals at 4/s: ~50 s
+    assert all(50 <= len(request.prompt) <= 150 for request in background)
+    heads = {tuple(d[:8]) for d in [plan.system, *plan.documents]}
+    assert not any(tuple(request.prompt[:8]) in heads for request in background)
+    assert background_traffic(0.0, 10, 100, 30000, 0) == [] == background_traffic(4.0, 0, 100, 30000, 0)
