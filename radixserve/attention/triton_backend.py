@@ -120,20 +120,18 @@ class TritonBackend(AttentionBackend):
         q, k, v = (x.view(2, -1, head_dim) for x in (q, k, v))
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         k_pool, v_pool = pool.get(0)
-        # two sequences, one query row and two keys each, all in the dummy slot 0 (never handed out)
-        qo_indptr, kv_indptr, kv_slots, seq_ids, block = upload_aligned(
-            ([0, 1, 2], [0, 2, 4], [0, 0, 0, 0], [1], [0]), device, torch.int32
-        )
-        triton_kernels.store_kv(k, v, k_pool, v_pool, kv_slots[:2])
-        contiguous_q = q.contiguous()
+        # two sequences, one query row and two keys each, all in the dummy slot 0 (never handed out);
+        # index dtypes as the runner's (int64 indptrs and out_slots, int32 kv_slots) and this
+        # backend's plans (int32): Triton compiles a variant per pointer dtype
+        qo_indptr, kv_indptr, out_slots = upload_aligned(([0, 1, 2], [0, 2, 4], [0, 0]), device, torch.int64)
+        kv_slots, seq_ids, block = upload_aligned(([0, 0, 0, 0], [1], [0]), device, torch.int32)
+        triton_kernels.store_kv(k, v, k_pool, v_pool, out_slots)
         for splits in (1 << i for i in range(MAX_SPLITS.bit_length())):
             for ids, num_seqs in ((None, 2), (seq_ids, 1)):
                 triton_kernels.decode_attention(
-                    contiguous_q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, ids, num_seqs, splits, 1.0
+                    q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, ids, num_seqs, splits, 1.0
                 )
-        triton_kernels.extend_attention(
-            contiguous_q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, block, block, 1.0
-        )
+        triton_kernels.extend_attention(q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, block, block, 1.0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

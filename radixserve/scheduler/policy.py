@@ -6,7 +6,9 @@
   saves), and requests that have waited ``aging_steps`` go first in arrival order so a request
   with no cache hit is never starved.
 - ``dfs-weight``: walks the radix tree depth first, visiting the subtree with the most waiting
-  requests first, so requests under one shared prefix are admitted together.
+  requests first, so requests under one shared prefix are admitted together; deeper cache hits
+  before shallower ones, and requests sharing a prefix not (or no longer) cached grouped too
+  (``dfs_weight.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from radixserve.core.request import Request
+from radixserve.scheduler.dfs_weight import dfs_weight_order
 
 POLICIES = ("lpm", "fcfs", "dfs-weight")
 LPM_MAX_QUEUE = 128
@@ -40,35 +43,9 @@ def order(policy: str, candidates: list[Candidate], current_step: int, aging_ste
     if policy == "lpm":
         return aged + sorted(rest, key=lambda c: (-c.match_len, c.request.arrival_step))
     if policy == "dfs-weight":
-        return aged + _dfs_weight(rest)
+        return aged + dfs_weight_order(sorted(rest, key=_arrival))
     raise ValueError(f"unknown schedule policy {policy!r} (choose from {', '.join(POLICIES)})")
 
 
 def _arrival(candidate: Candidate) -> int:
     return candidate.request.arrival_step
-
-
-def _dfs_weight(candidates: list[Candidate]) -> list[Candidate]:
-    """Depth-first over the matched nodes' tree, heaviest subtree first; arrival order within a node."""
-    at_node: dict[int, list[Candidate]] = {}
-    weight: dict[int, int] = {}
-    children: dict[int, dict[int, object]] = {}
-    roots: dict[int, object] = {}
-    for candidate in sorted(candidates, key=_arrival):
-        at_node.setdefault(id(candidate.node), []).append(candidate)
-        node = candidate.node
-        while node is not None:
-            weight[id(node)] = weight.get(id(node), 0) + 1
-            parent = node.parent
-            if parent is None:
-                roots[id(node)] = node
-            else:
-                children.setdefault(id(parent), {})[id(node)] = node
-            node = parent
-    ordered: list[Candidate] = []
-    stack = sorted(roots.values(), key=lambda n: weight[id(n)])
-    while stack:
-        node = stack.pop()
-        ordered.extend(at_node.get(id(node), []))
-        stack.extend(sorted(children.get(id(node), {}).values(), key=lambda n: weight[id(n)]))
-    return ordered
