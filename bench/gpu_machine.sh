@@ -40,4 +40,10 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
     bench/gpu_suite.sh "$@" || status=1
     python3 -m bench.summary "${BENCH_RESULTS_DIR:-${OUT:-bench/results}}"
 fi
+# hand FlashInfer's JIT cache back (a fresh machine rebuilds it in ~2 min): unpack it into .gpu/fi
+# next time with `cat fi.tgz.* | tar xzf - -C .gpu` (files back from $OUT are at most 16 MiB each)
+if [ -n "${OUT:-}" ] && [ -d "$FLASHINFER_WORKSPACE_BASE" ]; then
+    tar czf - -C "$(dirname "$FLASHINFER_WORKSPACE_BASE")" "$(basename "$FLASHINFER_WORKSPACE_BASE")" |
+        split -b 15M - "$OUT/fi.tgz."
+fi
 exit $status

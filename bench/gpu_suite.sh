@@ -19,6 +19,9 @@
 #                     (default: $OUT when set, else bench/results)
 #   PY                python (default: .venv/bin/python, else python3)
 #   BENCH_PRESET      h100 (default) or cpu (a smoke test of the script itself)
+#   BENCH_ENGINE_ARGS extra engine flags for every part (e.g. "--attention-backend triton")
+#   BENCH_PART_TIMEOUT seconds each part may run (default: no limit); a part past it is stopped
+#                     and reported failed, the records it wrote so far kept
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,13 +31,17 @@ mkdir -p "$RESULTS/logs"
 export BENCH_COMMIT=${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 COMMON=(--preset "${BENCH_PRESET:-h100}" --results-dir "$RESULTS")
 if [ -n "${BENCH_TOKENIZER:-}" ]; then COMMON+=(--tokenizer-path "$BENCH_TOKENIZER"); fi
+# shellcheck disable=SC2206  # word splitting of the extra flags is intended
+if [ -n "${BENCH_ENGINE_ARGS:-}" ]; then COMMON+=($BENCH_ENGINE_ARGS); fi
+LIMIT=()
+if [ -n "${BENCH_PART_TIMEOUT:-}" ]; then LIMIT=(timeout -k 10 "$BENCH_PART_TIMEOUT"); fi
 
 run_part() {
     local part=$1
     shift
     local start=$SECONDS
     echo "=== $part: $*"
-    if "$PY" -m "$@" "${COMMON[@]}" 2>&1 | tee "$RESULTS/logs/$part.log"; then
+    if "${LIMIT[@]}" "$PY" -m "$@" "${COMMON[@]}" 2>&1 | tee "$RESULTS/logs/$part.log"; then
         echo "=== $part done in $((SECONDS - start)) s"
     else
         echo "=== $part FAILED after $((SECONDS - start)) s (log: $RESULTS/logs/$part.log)"
