@@ -8,18 +8,22 @@ Two trees take part, one inside the other:
   the root) go last: a small KV pool fills with the prefixes already there, not with new ones.
 - the waiting requests themselves: candidates at one cache node share everything up to it, and
   their uncached tails may still share a prefix (a system prompt not computed yet, or evicted).
-  They are ordered by the same walk over a tree of those tails, so a group is admitted together
-  and computes its prefix once instead of a few members at a time between other groups.
+  They are ordered by the same walk over a trie of those tails (one per cache namespace), so such
+  a group is admitted together, its prefix computed once, before the next group is started.
 
 Siblings go heaviest first (most waiting candidates under them); ties go to the subtree whose
-earliest candidate came first. Within a node, candidates keep their queue order.
+earliest candidate comes first in the input. Candidates ending at one node keep their input order.
+
+Cost: the tail tries are rebuilt at every ordering, one pass (list comparisons in C) over each
+waiting request's uncached tokens: the same order of work as the cache match that the scheduler
+already does for every waiting request under this policy.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radixserve.cache.radix_tree import RadixTree
+from radixserve.scheduler.token_trie import TokenTrie
 
 if TYPE_CHECKING:
     from radixserve.scheduler.policy import Candidate
@@ -34,29 +38,28 @@ def dfs_weight_order(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def _by_uncached_tail(candidates: list[Candidate]) -> list[Candidate]:
-    """Candidates sharing one cached prefix, grouped by the prefixes their uncached tails share."""
+    """Candidates sharing one cached prefix, ordered by the prefixes their uncached tails share."""
     if len(candidates) < 2:
         return candidates
-    index = RadixTree()
-    tails = []
+    tries: dict[str | None, TokenTrie] = {}
+    placed = []
     for candidate in candidates:
         ids = candidate.request.all_ids
-        tail = ids[candidate.match_len : len(ids) - 1]  # the admission match stops at len - 1 too
-        index.insert(tail, [0] * len(tail), candidate.request.extra_key)
-        tails.append(tail)
-    placed = [
-        (index.match_prefix(tail, c.request.extra_key).node, c) for tail, c in zip(tails, candidates, strict=True)
-    ]
-    return [c for group in _post_order(placed) for c in group]
+        tail = ids[candidate.match_len : len(ids) - 1]  # the cache match stops at len - 1 too
+        trie = tries.get(candidate.request.extra_key)
+        if trie is None:
+            trie = tries[candidate.request.extra_key] = TokenTrie()
+        placed.append((trie.insert(tail), candidate))
+    return [candidate for group in _post_order(placed) for candidate in group]
 
 
 def _post_order(placed: list[tuple[object, Candidate]]) -> list[list[Candidate]]:
-    """The candidates of each node (input order kept), children before parents, heaviest sibling first.
+    """The candidates ending at each node, children's before their parent's, heaviest sibling first.
 
     ``placed`` pairs each candidate with a tree node; only ``node.parent`` is read (None: a root)."""
     own: dict[int, list[Candidate]] = {}
-    weight: dict[int, int] = {}
-    first: dict[int, int] = {}  # position in ``placed`` of the earliest candidate under the node
+    weight: dict[int, int] = {}  # candidates at or under the node
+    first: dict[int, int] = {}  # input position of the first of them
     children: dict[int, dict[int, object]] = {}
     roots: dict[int, object] = {}
     for rank, (node, candidate) in enumerate(placed):
@@ -71,17 +74,16 @@ def _post_order(placed: list[tuple[object, Candidate]]) -> list[list[Candidate]]
                 children.setdefault(id(parent), {})[id(node)] = node
             node = parent
 
-    def lightest_first(nodes) -> list[tuple[object, bool]]:  # popped from a stack: heaviest first
-        ranked = sorted(nodes, key=lambda n: (weight[id(n)], -first[id(n)]))
-        return [(n, False) for n in ranked]
+    def heaviest_last(nodes) -> list[tuple[object, bool]]:  # a stack pops them heaviest first
+        return [(n, False) for n in sorted(nodes, key=lambda n: (weight[id(n)], -first[id(n)]))]
 
     groups: list[list[Candidate]] = []
-    stack = lightest_first(roots.values())
+    stack = heaviest_last(roots.values())
     while stack:
-        node, expanded = stack.pop()
-        if expanded:
+        node, children_done = stack.pop()
+        if children_done:
             groups.append(own.get(id(node), []))
         else:
             stack.append((node, True))
-            stack.extend(lightest_first(children.get(id(node), {}).values()))
+            stack.extend(heaviest_last(children.get(id(node), {}).values()))
     return [group for group in groups if group]
