@@ -20,7 +20,7 @@ class ForwardBatch:
     out_slots: torch.Tensor  # [T] int64, KV slot written for each new token
     qo_indptr: torch.Tensor  # [B + 1] int64
     kv_indptr: torch.Tensor  # [B + 1] int64
-    kv_slots: torch.Tensor  # [sum(seq_lens)] int64
+    kv_slots: torch.Tensor  # [sum(seq_lens)] int32 from the runner (backends accept int64 too)
     seq_lens: list[int]  # [B] context length after this step
     extend_lens: list[int]  # [B] new tokens this step
     logits_indices: torch.Tensor  # [num_sampled] rows of the hidden state to project to logits

@@ -69,6 +69,13 @@ class FlashInferBackend(AttentionBackend):
 
     # ---- planning (host side, once per step) ------------------------------------------------
 
+    def warmup(self, num_q_heads: int) -> None:
+        """Compile the shared-prefix cascade's Triton kernels (FlashInfer's own modules are built
+        or loaded when the wrappers first plan)."""
+        if self.shared_prefix is not None:
+            self.shared_prefix.warmup(num_q_heads)
+            torch.cuda.synchronize(self.kv_pool.device)
+
     def wants_eager(self, batch: ForwardBatch) -> bool:
         """True when ``batch`` runs the shared-prefix cascade (eager only); ``prepare`` reuses the plan."""
         return self.shared_prefix is not None and self.shared_prefix.plan(batch) is not None

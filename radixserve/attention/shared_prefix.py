@@ -19,7 +19,9 @@ import torch
 
 from radixserve.attention import triton_cascade
 from radixserve.attention.base import ForwardBatch
+from radixserve.attention.dummy_step import dummy_step
 from radixserve.attention.prefix_groups import MIN_SHARED_PREFIX, PrefixGrouper
+from radixserve.attention.upload import upload_aligned
 
 MIN_SPLIT_LEN = 128  # an eager decode split reads at least this many keys
 MIN_PREFIX_SPLIT_LEN = 256  # a split of a shared prefix reads at least this many keys
@@ -92,6 +94,32 @@ class SharedPrefixDecode:
         by_len = -(-plan.max_shared_len // MIN_PREFIX_SPLIT_LEN)
         plan.num_prefix_splits = pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
         return plan
+
+    def warmup(self, num_q_heads: int) -> None:
+        """Compile the cascade's kernels before the first request: the prefix kernel for every
+        query-block height a plan can pick (see ``triton_cascade.plan_cascade``), the suffix decode
+        and the merge, on a dummy step in slot 0 (tiles with no members: nothing is written)."""
+        step = dummy_step(self.kv_pool, num_q_heads)
+        gqa_group = num_q_heads // self.num_kv_heads
+        heights = triton_cascade.block_heights(gqa_group, self.kv_pool.head_dim)
+        for block_m in heights:
+            shared_lens, tiles = upload_aligned(
+                ([0, 0], [0] * (triton_cascade.TILE_HEADER + 2)), step.q.device, torch.int32
+            )
+            plan = triton_cascade.CascadePlan(
+                batch_size=2,
+                shared_lens=shared_lens,
+                tiles=tiles.view(1, -1),
+                max_members=2,
+                block_m=block_m,
+                max_shared_len=0,
+                max_suffix_len=2,
+            )
+            k_pool, v_pool = self.kv_pool.get(0)
+            out = torch.empty_like(step.q, memory_format=torch.contiguous_format)
+            triton_cascade.cascade_decode_attention(
+                step.q, k_pool, v_pool, out, step.qo_indptr, step.kv_indptr, step.kv_slots, plan, 1.0
+            )
 
     def run(
         self,

@@ -27,6 +27,7 @@ import torch
 
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
+from radixserve.attention.dummy_step import dummy_step
 from radixserve.attention.shared_prefix import MAX_SPLITS, SharedPrefixDecode, decode_splits
 from radixserve.attention.upload import upload_aligned
 
@@ -110,28 +111,22 @@ class TritonBackend(AttentionBackend):
 
     def warmup(self, num_q_heads: int) -> None:
         """Compile, before the first request, every variant an eager step can launch: the decode
-        kernels for each split count (whole batch and gathered rows), their merge, the extend
-        kernel and the K/V store. Otherwise each compiles on first use, stalling that step ~1 s.
-        (Triton caches compiled kernels on disk: later starts only load them.)"""
-        pool, device = self.kv_pool, self.kv_pool.device
-        num_kv_heads, head_dim = pool.num_kv_heads, pool.head_dim
-        qkv = torch.zeros(2, (num_q_heads + 2 * num_kv_heads) * head_dim, dtype=pool.dtype, device=device)
-        q, k, v = qkv.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
-        q, k, v = (x.view(2, -1, head_dim) for x in (q, k, v))
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-        k_pool, v_pool = pool.get(0)
-        # two sequences, one query row and two keys each, all in the dummy slot 0 (never handed out);
-        # index dtypes as the runner's (int64 indptrs and out_slots, int32 kv_slots) and this
-        # backend's plans (int32): Triton compiles a variant per pointer dtype
-        qo_indptr, kv_indptr, out_slots = upload_aligned(([0, 1, 2], [0, 2, 4], [0, 0]), device, torch.int64)
-        kv_slots, seq_ids, block = upload_aligned(([0, 0, 0, 0], [1], [0]), device, torch.int32)
-        triton_kernels.store_kv(k, v, k_pool, v_pool, out_slots)
-        for splits in (1 << i for i in range(MAX_SPLITS.bit_length())):
+        kernels (whole batch and gathered rows), their merge for each split count, the extend
+        kernel, the K/V store and the shared-prefix cascade. Otherwise each compiles on first use,
+        stalling that step ~1 s. (Triton caches compiled kernels on disk: later starts only load
+        them.)"""
+        step = dummy_step(self.kv_pool, num_q_heads)
+        k_pool, v_pool = self.kv_pool.get(0)
+        out = torch.empty_like(step.q, memory_format=torch.contiguous_format)
+        indices = (step.qo_indptr, step.kv_indptr, step.kv_slots)
+        seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
+        triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
+        for splits in (1 << i for i in range(MAX_SPLITS.bit_length())):  # the merge's BLOCK_S
             for ids, num_seqs in ((None, 2), (seq_ids, 1)):
-                triton_kernels.decode_attention(
-                    q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, ids, num_seqs, splits, 1.0
-                )
-        triton_kernels.extend_attention(q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, block, block, 1.0)
+                triton_kernels.decode_attention(step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0)
+        triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
+        self.shared_prefix.warmup(num_q_heads)
+        device = step.q.device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

@@ -34,9 +34,10 @@ from radixserve.attention.upload import upload_aligned
 
 MAX_TILE_ROWS = 128  # query rows (members x GQA heads) per prefix program; half that above head_dim 128
 TILE_HEADER = 2  # a tile row is [shared_len, num_members, member seq ids...]
+MERGE_CHUNK = 16  # splits the merge reads at a time
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "tile_stride"])  # one compiled variant whatever they are
 def _shared_prefix_kernel(
     q_ptr,  # [T, Hq, D]
     k_pool_ptr,  # [num_slots, Hkv, D]
@@ -104,7 +105,7 @@ def _shared_prefix_kernel(
     tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=m_mask[:, None] & d_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_prefix_splits", "num_suffix_splits"])
 def _cascade_merge_kernel(
     prefix_out_ptr,  # [B, Hq, num_prefix_splits, D] float32
     prefix_lse_ptr,  # [B, Hq, num_prefix_splits] float32
@@ -120,37 +121,54 @@ def _cascade_merge_kernel(
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
+    """Log-sum-exp merge of a sequence's prefix and suffix partials, ``CHUNK`` splits at a time
+    (any split counts, one compiled variant)."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    offs_p = tl.arange(0, BLOCK_P)
-    offs_s = tl.arange(0, BLOCK_S)
+    offs_c = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    p_mask = (offs_p < num_prefix_splits) & (tl.load(shared_lens_ptr + seq) > 0)
-    s_mask = offs_s < num_suffix_splits
-    prefix_part = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_prefix_splits + offs_p  # [BLOCK_P]
-    suffix_part = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_suffix_splits + offs_s  # [BLOCK_S]
-    prefix_lse = tl.load(prefix_lse_ptr + prefix_part, mask=p_mask, other=float("-inf"))
-    suffix_lse = tl.load(suffix_lse_ptr + suffix_part, mask=s_mask, other=float("-inf"))
-    # suffix split 0 always holds the newest key: the max is finite
-    top = tl.maximum(tl.max(prefix_lse, 0), tl.max(suffix_lse, 0))
-    prefix_w = tl.exp2(prefix_lse - top)
-    suffix_w = tl.exp2(suffix_lse - top)
-    prefix = tl.load(
-        prefix_out_ptr + prefix_part[:, None] * HEAD_DIM + offs_d[None, :],
-        mask=p_mask[:, None] & d_mask[None, :],
-        other=0.0,
-    )  # [BLOCK_P, BLOCK_D]
-    suffix = tl.load(
-        suffix_out_ptr + suffix_part[:, None] * HEAD_DIM + offs_d[None, :],
-        mask=s_mask[:, None] & d_mask[None, :],
-        other=0.0,
-    )  # [BLOCK_S, BLOCK_D]
-    total = tl.sum(prefix_w[:, None] * prefix, 0) + tl.sum(suffix_w[:, None] * suffix, 0)  # [BLOCK_D]
-    out = total / (tl.sum(prefix_w, 0) + tl.sum(suffix_w, 0))
+    num_prefix = tl.where(tl.load(shared_lens_ptr + seq) > 0, num_prefix_splits, 0)
+    prefix_base = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_prefix_splits
+    suffix_base = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_suffix_splits
+    # pass 1: the largest log-sum-exp (suffix split 0 always holds the newest key: finite)
+    top = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+    for start in range(0, num_prefix, CHUNK):
+        part = start + offs_c
+        top = tl.maximum(top, tl.load(prefix_lse_ptr + prefix_base + part, mask=part < num_prefix, other=float("-inf")))
+    for start in range(0, num_suffix_splits, CHUNK):
+        part = start + offs_c
+        lse = tl.load(suffix_lse_ptr + suffix_base + part, mask=part < num_suffix_splits, other=float("-inf"))
+        top = tl.maximum(top, lse)
+    best = tl.max(top, 0)
+    # pass 2: the partial outputs weighted by exp2(lse - best)
+    total = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+    weight = tl.zeros([CHUNK], dtype=tl.float32)
+    for start in range(0, num_prefix, CHUNK):
+        part = start + offs_c
+        mask = part < num_prefix
+        w = tl.exp2(tl.load(prefix_lse_ptr + prefix_base + part, mask=mask, other=float("-inf")) - best)
+        rows = tl.load(
+            prefix_out_ptr + (prefix_base + part)[:, None] * HEAD_DIM + offs_d[None, :],
+            mask=mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        total += w[:, None] * rows
+        weight += w
+    for start in range(0, num_suffix_splits, CHUNK):
+        part = start + offs_c
+        mask = part < num_suffix_splits
+        w = tl.exp2(tl.load(suffix_lse_ptr + suffix_base + part, mask=mask, other=float("-inf")) - best)
+        rows = tl.load(
+            suffix_out_ptr + (suffix_base + part)[:, None] * HEAD_DIM + offs_d[None, :],
+            mask=mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        total += w[:, None] * rows
+        weight += w
+    out = tl.sum(total, 0) / tl.sum(weight, 0)
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
     tl.store(
         out_ptr + row * stride_out_token + head * stride_out_head + offs_d,
@@ -186,8 +204,7 @@ def plan_cascade(
 ) -> CascadePlan:
     """Cut ``groups`` into tiles of at most ``MAX_TILE_ROWS // gqa_group`` members (a group too big
     for one tile is split evenly, each tile reading the prefix once) and upload the layout."""
-    max_rows = MAX_TILE_ROWS if head_dim <= 128 else MAX_TILE_ROWS // 2  # the accumulator is rows x head_dim
-    members_per_tile = max(1, max_rows // gqa_group)
+    members_per_tile = _members_per_tile(gqa_group, head_dim)
     tiles = []  # (shared_len, members)
     for group in groups.groups:
         num_tiles = -(-len(group.members) // members_per_tile)
@@ -204,10 +221,26 @@ def plan_cascade(
         shared_lens=shared_lens,
         tiles=tiles_t.view(len(tiles), TILE_HEADER + max_members),
         max_members=max_members,
-        block_m=max(16, triton.next_power_of_2(max_members * gqa_group)),
+        block_m=_block_height(max_members, gqa_group),
         max_shared_len=max((shared_len for shared_len, _ in tiles), default=0),
         max_suffix_len=max(n - shared for n, shared in zip(seq_lens, groups.shared_lens)),
     )
+
+
+def _members_per_tile(gqa_group: int, head_dim: int) -> int:
+    max_rows = MAX_TILE_ROWS if head_dim <= 128 else MAX_TILE_ROWS // 2  # the accumulator is rows x head_dim
+    return max(1, max_rows // gqa_group)
+
+
+def _block_height(members: int, gqa_group: int) -> int:
+    """Query rows of a prefix program for tiles of up to ``members``: >= 16, a power of 2."""
+    return max(16, triton.next_power_of_2(members * gqa_group))
+
+
+def block_heights(gqa_group: int, head_dim: int) -> list[int]:
+    """Every ``block_m`` a plan can pick (tiles hold 2 .. members_per_tile members)."""
+    most = _members_per_tile(gqa_group, head_dim)
+    return sorted({_block_height(members, gqa_group) for members in range(min(2, most), most + 1)})
 
 
 # ---- launch -------------------------------------------------------------------------------------
@@ -255,7 +288,6 @@ def cascade_decode_attention(
     _cascade_merge_kernel[(batch_size, num_q_heads)](
         prefix_out, prefix_lse, suffix_out, suffix_lse, plan.shared_lens, out, qo_indptr,
         out.stride(0), out.stride(1), num_prefix, plan.num_suffix_splits,
-        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_P=triton.next_power_of_2(num_prefix), BLOCK_S=triton.next_power_of_2(plan.num_suffix_splits),
+        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, CHUNK=MERGE_CHUNK,
         num_warps=4 if head_dim >= 128 else 2,
     )  # fmt: skip

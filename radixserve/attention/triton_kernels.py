@@ -59,7 +59,7 @@ def _store_kv_kernel(
     tl.store(v_pool_ptr + pool_offs, v.to(v_pool_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # one compiled variant whatever the split count
 def _decode_split_kernel(
     q_ptr,  # [T, Hq, D]
     k_pool_ptr,  # [num_slots, Hkv, D]
@@ -124,7 +124,7 @@ def _decode_split_kernel(
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
         if USE_DOT:
-            scores = tl.dot(q, tl.trans(k))  # [BLOCK_G, BLOCK_N]
+            scores = exact_dot(q, tl.trans(k))  # [BLOCK_G, BLOCK_N]
         else:  # BLOCK_G == 1
             scores = tl.sum(q * k.to(tl.float32), 1)[None, :]
         scores = tl.where(n_mask[None, :], scores * scale_log2, float("-inf"))
@@ -134,7 +134,7 @@ def _decode_split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
         if USE_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + exact_dot(p.to(v.dtype), v)
         else:
             acc = acc * alpha[:, None] + tl.sum(tl.trans(p) * v.to(tl.float32), 0)[None, :]
         m_i = m_new
@@ -149,7 +149,7 @@ def _decode_split_kernel(
     tl.store(part_out_ptr + out_offs, out, mask=g_mask[:, None] & d_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(
     part_out_ptr,  # [num_seqs, Hq, num_splits, D] float32
     part_lse_ptr,  # [num_seqs, Hq, num_splits] float32
@@ -181,6 +181,17 @@ def _decode_merge_kernel(
     out = tl.sum(weights[:, None] * parts, 0) / tl.sum(weights, 0)  # [BLOCK_D]
     out_offs = row * stride_out_token + head * stride_out_head + offs_d
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+@triton.jit
+def exact_dot(a, b):
+    """``tl.dot``; IEEE float32 when the operands are float32 (Triton's default there is TF32,
+    which would leave a float32 KV pool's attention no more exact than a bf16 one)."""
+    if a.dtype == tl.float32:
+        result = tl.dot(a, b, input_precision="ieee")
+    else:
+        result = tl.dot(a, b)
+    return result
 
 
 @triton.jit
@@ -217,7 +228,7 @@ def attend_kv_range(
         kv_offs = slots[:, None] * stride_pool_slot + kv_head * stride_pool_head + offs_d[None, :]
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        scores = tl.dot(q, tl.trans(k)) * scale_log2  # [BLOCK_M, BLOCK_N]
+        scores = exact_dot(q, tl.trans(k)) * scale_log2  # [BLOCK_M, BLOCK_N]
         visible = n_mask[None, :]
         if CAUSAL:
             visible = visible & (key_pos[None, :] <= query_pos[:, None])
@@ -227,7 +238,7 @@ def attend_kv_range(
         p = tl.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + exact_dot(p.to(v.dtype), v)
         m_i = m_new
     return m_i, l_i, acc
 

@@ -162,7 +162,7 @@ def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(b
     cascade unreachable, greedy tokens agree (a bf16 near-tie of the random model may flip one)."""
     if backend == "flashinfer":
         pytest.importorskip("flashinfer")
-    from radixserve.attention import prefix_groups, shared_prefix
+    from radixserve.attention import shared_prefix
 
     rng = random.Random(5)
     system = [rng.randrange(3, 49000) for _ in range(700)]
@@ -178,8 +178,6 @@ def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(b
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(shared_prefix, "MIN_SAVED_BYTES", min_saved_bytes)
-            patch.setattr(shared_prefix, "MIN_SHARED_PREFIX", 256)
-            patch.setattr(prefix_groups, "MIN_SHARED_PREFIX", 256)
             patch.setattr(shared_prefix.SharedPrefixDecode, "run", counted)
             engine = _engine(model_dir, tokenizer_path, attention_backend=backend, cuda_graph_max_bs=32)
             _greedy(engine, prompts[:1], max_new_tokens=2)  # the system prompt enters the tree
