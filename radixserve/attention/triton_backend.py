@@ -28,7 +28,7 @@ import torch
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
-from radixserve.attention.shared_prefix import MAX_SPLITS, SharedPrefixDecode, decode_splits
+from radixserve.attention.shared_prefix import SharedPrefixDecode, decode_splits
 from radixserve.attention.upload import upload_aligned
 
 
@@ -111,8 +111,8 @@ class TritonBackend(AttentionBackend):
 
     def warmup(self, num_q_heads: int) -> None:
         """Compile, before the first request, every variant an eager step can launch: the decode
-        kernels (whole batch and gathered rows), their merge for each split count, the extend
-        kernel, the K/V store and the shared-prefix cascade. Otherwise each compiles on first use,
+        kernels and their merge (whole batch and gathered rows), the extend kernel, the K/V store
+        and the shared-prefix cascade. Otherwise each compiles on first use,
         stalling that step ~1 s. (Triton caches compiled kernels on disk: later starts only load
         them.)"""
         step = dummy_step(self.kv_pool, num_q_heads)
@@ -121,9 +121,8 @@ class TritonBackend(AttentionBackend):
         indices = (step.qo_indptr, step.kv_indptr, step.kv_slots)
         seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
-        for splits in (1 << i for i in range(MAX_SPLITS.bit_length())):  # the merge's BLOCK_S
-            for ids, num_seqs in ((None, 2), (seq_ids, 1)):
-                triton_kernels.decode_attention(step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0)
+        for ids, num_seqs in ((None, 2), (seq_ids, 1)):  # whole batch, gathered decode rows
+            triton_kernels.decode_attention(step.q, k_pool, v_pool, out, *indices, ids, num_seqs, 2, 1.0)
         triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
         self.shared_prefix.warmup(num_q_heads)
         device = step.q.device

@@ -34,7 +34,6 @@ from radixserve.attention.upload import upload_aligned
 
 MAX_TILE_ROWS = 128  # query rows (members x GQA heads) per prefix program; half that above head_dim 128
 TILE_HEADER = 2  # a tile row is [shared_len, num_members, member seq ids...]
-MERGE_CHUNK = 16  # splits the merge reads at a time
 
 
 @triton.jit(do_not_specialize=["num_splits", "tile_stride"])  # one compiled variant whatever they are
@@ -127,47 +126,24 @@ def _cascade_merge_kernel(
     (any split counts, one compiled variant)."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    offs_c = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     num_prefix = tl.where(tl.load(shared_lens_ptr + seq) > 0, num_prefix_splits, 0)
     prefix_base = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_prefix_splits
     suffix_base = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_suffix_splits
-    # pass 1: the largest log-sum-exp (suffix split 0 always holds the newest key: finite)
+    # the largest log-sum-exp (suffix split 0 always holds the newest key: finite), then the sum
     top = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
-    for start in range(0, num_prefix, CHUNK):
-        part = start + offs_c
-        top = tl.maximum(top, tl.load(prefix_lse_ptr + prefix_base + part, mask=part < num_prefix, other=float("-inf")))
-    for start in range(0, num_suffix_splits, CHUNK):
-        part = start + offs_c
-        lse = tl.load(suffix_lse_ptr + suffix_base + part, mask=part < num_suffix_splits, other=float("-inf"))
-        top = tl.maximum(top, lse)
-    best = tl.max(top, 0)
-    # pass 2: the partial outputs weighted by exp2(lse - best)
+    top = triton_kernels.lse_max(prefix_lse_ptr, prefix_base, num_prefix, top, CHUNK)
+    best = tl.max(triton_kernels.lse_max(suffix_lse_ptr, suffix_base, num_suffix_splits, top, CHUNK), 0)
     total = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
     weight = tl.zeros([CHUNK], dtype=tl.float32)
-    for start in range(0, num_prefix, CHUNK):
-        part = start + offs_c
-        mask = part < num_prefix
-        w = tl.exp2(tl.load(prefix_lse_ptr + prefix_base + part, mask=mask, other=float("-inf")) - best)
-        rows = tl.load(
-            prefix_out_ptr + (prefix_base + part)[:, None] * HEAD_DIM + offs_d[None, :],
-            mask=mask[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        total += w[:, None] * rows
-        weight += w
-    for start in range(0, num_suffix_splits, CHUNK):
-        part = start + offs_c
-        mask = part < num_suffix_splits
-        w = tl.exp2(tl.load(suffix_lse_ptr + suffix_base + part, mask=mask, other=float("-inf")) - best)
-        rows = tl.load(
-            suffix_out_ptr + (suffix_base + part)[:, None] * HEAD_DIM + offs_d[None, :],
-            mask=mask[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        total += w[:, None] * rows
-        weight += w
+    total, weight = triton_kernels.weighted_partials(
+        prefix_lse_ptr, prefix_out_ptr, prefix_base, num_prefix, best, total, weight, offs_d, d_mask, HEAD_DIM, CHUNK
+    )
+    total, weight = triton_kernels.weighted_partials(
+        suffix_lse_ptr, suffix_out_ptr, suffix_base, num_suffix_splits, best, total, weight, offs_d, d_mask,
+        HEAD_DIM, CHUNK,
+    )  # fmt: skip
     out = tl.sum(total, 0) / tl.sum(weight, 0)
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
     tl.store(
@@ -288,6 +264,6 @@ def cascade_decode_attention(
     _cascade_merge_kernel[(batch_size, num_q_heads)](
         prefix_out, prefix_lse, suffix_out, suffix_lse, plan.shared_lens, out, qo_indptr,
         out.stride(0), out.stride(1), num_prefix, plan.num_suffix_splits,
-        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, CHUNK=MERGE_CHUNK,
+        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, CHUNK=triton_kernels.MERGE_CHUNK,
         num_warps=4 if head_dim >= 128 else 2,
     )  # fmt: skip

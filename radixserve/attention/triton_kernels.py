@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 LOG2_E = 1.4426950408889634
+MERGE_CHUNK = 16  # split partials a merge reads at a time (any split count: one compiled variant)
 
 
 @triton.jit
@@ -162,25 +163,56 @@ def _decode_merge_kernel(
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    CHUNK: tl.constexpr,
     GATHER: tl.constexpr,
 ):
     index = tl.program_id(0)
     head = tl.program_id(1)
     seq = tl.load(seq_ids_ptr + index) if GATHER else index
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
-    offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < num_splits
     d_mask = offs_d < HEAD_DIM
-    part = (index * NUM_Q_HEADS + head).to(tl.int64) * num_splits + offs_s  # [BLOCK_S]
-    lse = tl.load(part_lse_ptr + part, mask=s_mask, other=float("-inf"))
-    weights = tl.exp2(lse - tl.max(lse, 0))  # split 0 always holds a key: the max is finite
-    parts_offs = part[:, None] * HEAD_DIM + offs_d[None, :]
-    parts = tl.load(part_out_ptr + parts_offs, mask=s_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
-    out = tl.sum(weights[:, None] * parts, 0) / tl.sum(weights, 0)  # [BLOCK_D]
+    base = (index * NUM_Q_HEADS + head).to(tl.int64) * num_splits
+    # split 0 always holds a key: the max is finite
+    best = tl.max(lse_max(part_lse_ptr, base, num_splits, tl.full([CHUNK], float("-inf"), tl.float32), CHUNK), 0)
+    total, weight = weighted_partials(
+        part_lse_ptr, part_out_ptr, base, num_splits, best,
+        tl.zeros([CHUNK, BLOCK_D], tl.float32), tl.zeros([CHUNK], tl.float32), offs_d, d_mask, HEAD_DIM, CHUNK,
+    )  # fmt: skip
+    out = tl.sum(total, 0) / tl.sum(weight, 0)  # [BLOCK_D]
     out_offs = row * stride_out_token + head * stride_out_head + offs_d
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+@triton.jit
+def lse_max(lse_ptr, base, count, top, CHUNK: tl.constexpr):
+    """``top`` ([CHUNK]) maxed with ``lse[base : base + count]``, read ``CHUNK`` at a time."""
+    offs = tl.arange(0, CHUNK)
+    for start in range(0, count, CHUNK):
+        part = start + offs
+        top = tl.maximum(top, tl.load(lse_ptr + base + part, mask=part < count, other=float("-inf")))
+    return top
+
+
+@triton.jit
+def weighted_partials(
+    lse_ptr, out_ptr, base, count, best, total, weight, offs_d, d_mask, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr
+):
+    """Adds the partial outputs ``out[base : base + count]`` weighted by ``exp2(lse - best)`` to
+    ``total`` ([CHUNK, BLOCK_D]) and their weights to ``weight`` ([CHUNK]); sum both over rows after."""
+    offs = tl.arange(0, CHUNK)
+    for start in range(0, count, CHUNK):
+        part = start + offs
+        mask = part < count
+        w = tl.exp2(tl.load(lse_ptr + base + part, mask=mask, other=float("-inf")) - best)
+        rows = tl.load(
+            out_ptr + (base + part)[:, None] * HEAD_DIM + offs_d[None, :],
+            mask=mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        total += w[:, None] * rows
+        weight += w
+    return total, weight
 
 
 @triton.jit
@@ -350,7 +382,7 @@ def decode_attention(
     _decode_merge_kernel[(num_seqs, num_q_heads)](
         part_out, part_lse, out, qo_indptr, seq_ids if gather else qo_indptr, out.stride(0), out.stride(1),
         num_splits, NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_S=triton.next_power_of_2(num_splits), GATHER=gather, num_warps=4 if head_dim >= 128 else 2,
+        CHUNK=MERGE_CHUNK, GATHER=gather, num_warps=4 if head_dim >= 128 else 2,
     )  # fmt: skip
 
 

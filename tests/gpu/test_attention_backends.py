@@ -227,6 +227,28 @@ def test_mixed_decode_and_extend_batch(backend_name, group, head_dim, device):
     check_step(backend_name, make_sequences(specs, shape, device, shared_len=shared_len), shape, device)
 
 
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("num_splits", [1, 3, 16, 17, 40, 64])
+def test_triton_decode_any_split_count(num_splits, device):
+    """The split-K decode and its merge (which reads the partials 16 at a time) agree with the
+    reference for split counts below, at and past one chunk, empty splits included."""
+    triton_kernels = pytest.importorskip("radixserve.attention.triton_kernels", reason="needs triton")
+    shape = Shape(NUM_KV_HEADS * 4, 64)
+    sequences = make_sequences(DECODE[size(device)], shape, device, seed=6)
+    pool = make_pool(sequences, shape, device)
+    write_past(pool, sequences)
+    batch = make_batch(sequences, device)
+    q, k, v = new_tokens(sequences)
+    k_pool, v_pool = pool.get(LAYER)
+    triton_kernels.store_kv(k, v, k_pool, v_pool, batch.out_slots)
+    out = torch.empty_like(q)
+    triton_kernels.decode_attention(
+        q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences), num_splits,
+        shape.head_dim**-0.5,
+    )  # fmt: skip
+    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+
+
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_warmup_writes_only_the_dummy_slot_and_steps_still_match(backend_name, device):
     """``warmup`` (run at engine start on CUDA) compiles the eager kernels on dummy inputs: it may
