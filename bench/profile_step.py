@@ -1,0 +1,127 @@
+"""Where a decode step's time goes: the engine's own steps under ``torch.profiler``.
+
+One batch of ``--batch`` requests (prompts of ``--input-len`` tokens; with ``--groups G`` they
+come in G groups sharing a ``--shared-len``-token prefix, as in the shared-prefix workload) is
+prefilled, then ``--steps`` decode steps of the in-process engine are profiled. Printed: the wall
+time per step next to the time the device was busy (their gap is the device idling on the host),
+and the device kernels grouped by name, most time first, in ms per step with their share; the
+attention kernels, GEMMs and the rest summed apart. Without CUDA, the top host ops instead. No
+record is written: this is a diagnostic.
+
+  python -m bench.profile_step --batch 256 --input-len 1024
+  python -m bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176
+  python -m bench.profile_step --preset cpu --batch 8 --input-len 64 --steps 4
+  python -m bench.profile_step --batch 256 --trace /tmp/step.json   # also a Chrome trace
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from bench.harness import cli, workloads
+
+PRESETS = {
+    "cpu": {"batch": 8, "input_len": 64, "steps": 4},
+    "h100": {"batch": 256, "input_len": 1024, "steps": 10},
+}
+ATTENTION_HINTS = ("attention", "decode", "prefill", "extend", "cascade", "shared_prefix", "flash", "merge")
+GEMM_HINTS = ("gemm", "gemv", "cutlass", "sm90_xmma", "ampere_bf16", "cublas", "nvjet", "matmul")
+
+
+def build_parser():
+    parser = cli.build_parser(__doc__)
+    parser.add_argument("--batch", type=int, help="requests decoding together (h100: 256)")
+    parser.add_argument("--input-len", type=int, help="prompt tokens per request (h100: 1024)")
+    parser.add_argument("--groups", type=int, default=0, help="prompts share a prefix within G groups")
+    parser.add_argument("--shared-len", type=int, default=0, help="tokens of each group's shared prefix")
+    parser.add_argument("--steps", type=int, help="decode steps profiled (h100: 10)")
+    parser.add_argument("--top", type=int, default=25, help="kernels listed")
+    parser.add_argument("--trace", help="write a Chrome trace of the profiled steps here")
+    cli.add_engine_flags(parser)
+    return parser
+
+
+def prompts(args, vocab: int) -> list[list[int]]:
+    if not args.groups:
+        return [r.prompt_ids for r in workloads.fixed_random(args.batch, args.input_len, 1, vocab, args.seed)]
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    own_len = max(1, args.input_len - args.shared_len)
+    shared = [workloads.random_ids(rng, args.shared_len, vocab) for _ in range(args.groups)]
+    return [shared[i % args.groups] + workloads.random_ids(rng, own_len, vocab) for i in range(args.batch)]
+
+
+def main(argv=None) -> None:
+    args = cli.parse(build_parser(), PRESETS, argv)
+    args.no_record = True
+    setup = cli.model_setup(args)
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from radixserve import Engine
+    from radixserve.core.sampling_params import SamplingParams
+
+    engine = Engine(**setup.engine_kwargs)
+    core = engine.core
+    params = SamplingParams.from_dict(
+        {"max_new_tokens": args.steps + 64, "temperature": 0.0, "ignore_eos": True}
+    )  # enough tokens to stay decoding through the profiled steps
+    batch = prompts(args, setup.vocab_limit)
+    for number, prompt in enumerate(batch):
+        core.add_request(f"profile-{number}", prompt, params)
+    decoding: set[str] = set()
+    while len(decoding) < len(batch):  # prefill (chunked) until every request has its first token
+        decoding.update(o.request_id for o in core.step() if o.new_token_ids)
+    for _ in range(3):  # settle: graphs, allocator, the overlap pipeline
+        core.step()
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            core.step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - started) / args.steps
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
+    engine.shutdown()
+    report(prof, wall, args, cuda, setup.label)
+
+
+def report(prof, wall: float, args, cuda: bool, label: str) -> None:
+    kernels: dict[str, float] = defaultdict(float)  # name -> device us over all profiled steps
+    calls: dict[str, int] = defaultdict(int)
+    for event in prof.events():
+        if cuda and event.device_type.name == "CUDA":
+            kernels[event.name] += event.device_time_total
+            calls[event.name] += 1
+    device_total = sum(kernels.values())
+    steps = args.steps
+    shape = f"{args.groups} groups sharing {args.shared_len} tokens" if args.groups else "no shared prefix"
+    print(f"\n{label}: batch {args.batch}, input {args.input_len}, {shape}; {steps} decode steps profiled")
+    print(f"wall {wall * 1e3:.2f} ms/step; device busy {device_total / steps / 1e3:.2f} ms/step")
+    if not cuda:
+        top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.top]
+        for event in top:
+            print(f"  {event.self_cpu_time_total / steps / 1e3:8.3f} ms  {event.key[:100]}")
+        return
+    sums = {"attention": 0.0, "gemm": 0.0, "other": 0.0}
+    for name, us in kernels.items():
+        lower = name.lower()
+        kind = "attention" if any(h in lower for h in ATTENTION_HINTS) else "other"
+        kind = "gemm" if kind == "other" and any(h in lower for h in GEMM_HINTS) else kind
+        sums[kind] += us
+    print("  ".join(f"{kind} {us / steps / 1e3:.2f} ms/step" for kind, us in sums.items()))
+    print(f"\n{'ms/step':>8}  {'share':>6}  {'calls/step':>10}  kernel")
+    for name, us in sorted(kernels.items(), key=lambda item: -item[1])[: args.top]:
+        share = us / device_total if device_total else 0.0
+        print(f"{us / steps / 1e3:8.3f}  {share:6.1%}  {calls[name] / steps:10.1f}  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()
