@@ -1,5 +1,6 @@
-"""dfs-weight stories: cache hits before cold requests, groups by shared prefix cached or not, and a
-KV pool too small for every prefix (bench.prefix_reuse ``--runs policies`` in miniature)."""
+"""dfs-weight stories: groups by shared prefix, cached or not, and a KV pool too small for every
+prefix (bench.prefix_reuse ``--runs policies`` in miniature). A hit before an earlier cold
+request, for every policy: tests/scheduler/test_scheduler.py."""
 
 from __future__ import annotations
 
@@ -9,17 +10,6 @@ import pytest
 
 from tests.scheduler.harness import Harness
 from tests.scheduler.kv_oracle import reference_output
-
-
-def test_dfs_weight_admits_a_cache_hit_before_a_cold_request_that_came_first():
-    h = Harness(max_running_requests=1, schedule_policy="dfs-weight")
-    h.add("warm", list(range(30)), max_new_tokens=1)
-    h.run()
-    h.add("cold", [90, 91, 92, 93], max_new_tokens=1)
-    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
-    assert [s.request_id for s in h.step().sequences] == ["hit"]
-    h.run()
-    assert h.finished["hit"].num_cached_tokens == 30
 
 
 def test_dfs_weight_admits_the_heaviest_uncached_group_first_and_computes_its_prefix_once():

@@ -96,30 +96,27 @@ def test_request_that_can_never_fit_is_rejected_at_once():
     assert not h.scheduler.has_work
 
 
-def test_lpm_admits_the_cached_request_first_and_aging_prevents_starvation():
-    h = Harness(max_running_requests=1, aging_steps=1000)
+def _first_of_cold_then_hit(**harness_args) -> tuple[Harness, str]:
+    """A 30-token prompt is cached; a cold request arrives, then one that hits the cache."""
+    h = Harness(max_running_requests=1, **harness_args)
     h.add("warm", list(range(30)), max_new_tokens=1)
     h.run()
     h.add("cold", [90, 91, 92, 93], max_new_tokens=1)
     h.add("hit", list(range(30)) + [5], max_new_tokens=1)
-    assert h.step().sequences[0].request_id == "hit"
-    h.run()
-
-    h = Harness(max_running_requests=1, aging_steps=0)
-    h.add("warm", list(range(30)), max_new_tokens=1)
-    h.run()
-    h.add("cold", [90, 91, 92, 93], max_new_tokens=1)
-    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
-    assert h.step().sequences[0].request_id == "cold"
+    return h, [s.request_id for s in h.step().sequences][0]
 
 
-def test_fcfs_ignores_cache_hits():
-    h = Harness(max_running_requests=1, schedule_policy="fcfs")
-    h.add("warm", list(range(30)), max_new_tokens=1)
+@pytest.mark.parametrize("policy, first", [("lpm", "hit"), ("dfs-weight", "hit"), ("fcfs", "cold")])
+def test_cache_aware_policies_admit_a_hit_before_an_earlier_cold_request(policy, first):
+    h, admitted = _first_of_cold_then_hit(schedule_policy=policy, aging_steps=1000)
+    assert admitted == first
     h.run()
-    h.add("cold", [90, 91, 92, 93], max_new_tokens=1)
-    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
-    assert h.step().sequences[0].request_id == "cold"
+    assert h.finished["hit"].num_cached_tokens == 30
+
+
+def test_aging_prevents_starvation_under_lpm():
+    _, admitted = _first_of_cold_then_hit(aging_steps=0)
+    assert admitted == "cold"
 
 
 def test_dfs_weight_admits_the_heaviest_prefix_group_first():
