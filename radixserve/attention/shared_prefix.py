@@ -100,12 +100,12 @@ class SharedPrefixDecode:
         query-block height a plan can pick (see ``triton_cascade.plan_cascade``), the suffix decode
         and the merge, on a dummy step in slot 0 (tiles with no members: nothing is written)."""
         step = dummy_step(self.kv_pool, num_q_heads)
-        gqa_group = num_q_heads // self.num_kv_heads
-        heights = triton_cascade.block_heights(gqa_group, self.kv_pool.head_dim)
-        for block_m in heights:
-            shared_lens, tiles = upload_aligned(
-                ([0, 0], [0] * (triton_cascade.TILE_HEADER + 2)), step.q.device, torch.int32
-            )
+        k_pool, v_pool = self.kv_pool.get(0)
+        out = torch.empty_like(step.q, memory_format=torch.contiguous_format)
+        shared_lens, tiles = upload_aligned(
+            ([0, 0], [0] * (triton_cascade.TILE_HEADER + 2)), step.q.device, torch.int32
+        )
+        for block_m in triton_cascade.block_heights(num_q_heads // self.num_kv_heads, self.kv_pool.head_dim):
             plan = triton_cascade.CascadePlan(
                 batch_size=2,
                 shared_lens=shared_lens,
@@ -115,8 +115,6 @@ class SharedPrefixDecode:
                 max_shared_len=0,
                 max_suffix_len=2,
             )
-            k_pool, v_pool = self.kv_pool.get(0)
-            out = torch.empty_like(step.q, memory_format=torch.contiguous_format)
             triton_cascade.cascade_decode_attention(
                 step.q, k_pool, v_pool, out, step.qo_indptr, step.kv_indptr, step.kv_slots, plan, 1.0
             )

@@ -14,7 +14,7 @@ def upload_aligned(
     """``parts`` (lists of ints) as device tensors of one host-to-device copy, each starting on a
     16-byte boundary. Triton specializes kernels on their pointers' 16-byte alignment: views at
     arbitrary offsets of one buffer would compile (and stall on) a variant per alignment pattern."""
-    per_row = 16 // torch.tensor([], dtype=dtype).element_size()
+    per_row = 16 // dtype.itemsize
     flat: list[int] = []
     starts = []
     for part in parts:
