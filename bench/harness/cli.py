@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import model_files
+from bench.harness import isolated, model_files
 from bench.harness.records import RESULTS_DIR
 
 # ServerArgs fields a bench never forwards (the launcher picks the port; logs stay quiet).
@@ -51,6 +51,11 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--notes", default="", help="free text stored in every record")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSONL records go")
     parser.add_argument("--no-record", action="store_true", help="print only; append no JSONL record")
+    parser.add_argument(
+        "--log-steps",
+        action="store_true",
+        help="print the engine's batch log (each prefill batch, every 40th decode batch) with timestamps",
+    )
     return parser
 
 
@@ -68,6 +73,8 @@ def parse(parser: argparse.ArgumentParser, bench_presets: dict[str, dict], argv=
     parser.set_defaults(**{**ENGINE_PRESETS[preset], **bench_presets.get(preset, {})})
     args = parser.parse_args(argv)
     args.preset = preset
+    if args.log_steps:
+        isolated.log_engine_steps()
     return args
 
 

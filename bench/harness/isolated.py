@@ -7,11 +7,33 @@ sizes its KV pool against an empty card.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import os
 from concurrent.futures import ProcessPoolExecutor
+
+_LOG_STEPS_ENV = "RADIXSERVE_BENCH_LOG_STEPS"
+
+
+def log_engine_steps() -> None:
+    """Print the engine's batch log (``--log-steps``) here and in every child started after."""
+    os.environ[_LOG_STEPS_ENV] = "1"
+    _configure_step_log()
+
+
+def _configure_step_log() -> None:
+    if os.environ.get(_LOG_STEPS_ENV) != "1":
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(relativeCreated)9.0f ms] %(message)s"))
+    engine_log = logging.getLogger("radixserve.engine")
+    engine_log.setLevel(logging.INFO)
+    engine_log.addHandler(handler)
 
 
 def run_isolated(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` in a spawned child; ``fn`` must be importable (module level)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=mp.get_context("spawn"), initializer=_configure_step_log
+    ) as pool:
         return pool.submit(fn, *args, **kwargs).result()

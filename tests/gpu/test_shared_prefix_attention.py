@@ -171,9 +171,8 @@ def test_many_splits_and_groups_bigger_than_a_tile(monkeypatch, device):
     monkeypatch.setattr(triton_cascade, "MAX_TILE_ROWS", 16)  # 4 members per tile at GQA 4
     monkeypatch.setattr(shared_prefix, "MIN_PREFIX_SPLIT_LEN", 16)
     monkeypatch.setattr(shared_prefix, "MIN_SPLIT_LEN", 16)
-    name, min_shared = size(device)
     groups = [(130, [(130, n) for n in (1, 9, 40, 2, 70, 3)]), (0, [(0, 50)])]
-    plan = check_cascade(groups, Shape(NUM_KV_HEADS * 4, 64), device, min_shared, seed=2)
+    plan = check_cascade(groups, Shape(NUM_KV_HEADS * 4, 64), device, min_shared_prefix=16, seed=2)
     assert plan.num_tiles == 2 and plan.max_members == 3
     assert plan.num_prefix_splits > 1 and plan.num_suffix_splits > 1
 
