@@ -28,7 +28,6 @@ import flashinfer
 import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
-from radixserve.attention.upload import pinned
 
 _WORKSPACE_BYTES = 768 * 1024 * 1024  # split-KV partials of a 1,024-sequence decode need ~335 MB
 TENSOR_CORE_MIN_BATCH = 64
@@ -85,16 +84,16 @@ class FlashInferBackend(AttentionBackend):
         self.step_cascade = self.shared_prefix.take(batch) if self.shared_prefix is not None else None
         if self.step_cascade is not None:
             return
-        kv_indptr = self._host_indptr(batch.seq_lens)
+        kv_indptr = _host_indptr(batch.seq_lens)
         kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
-        last_page_len = self._host_ones(batch.batch_size)
+        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32)
         if batch.is_decode:
             wrapper = self.decode_wrappers[self._tensor_cores(batch.batch_size)]
             self._plan_decode(wrapper, kv_indptr, kv_indices, last_page_len)
             self._active = wrapper
             return
         self.prefill_wrapper.plan(
-            self._host_indptr(batch.extend_lens),
+            _host_indptr(batch.extend_lens),
             kv_indptr,
             kv_indices.to(torch.int32),
             last_page_len,
@@ -127,18 +126,10 @@ class FlashInferBackend(AttentionBackend):
                 paged_kv_last_page_len_buffer=torch.ones(size, dtype=torch.int32, device=device),
             )
             self._graph_wrappers[size] = wrapper
-        kv_indptr = self._host_indptr(batch.seq_lens)
+        kv_indptr = _host_indptr(batch.seq_lens)
         kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
-        self._plan_decode(wrapper, kv_indptr, kv_indices, self._host_ones(size))
+        self._plan_decode(wrapper, kv_indptr, kv_indices, torch.ones(size, dtype=torch.int32))
         self._active = wrapper
-
-    # FlashInfer's plan reads these on the host and copies them to the device: pinned, so that the
-    # copies do not wait for the step in flight (see upload.py)
-    def _host_indptr(self, lengths: list[int]) -> torch.Tensor:
-        return pinned([0, *itertools.accumulate(lengths)], torch.int32, self.workspace.device)
-
-    def _host_ones(self, size: int) -> torch.Tensor:
-        return pinned([1] * size, torch.int32, self.workspace.device)
 
     def _tensor_cores(self, batch_size: int) -> bool:
         return batch_size >= TENSOR_CORE_MIN_BATCH or not self.cuda_core_ok
@@ -183,3 +174,7 @@ def _shared_prefix_decode(kv_pool, num_q_heads: int):
     except ImportError:
         return None
     return SharedPrefixDecode(kv_pool, num_q_heads)
+
+
+def _host_indptr(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
