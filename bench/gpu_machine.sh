@@ -34,7 +34,12 @@ MODE=${1:-all}
 [ $# -gt 0 ] && shift
 status=0
 if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
-    python3 -m pytest tests/gpu -q -p no:cacheprovider -rs 2>&1 | tail -30 || status=1
+    # each test's outcome as it runs (a time limit still leaves the list), a stack dump for any test
+    # stuck past two minutes, the failures' one-line reasons last
+    python3 -m pytest tests/gpu -v -p no:cacheprovider -rfs --tb=line -o faulthandler_timeout=120 \
+        >"${OUT:-/tmp}/gpu-tests.log" 2>&1 || status=1
+    grep -E "FAILED|ERROR|^E |Timeout" "${OUT:-/tmp}/gpu-tests.log" | cut -c1-300 | head -60
+    tail -3 "${OUT:-/tmp}/gpu-tests.log"
 fi
 if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
     bench/gpu_suite.sh "$@" || status=1

@@ -34,7 +34,11 @@ if [ -n "${BENCH_TOKENIZER:-}" ]; then COMMON+=(--tokenizer-path "$BENCH_TOKENIZ
 # shellcheck disable=SC2206  # word splitting of the extra flags is intended
 if [ -n "${BENCH_ENGINE_ARGS:-}" ]; then COMMON+=($BENCH_ENGINE_ARGS); fi
 LIMIT=()
-if [ -n "${BENCH_PART_TIMEOUT:-}" ]; then LIMIT=(timeout -k 10 "$BENCH_PART_TIMEOUT"); fi
+if [ -n "${BENCH_PART_TIMEOUT:-}" ]; then
+    LIMIT=(timeout -k 10 "$BENCH_PART_TIMEOUT")
+    # every thread's stack shortly before the limit: where a part that would not finish is stuck
+    COMMON+=(--stack-dump-after $((BENCH_PART_TIMEOUT > 30 ? BENCH_PART_TIMEOUT - 15 : BENCH_PART_TIMEOUT)))
+fi
 
 run_part() {
     local part=$1

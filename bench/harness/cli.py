@@ -56,6 +56,12 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
         action="store_true",
         help="print the engine's batch log (each prefill batch, every 40th decode batch) with timestamps",
     )
+    parser.add_argument(
+        "--stack-dump-after",
+        type=float,
+        metavar="SECONDS",
+        help="print every thread's stack after this many seconds (set it below a time limit: where a hung run is)",
+    )
     return parser
 
 
@@ -75,6 +81,8 @@ def parse(parser: argparse.ArgumentParser, bench_presets: dict[str, dict], argv=
     args.preset = preset
     if args.log_steps:
         isolated.log_engine_steps()
+    if args.stack_dump_after:
+        isolated.dump_stacks_after(args.stack_dump_after)
     return args
 
 

@@ -7,18 +7,39 @@ sizes its KV pool against an empty card.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 _LOG_STEPS_ENV = "RADIXSERVE_BENCH_LOG_STEPS"
+_DUMP_ENV = "RADIXSERVE_BENCH_STACK_DUMP_AFTER"
 
 
 def log_engine_steps() -> None:
     """Print the engine's batch log (``--log-steps``) here and in every child started after."""
     os.environ[_LOG_STEPS_ENV] = "1"
     _configure_step_log()
+
+
+def dump_stacks_after(seconds: float) -> None:
+    """Print every thread's Python stack to stderr once ``seconds`` have passed (``--stack-dump-after``),
+    here and in every child started after: where a run that never finishes is stuck."""
+    os.environ[_DUMP_ENV] = str(seconds)
+    _arm_stack_dump()
+
+
+def _arm_stack_dump() -> None:
+    seconds = os.environ.get(_DUMP_ENV)
+    if seconds:
+        faulthandler.dump_traceback_later(float(seconds), file=sys.stderr)
+
+
+def _child_setup() -> None:
+    _configure_step_log()
+    _arm_stack_dump()
 
 
 def _configure_step_log() -> None:
@@ -33,7 +54,5 @@ def _configure_step_log() -> None:
 
 def run_isolated(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` in a spawned child; ``fn`` must be importable (module level)."""
-    with ProcessPoolExecutor(
-        max_workers=1, mp_context=mp.get_context("spawn"), initializer=_configure_step_log
-    ) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_child_setup) as pool:
         return pool.submit(fn, *args, **kwargs).result()

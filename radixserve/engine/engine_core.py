@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 class _Launched:
     plan: StepPlan
     pending: object  # the runner's PendingStep: ``result()`` waits for the step's StepResult
+    admitted: list[int]  # prefix-hit length of each request this step admitted (for the batch log)
 
 
 def _needs_exact_history(request: Request) -> bool:
@@ -154,7 +155,7 @@ class EngineCore:
             pending = self.runner.launch(plan, vocab_mask=masks.result if masks is not None else None)
         except Exception as exc:  # a failed step must not poison the cache or wedge the loop
             return None, self._fail_step(plan, exc)
-        return _Launched(plan, pending), []
+        return _Launched(plan, pending, [match_len for _, match_len in self.scheduler.last_admitted]), []
 
     def _resolve(self) -> list[RequestOutput]:
         """Wait for the in-flight step's tokens and apply them; outputs of the requests it touched."""
@@ -168,7 +169,7 @@ class EngineCore:
         touched = self.scheduler.update(launched.plan, result)  # finished requests included, KV released
         self.num_tokens_computed += result.num_tokens_computed
         self.num_steps += 1
-        self.step_log.record(launched.plan, self.scheduler)
+        self.step_log.record(launched.plan, self.scheduler, launched.admitted)
         for request in touched:
             reason = GrammarManager.advance(request)
             if reason is not None:

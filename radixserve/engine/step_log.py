@@ -21,12 +21,14 @@ class StepLog:
         self._decode_tokens = 0
         self._since = time.perf_counter()
 
-    def record(self, plan: StepPlan, scheduler) -> None:
-        decode_tokens = sum(1 for s in plan.sequences if len(s.input_ids) == 1 and s.prefix_len > 0)
+    def record(self, plan: StepPlan, scheduler, admitted: list[int]) -> None:
+        """Log a resolved step. ``admitted``: the prefix-hit lengths of the requests it admitted
+        (taken at launch: with the overlap schedule the scheduler has moved on by now)."""
+        decode_tokens = sum(1 for s in plan.sequences if len(s.input_ids) == 1 and _has_output(s))
         prefill_tokens = plan.num_tokens - decode_tokens
         self._decode_tokens += decode_tokens
         if prefill_tokens:
-            self._log_prefill(scheduler, prefill_tokens)
+            self._log_prefill(scheduler, prefill_tokens, admitted)
             return
         self._decode_steps += 1
         if self._decode_steps % self.decode_interval == 0:
@@ -37,15 +39,15 @@ class StepLog:
         used = acct["protected"]
         return used, used / acct["pool_size"]
 
-    def _log_prefill(self, scheduler, prefill_tokens: int) -> None:
+    def _log_prefill(self, scheduler, prefill_tokens: int, admitted: list[int]) -> None:
         if not logger.isEnabledFor(logging.INFO):
             return
-        cached = sum(match_len for _, match_len in scheduler.last_admitted)
+        cached = sum(admitted)
         _, usage = self._usage(scheduler)
         logger.info(
             "Prefill batch. #new-seq: %d, #new-token: %d, #cached-token: %d, token usage: %.2f, "
             "#running-req: %d, #queue-req: %d",
-            len(scheduler.last_admitted),
+            len(admitted),
             prefill_tokens,
             cached,
             usage,
@@ -69,3 +71,9 @@ class StepLog:
             throughput,
             len(scheduler.waiting),
         )
+
+
+def _has_output(sequence) -> bool:
+    """A one-token step of a request with output is a decode; of one without, a prompt's last token
+    (an extend over a prefix hit that covers all but one prompt token)."""
+    return (sequence.num_output if sequence.num_output is not None else len(sequence.output_ids)) > 0

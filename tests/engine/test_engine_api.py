@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -161,3 +162,18 @@ def test_a_failed_step_frees_its_kv_and_does_not_poison_the_cache(engine):
     assert "injected device fault" in failed["meta_info"]["finish_reason"]["message"]
     _assert_idle(engine)
     assert engine.generate(prompt, params)["output_ids"] == expected
+
+
+def test_batch_log_counts_the_requests_each_prefill_step_admitted(engine, caplog):
+    """With the overlap schedule a step is logged after the next one was scheduled: the prefill
+    line must still count that step's own admissions and prefix hits."""
+    core = engine.core
+    assert core.overlap and engine.flush_cache()
+    params = {"temperature": 0.0, "max_new_tokens": 3, "ignore_eos": True}
+    shared = list(range(100, 180))
+    with caplog.at_level(logging.INFO, logger="radixserve.engine"):
+        engine.generate(input_ids=[shared + [7, 8]], sampling_params=params)
+        engine.generate(input_ids=[shared + [9], shared + [10, 11], list(range(300, 340))], sampling_params=params)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Prefill batch.")]
+    assert lines[0].startswith("Prefill batch. #new-seq: 1, #new-token: 82, #cached-token: 0,")
+    assert lines[1].startswith("Prefill batch. #new-seq: 3, #new-token: 43, #cached-token: 160,")
