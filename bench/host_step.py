@@ -1,0 +1,114 @@
+"""The engine's host work per decode step, apart from the model: what the device waits for.
+
+The device runs a step's kernels; everything else in a step is Python on one core: scheduling,
+building the batch's indices, resolving sampled tokens (scheduler update, detokenizing, stop
+checks). Whatever of it is not overlapped with the device adds to every step (and while the runner
+still waits for the GPU at each step, none of it is). This bench runs the real engine on CPU with
+a one-layer dummy Llama (``bench/models/tiny-llama``, so the model's own time is small), puts
+``--batch-sizes`` requests into steady decode, and times ``--steps`` steps under cProfile: host ms per
+step by phase, the model's forward and sampling excluded. Each batch size runs twice: with the objects alive after startup frozen out of the garbage collector (the engine's
+default) and without that freeze (the behaviour before it), one engine each, so their difference
+is the collector's share.
+
+  python -m bench.host_step                       # batches 100, 400, 800
+  python -m bench.host_step --batch-sizes 1024 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+from pathlib import Path
+
+from bench.harness import model_files, workloads
+from bench.harness.isolated import run_isolated
+from bench.harness.table import print_table
+
+TINY_LLAMA = Path(__file__).resolve().parent / "models" / "tiny-llama"
+PHASES = {  # (file suffix, function) -> column
+    ("engine/engine_core.py", "step"): "step",
+    ("scheduler/scheduler.py", "schedule"): "schedule",
+    ("runner/model_runner.py", "build_batch"): "build",
+    ("engine/engine_core.py", "_resolve"): "resolve",
+    ("engine/engine_core.py", "_emit"): "detok",
+    ("runner/model_runner.py", "forward"): "forward",
+    ("runner/sampler.py", "sample_async"): "sample",
+}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__)
+    parser.add_argument("--batch-sizes", default="100,400,800", help="comma-separated (default 100,400,800)")
+    parser.add_argument("--steps", type=int, default=30, help="decode steps profiled per run (default 30)")
+    parser.add_argument("--input-len", type=int, default=200, help="prompt tokens per request (default 200)")
+    parser.add_argument("--tokenizer-path", help="tokenizer directory (default: the embedded model's)")
+    args = parser.parse_args(argv)
+    tokenizer = args.tokenizer_path or str(model_files.default_tokenizer_dir())
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rows = []
+    for frozen in (True, False):  # one engine (one child process) each
+        for batch, times in run_isolated(measure_all, tokenizer, sizes, args.steps, args.input_len, frozen):
+            rows.append({"batch": batch, "gc": "frozen" if frozen else "collected", **times})
+    rows.sort(key=lambda row: row["batch"])
+    columns = [("batch", "batch"), ("gc", "startup objects")]
+    columns += [(name, f"{name} ms") for name in ("host", "schedule", "build", "resolve", "detok", "step")]
+    print_table(rows, columns, f"engine host ms per decode step (CPU, one-layer dummy Llama, {args.steps} steps)")
+    print("host = step - forward - sample: what a step costs besides the model, on one core")
+
+
+def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, frozen: bool) -> list:
+    """In a child process: one engine; ``frozen=False`` skips its startup freeze (the behaviour
+    before it), so the collector walks every startup object in its full collections."""
+    from radixserve import Engine
+    from radixserve.engine import engine_core
+
+    if not frozen:
+        engine_core._freeze_startup_objects = lambda: None
+    context = input_len + 4 * steps + 64
+    engine = Engine(
+        model_path=str(TINY_LLAMA),
+        tokenizer_path=tokenizer,
+        load_format="dummy",
+        dtype="float32",
+        max_running_requests=max(sizes),
+        chunked_prefill_size=8192,
+        context_length=context,
+        max_total_tokens=max(sizes) * context + 1,
+    )
+    results = [(batch, measure(engine, batch, steps, input_len)) for batch in sizes]
+    engine.shutdown()
+    return results
+
+
+def measure(engine, batch: int, steps: int, input_len: int) -> dict:
+    from radixserve.core.sampling_params import SamplingParams
+
+    core = engine.core
+    params = SamplingParams.from_dict({"max_new_tokens": 3 * steps + 8, "temperature": 0.0, "ignore_eos": True})
+    for number, request in enumerate(workloads.fixed_random(batch, input_len, 1, 40000, seed=batch)):
+        core.add_request(f"host-{batch}-{number}", request.prompt_ids, params)
+    decoding: set[str] = set()
+    while len(decoding) < batch:
+        decoding.update(o.request_id for o in core.step() if o.new_token_ids)
+    for _ in range(3):
+        core.step()
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(steps):
+        core.step()
+    profile.disable()
+    while core.has_work:
+        core.step()
+    engine.flush_cache()
+    times = {name: 0.0 for name in PHASES.values()}
+    for (path, _, function), (_, _, _, cumulative, _) in pstats.Stats(profile).stats.items():
+        for (suffix, name), column in PHASES.items():
+            if function == name and path.endswith(suffix):
+                times[column] += cumulative * 1e3 / steps
+    times["host"] = times["step"] - times["forward"] - times["sample"]
+    return times
+
+
+if __name__ == "__main__":
+    main()
