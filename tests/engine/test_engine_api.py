@@ -177,3 +177,14 @@ def test_batch_log_counts_the_requests_each_prefill_step_admitted(engine, caplog
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Prefill batch.")]
     assert lines[0].startswith("Prefill batch. #new-seq: 1, #new-token: 82, #cached-token: 0,")
     assert lines[1].startswith("Prefill batch. #new-seq: 3, #new-token: 43, #cached-token: 160,")
+
+
+def test_startup_objects_are_frozen_out_of_the_garbage_collector(engine):
+    """A full collection would walk every object alive after startup (~300k) on the loop's time."""
+    import gc
+
+    tracked = {id(obj) for obj in gc.get_objects()}
+    core = engine.core
+    assert gc.get_freeze_count() > 10_000
+    for startup_object in (core.runner.model, core.scheduler, core.cache, core.tokenizer):
+        assert gc.is_tracked(startup_object) and id(startup_object) not in tracked
