@@ -80,6 +80,16 @@ def _greedy(engine, prompts, max_new_tokens=24) -> list[list[int]]:
     return [out["output_ids"] for out in engine.generate(input_ids=prompts, sampling_params=params)]
 
 
+def _divergences(got: list[list[int]], expected: list[list[int]]) -> str:
+    """One line for a failure message: how many outputs differ, and where each first departs."""
+    firsts = []
+    for number, (have, want) in enumerate(zip(got, expected)):
+        if have != want:
+            at = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want)))
+            firsts.append(f"#{number}@{at}")
+    return f"{len(firsts)} of {len(expected)} outputs differ (output@first differing token: {' '.join(firsts)})"
+
+
 def _release(engine) -> None:
     engine.shutdown()
     gc.collect()
@@ -104,7 +114,8 @@ def test_graph_replay_and_overlap_match_the_plain_eager_loop(backend, model_dir,
     assert fast.core.runner.graph_runner is not None
     got = _greedy(fast, prompts)
     matching = sum(a == b for a, b in zip(got, expected))
-    assert matching == len(prompts) if backend == "flashinfer" else matching >= 0.8 * len(prompts)
+    wanted = len(prompts) if backend == "flashinfer" else 0.8 * len(prompts)
+    assert matching >= wanted, _divergences(got, expected)
     fast.core.check_invariants()
     assert fast.core.cache.accounting()["protected"] == 0
     _release(fast)
@@ -119,7 +130,8 @@ def test_overlapped_loop_is_token_identical_to_the_synchronous_one(backend, mode
     expected = _greedy(synchronous, prompts)
     _release(synchronous)
     overlapped = _engine(model_dir, tokenizer_path, attention_backend=backend)
-    assert _greedy(overlapped, prompts) == expected
+    got = _greedy(overlapped, prompts)
+    assert got == expected, _divergences(got, expected)
     overlapped.core.check_invariants()
     _release(overlapped)
 
@@ -189,5 +201,5 @@ def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(b
 
     cascade, cascade_layers = run(0)
     plain, plain_layers = run(1 << 60)
-    assert cascade_layers >= 20 * SMALL_LLAMA["num_hidden_layers"] and plain_layers == 0
-    assert sum(a == b for a, b in zip(cascade, plain)) >= 0.8 * len(plain)
+    assert cascade_layers >= 20 * SMALL_LLAMA["num_hidden_layers"] and plain_layers == 0, (cascade_layers, plain_layers)
+    assert sum(a == b for a, b in zip(cascade, plain)) >= 0.8 * len(plain), _divergences(cascade, plain)
