@@ -183,20 +183,24 @@ class Scheduler:
         plans: list[SequencePlan] = []
         if not self.waiting or budget <= 0:
             return plans
-        inflight = self._inflight_index(planned)
+        # waiting for a prefix being prefilled pays only when it will be a hit: not without the cache
+        inflight = None if self.cache.tree.disabled else self._inflight_index(planned)
         for candidate in self._ordered_candidates():
             if budget <= 0 or len(self.running) >= self.config.max_running_requests:
                 break
             request = candidate.request
-            if self._unresolved.covers(request) or self._defer_for_inflight(candidate, inflight):
+            if self._unresolved.covers(request):
+                continue
+            if inflight is not None and self._defer_for_inflight(candidate, inflight):
                 continue
             chunk = self._try_admit(request, budget)
             if chunk is None:
                 break  # admit in order: a large request is not overtaken forever
             self.waiting.remove(request)
             self.running.append(request)
-            ids = request.all_ids
-            inflight.insert(ids, [0] * len(ids), request.extra_key)
+            if inflight is not None:
+                ids = request.all_ids
+                inflight.insert(ids, [0] * len(ids), request.extra_key)
             plans.append(self._plan_allocated(request, chunk))
             budget -= chunk
         return plans

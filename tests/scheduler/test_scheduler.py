@@ -165,6 +165,20 @@ def test_disabled_radix_cache_recomputes_everything():
     h.assert_idle_accounting()
 
 
+def test_disabled_radix_cache_admits_requests_sharing_a_prefix_together():
+    """Waiting for a prefix being prefilled only pays when it will be a hit: without the cache it
+    would serialise the admissions of a shared-prefix workload (a slower cache-off baseline)."""
+    h = Harness(pool_size=512, disable_radix_cache=True)
+    shared = list(range(40))
+    for i in range(3):
+        h.add(f"r{i}", shared + [100 + i], max_new_tokens=2)
+    first = h.step()
+    assert [s.request_id for s in first.sequences] == ["r0", "r1", "r2"]
+    h.run()
+    assert [h.finished[f"r{i}"].num_cached_tokens for i in range(3)] == [0, 0, 0]
+    h.assert_idle_accounting()
+
+
 def test_stop_token_and_min_new_tokens():
     prompt = [4, 4, 4]
     ref = reference_output(prompt, 6)
