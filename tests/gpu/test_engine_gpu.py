@@ -65,19 +65,51 @@ def _engine(model_dir: str, tokenizer_path: str, **kwargs):
     return Engine(model_path=model_dir, tokenizer_path=tokenizer_path, **{**defaults, **kwargs})
 
 
-def _prompts(count: int, seed: int = 0) -> list[list[int]]:
+def _prompts(count: int, seed: int = 0, share: bool = True) -> list[list[int]]:
     rng = random.Random(seed)
     shared = [rng.randrange(3, 49000) for _ in range(300)]  # half the prompts share a prefix
     prompts = []
     for i in range(count):
         own = [rng.randrange(3, 49000) for _ in range(rng.randrange(5, 400))]
-        prompts.append(shared + own if i % 2 else own)
+        prompts.append(shared + own if share and i % 2 else own)
     return prompts
 
 
 def _greedy(engine, prompts, max_new_tokens=24) -> list[list[int]]:
+    return [ids for ids, _ in _greedy_with_margins(engine, prompts, max_new_tokens)]
+
+
+def _greedy_with_margins(engine, prompts, max_new_tokens=24) -> list[tuple[list[int], list[tuple[float, int]]]]:
+    """Greedy outputs, each with (gap between its best and second-best log-probability, the
+    second-best token) at every position: how near a tie each choice was, and to what."""
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
-    return [out["output_ids"] for out in engine.generate(input_ids=prompts, sampling_params=params)]
+    outs = engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True, top_logprobs_num=2)
+    results = []
+    for out in outs:
+        gaps = [(top[0][1] - top[1][1], top[1][0]) for top in out["meta_info"]["output_top_logprobs"]]
+        results.append((out["output_ids"], gaps))
+    return results
+
+
+# A bf16 logit near 4 moves in steps of 1/64: sums taken in another order (another batch size,
+# split count, graph padding, kernel) can flip a choice whose margin is a few such steps.
+NEAR_TIE = 0.1
+
+
+def _assert_same_up_to_near_ties(got, expected) -> None:
+    """Greedy outputs agree wherever the reference's choice was clear: each output equals the
+    reference's, or departs first at a position where the reference's best two tokens were within
+    ``NEAR_TIE`` and took the reference's runner-up (after a departure the contexts differ)."""
+    got_ids = [ids for ids, _ in got]
+    expected_ids = [ids for ids, _ in expected]
+    bad = []
+    for number, ((have, _), (want, gaps)) in enumerate(zip(got, expected)):
+        at = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), None)
+        if at is None:
+            assert len(have) == len(want), (number, len(have), len(want))
+        elif gaps[at][0] >= NEAR_TIE or have[at] != gaps[at][1]:
+            bad.append(f"#{number}@{at} (margin {gaps[at][0]:.3f}, got {have[at]}, runner-up {gaps[at][1]})")
+    assert not bad, f"clear choices changed: {' '.join(bad)}; {_divergences(got_ids, expected_ids)}"
 
 
 def _divergences(got: list[list[int]], expected: list[list[int]]) -> str:
@@ -98,40 +130,56 @@ def _release(engine) -> None:
 
 @pytest.mark.parametrize("backend", ["flashinfer", "triton"])
 def test_graph_replay_and_overlap_match_the_plain_eager_loop(backend, model_dir, tokenizer_path):
-    """FlashInfer's graphs replay the very kernels of the eager path: identical tokens. Triton's
-    graphs use a fixed KV split count where eager picks one per batch, so float sums are ordered
-    differently and a near-tie of the random model may flip: most sequences must still match."""
+    """Graphs (padded batches, a fixed KV split) and the overlapped loop (other batch compositions
+    when prompts share prefixes) do not run the eager path's exact kernels: the random model's
+    near-ties may flip, nothing else may."""
     if backend == "flashinfer":
         pytest.importorskip("flashinfer")
     prompts = _prompts(24)
     plain = _engine(
         model_dir, tokenizer_path, attention_backend=backend, disable_cuda_graph=True, disable_overlap_schedule=True
     )
-    expected = _greedy(plain, prompts)
+    expected = _greedy_with_margins(plain, prompts)
     plain.core.check_invariants()
     _release(plain)
     fast = _engine(model_dir, tokenizer_path, attention_backend=backend, cuda_graph_max_bs=32)
     assert fast.core.runner.graph_runner is not None
-    got = _greedy(fast, prompts)
-    matching = sum(a == b for a, b in zip(got, expected))
-    wanted = len(prompts) if backend == "flashinfer" else 0.8 * len(prompts)
-    assert matching >= wanted, _divergences(got, expected)
+    _assert_same_up_to_near_ties(_greedy_with_margins(fast, prompts), expected)
     fast.core.check_invariants()
     assert fast.core.cache.accounting()["protected"] == 0
     _release(fast)
 
 
 @pytest.mark.parametrize("backend", ["flashinfer", "triton"])
-def test_overlapped_loop_is_token_identical_to_the_synchronous_one(backend, model_dir, tokenizer_path):
+def test_overlapped_loop_is_token_identical_to_the_synchronous_one_without_shared_prefixes(
+    backend, model_dir, tokenizer_path
+):
+    """Without shared prefixes both loops form the same batches step by step (nothing is deferred
+    for an in-flight prefix), so the very same kernels run: any difference is an overlap bug."""
     if backend == "flashinfer":
         pytest.importorskip("flashinfer")
-    prompts = _prompts(24, seed=2)
+    prompts = _prompts(24, seed=3, share=False)
     synchronous = _engine(model_dir, tokenizer_path, attention_backend=backend, disable_overlap_schedule=True)
     expected = _greedy(synchronous, prompts)
     _release(synchronous)
     overlapped = _engine(model_dir, tokenizer_path, attention_backend=backend)
     got = _greedy(overlapped, prompts)
     assert got == expected, _divergences(got, expected)
+    _release(overlapped)
+
+
+@pytest.mark.parametrize("backend", ["flashinfer", "triton"])
+def test_overlapped_loop_matches_the_synchronous_one_up_to_near_ties(backend, model_dir, tokenizer_path):
+    """With shared prefixes the overlapped loop admits requests in other steps (a prefix still in
+    flight is not a hit yet), so batches and float sums differ: near-ties may flip."""
+    if backend == "flashinfer":
+        pytest.importorskip("flashinfer")
+    prompts = _prompts(24, seed=2)
+    synchronous = _engine(model_dir, tokenizer_path, attention_backend=backend, disable_overlap_schedule=True)
+    expected = _greedy_with_margins(synchronous, prompts)
+    _release(synchronous)
+    overlapped = _engine(model_dir, tokenizer_path, attention_backend=backend)
+    _assert_same_up_to_near_ties(_greedy_with_margins(overlapped, prompts), expected)
     overlapped.core.check_invariants()
     _release(overlapped)
 
@@ -171,7 +219,7 @@ def test_default_backend_on_cuda_is_a_gpu_backend(model_dir, tokenizer_path):
 def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(backend, model_dir, tokenizer_path):
     """Requests under one radix node decode through the cascade (each shared prefix read once per
     step) with the thresholds lowered to this small model's sizes; against the same engine with the
-    cascade unreachable, greedy tokens agree (a bf16 near-tie of the random model may flip one)."""
+    cascade unreachable, greedy tokens agree but for bf16 near-ties of the random model."""
     if backend == "flashinfer":
         pytest.importorskip("flashinfer")
     from radixserve.attention import shared_prefix
@@ -180,7 +228,7 @@ def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(b
     system = [rng.randrange(3, 49000) for _ in range(700)]
     prompts = [system + [rng.randrange(3, 49000) for _ in range(rng.randrange(2, 60))] for _ in range(16)]
 
-    def run(min_saved_bytes: int) -> tuple[list[list[int]], int]:
+    def run(min_saved_bytes: int) -> tuple[list, int]:
         runs = []
         original = shared_prefix.SharedPrefixDecode.run
 
@@ -193,7 +241,7 @@ def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(b
             patch.setattr(shared_prefix.SharedPrefixDecode, "run", counted)
             engine = _engine(model_dir, tokenizer_path, attention_backend=backend, cuda_graph_max_bs=32)
             _greedy(engine, prompts[:1], max_new_tokens=2)  # the system prompt enters the tree
-            outputs = _greedy(engine, prompts[1:], max_new_tokens=32)
+            outputs = _greedy_with_margins(engine, prompts[1:], max_new_tokens=32)
             engine.core.check_invariants()
             assert engine.core.cache.accounting()["protected"] == 0
             _release(engine)
@@ -202,4 +250,4 @@ def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(b
     cascade, cascade_layers = run(0)
     plain, plain_layers = run(1 << 60)
     assert cascade_layers >= 20 * SMALL_LLAMA["num_hidden_layers"] and plain_layers == 0, (cascade_layers, plain_layers)
-    assert sum(a == b for a, b in zip(cascade, plain)) >= 0.8 * len(plain), _divergences(cascade, plain)
+    _assert_same_up_to_near_ties(cascade, plain)
