@@ -8,8 +8,10 @@ the leading space of the first token they see. So each step decodes a small wind
                 ^ window start            ^ read_offset              ^ end
 
 The delta is ``decode(window)`` minus ``decode(prefix)``; it is emitted only when it is non-empty and
-does not end in U+FFFD, and then the window slides so that the emitted tokens become the new prefix.
-The window holds a few tokens, so each step costs O(window), never O(output).
+does not end in U+FFFD. The emitted tokens then join the prefix, whose text is the window's text
+just decoded: no second decode. Once the prefix would pass ``PREFIX_TOKENS``, the window slides
+instead (the emitted tokens alone become the prefix, decoded once more). The window holds a few
+tokens, so each step costs O(window), never O(output), and about 1.2 tokenizer calls instead of 2.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ PROMPT_TAIL_LEN = 5
 # Valid UTF-8 never keeps more than 3 tokens pending (a character has at most 4 bytes). Beyond this,
 # the model is emitting invalid bytes: emit their U+FFFD rather than grow the window forever.
 MAX_PENDING_TOKENS = 8
+# Emitted tokens kept as the prefix before the window slides (sliding costs one more decode).
+PREFIX_TOKENS = 5
 # A UTF-8 sequence cut at a token boundary is settled once 3 more bytes (>= 3 tokens) follow it.
 _SETTLE_TOKENS = 3
 
@@ -134,8 +138,12 @@ class IncrementalDetokenizer:
         return self._advance(cut, self._decode(self._ids[:cut]))
 
     def _advance(self, cut: int, head_text: str) -> str:
-        """Emit the text of window[:cut] (``head_text``) past the prefix; window[read_offset:cut] becomes the prefix."""
+        """Emit the text of window[:cut] (``head_text``) past the prefix; window[:cut] becomes the
+        prefix while short enough, else window[read_offset:cut] does."""
         delta = head_text[len(self._prefix_text) :]
+        if cut <= PREFIX_TOKENS:
+            self._read_offset, self._prefix_text = cut, head_text
+            return delta
         del self._ids[: self._read_offset]
         self._read_offset = cut - self._read_offset
         self._prefix_text = self._decode(self._ids[: self._read_offset])
