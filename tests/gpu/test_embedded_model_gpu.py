@@ -19,6 +19,8 @@ import os
 import pytest
 import torch
 
+from tests.gpu.near_ties import departures
+
 pytestmark = pytest.mark.gpu
 
 PROMPTS = [
@@ -60,22 +62,6 @@ def _generate(**engine_args) -> list[dict]:
     return outs
 
 
-def _departures(cpu: list[dict], gpu: list[dict]) -> tuple[int, list[str]]:
-    """Identical sequences, and a message for each departure that is not at a near-tie."""
-    identical, wrong = 0, []
-    for prompt, want, have in zip(PROMPTS, cpu, gpu):
-        want_ids, have_ids = want["output_ids"], have["output_ids"]
-        if want_ids == have_ids:
-            identical += 1
-            continue
-        at = next(i for i, (a, b) in enumerate(zip(want_ids, have_ids)) if a != b)
-        top = dict(want["meta_info"]["output_top_logprobs"][at])
-        gap = top[want_ids[at]] - top.get(have_ids[at], float("-inf"))
-        if gap >= NEAR_TIE:
-            wrong.append(f"{prompt!r}: step {at}: GPU {have_ids[at]} is {gap:.3f} nats below CPU {want_ids[at]} {top}")
-    return identical, wrong
-
-
 @pytest.fixture(scope="module")
 def cpu_outputs(model_path) -> list[dict]:
     return _generate(model_path=model_path, device="cpu", dtype="float32", attention_backend="torch_native")
@@ -83,7 +69,7 @@ def cpu_outputs(model_path) -> list[dict]:
 
 def test_float32_on_the_gpu_is_token_identical_to_the_cpu_path(model_path, cpu_outputs):
     gpu = _generate(model_path=model_path, device="cuda", dtype="float32", attention_backend="triton")
-    identical, wrong = _departures(cpu_outputs, gpu)
+    identical, wrong = departures(cpu_outputs, gpu, NEAR_TIE, PROMPTS)
     assert not wrong, wrong
     assert identical >= len(PROMPTS) - 1, f"only {identical}/{len(PROMPTS)} prompts token-identical"
 
@@ -94,5 +80,5 @@ def test_bf16_on_the_gpu_departs_from_the_cpu_path_only_at_near_ties(backend, mo
     if backend == "flashinfer":
         pytest.importorskip("flashinfer")
     gpu = _generate(model_path=model_path, device="cuda", dtype="bfloat16", attention_backend=backend)
-    identical, wrong = _departures(cpu_outputs, gpu)
+    identical, wrong = departures(cpu_outputs, gpu, NEAR_TIE, PROMPTS)
     assert not wrong, wrong

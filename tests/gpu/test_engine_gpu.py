@@ -17,6 +17,8 @@ import random
 import pytest
 import torch
 
+from tests.gpu.near_ties import departures
+
 pytestmark = pytest.mark.gpu
 
 SMALL_LLAMA = {
@@ -75,20 +77,10 @@ def _prompts(count: int, seed: int = 0, share: bool = True) -> list[list[int]]:
     return prompts
 
 
-def _greedy(engine, prompts, max_new_tokens=24) -> list[list[int]]:
-    return [ids for ids, _ in _greedy_with_margins(engine, prompts, max_new_tokens)]
-
-
-def _greedy_with_margins(engine, prompts, max_new_tokens=24) -> list[tuple[list[int], list[tuple[float, int]]]]:
-    """Greedy outputs, each with (gap between its best and second-best log-probability, the
-    second-best token) at every position: how near a tie each choice was, and to what."""
+def _greedy(engine, prompts, max_new_tokens=24) -> list[dict]:
+    """Greedy outputs with the two best log-probabilities at each step (for ``departures``)."""
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
-    outs = engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True, top_logprobs_num=2)
-    results = []
-    for out in outs:
-        gaps = [(top[0][1] - top[1][1], top[1][0]) for top in out["meta_info"]["output_top_logprobs"]]
-        results.append((out["output_ids"], gaps))
-    return results
+    return engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True, top_logprobs_num=2)
 
 
 # A bf16 logit near 4 moves in steps of 1/64: sums taken in another order (another batch size,
@@ -96,30 +88,11 @@ def _greedy_with_margins(engine, prompts, max_new_tokens=24) -> list[tuple[list[
 NEAR_TIE = 0.1
 
 
-def _assert_same_up_to_near_ties(got, expected) -> None:
-    """Greedy outputs agree wherever the reference's choice was clear: each output equals the
-    reference's, or departs first at a position where the reference's best two tokens were within
-    ``NEAR_TIE`` and took the reference's runner-up (after a departure the contexts differ)."""
-    got_ids = [ids for ids, _ in got]
-    expected_ids = [ids for ids, _ in expected]
-    bad = []
-    for number, ((have, _), (want, gaps)) in enumerate(zip(got, expected)):
-        at = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), None)
-        if at is None:
-            assert len(have) == len(want), (number, len(have), len(want))
-        elif gaps[at][0] >= NEAR_TIE or have[at] != gaps[at][1]:
-            bad.append(f"#{number}@{at} (margin {gaps[at][0]:.3f}, got {have[at]}, runner-up {gaps[at][1]})")
-    assert not bad, f"clear choices changed: {' '.join(bad)}; {_divergences(got_ids, expected_ids)}"
-
-
-def _divergences(got: list[list[int]], expected: list[list[int]]) -> str:
-    """One line for a failure message: how many outputs differ, and where each first departs."""
-    firsts = []
-    for number, (have, want) in enumerate(zip(got, expected)):
-        if have != want:
-            at = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want)))
-            firsts.append(f"#{number}@{at}")
-    return f"{len(firsts)} of {len(expected)} outputs differ (output@first differing token: {' '.join(firsts)})"
+def _assert_same_up_to_near_ties(got: list[dict], expected: list[dict]) -> None:
+    """Each output equals the reference's, or first departs at a near-tie of the reference, to its
+    runner-up."""
+    _, wrong = departures(expected, got, NEAR_TIE)
+    assert not wrong, wrong
 
 
 def _release(engine) -> None:
@@ -139,12 +112,12 @@ def test_graph_replay_and_overlap_match_the_plain_eager_loop(backend, model_dir,
     plain = _engine(
         model_dir, tokenizer_path, attention_backend=backend, disable_cuda_graph=True, disable_overlap_schedule=True
     )
-    expected = _greedy_with_margins(plain, prompts)
+    expected = _greedy(plain, prompts)
     plain.core.check_invariants()
     _release(plain)
     fast = _engine(model_dir, tokenizer_path, attention_backend=backend, cuda_graph_max_bs=32)
     assert fast.core.runner.graph_runner is not None
-    _assert_same_up_to_near_ties(_greedy_with_margins(fast, prompts), expected)
+    _assert_same_up_to_near_ties(_greedy(fast, prompts), expected)
     fast.core.check_invariants()
     assert fast.core.cache.accounting()["protected"] == 0
     _release(fast)
@@ -163,8 +136,8 @@ def test_overlapped_loop_is_token_identical_to_the_synchronous_one_without_share
     expected = _greedy(synchronous, prompts)
     _release(synchronous)
     overlapped = _engine(model_dir, tokenizer_path, attention_backend=backend)
-    got = _greedy(overlapped, prompts)
-    assert got == expected, _divergences(got, expected)
+    identical, wrong = departures(expected, _greedy(overlapped, prompts), near_tie=0.0)
+    assert identical == len(prompts), wrong
     _release(overlapped)
 
 
@@ -176,10 +149,10 @@ def test_overlapped_loop_matches_the_synchronous_one_up_to_near_ties(backend, mo
         pytest.importorskip("flashinfer")
     prompts = _prompts(24, seed=2)
     synchronous = _engine(model_dir, tokenizer_path, attention_backend=backend, disable_overlap_schedule=True)
-    expected = _greedy_with_margins(synchronous, prompts)
+    expected = _greedy(synchronous, prompts)
     _release(synchronous)
     overlapped = _engine(model_dir, tokenizer_path, attention_backend=backend)
-    _assert_same_up_to_near_ties(_greedy_with_margins(overlapped, prompts), expected)
+    _assert_same_up_to_near_ties(_greedy(overlapped, prompts), expected)
     overlapped.core.check_invariants()
     _release(overlapped)
 
@@ -241,7 +214,7 @@ def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(b
             patch.setattr(shared_prefix.SharedPrefixDecode, "run", counted)
             engine = _engine(model_dir, tokenizer_path, attention_backend=backend, cuda_graph_max_bs=32)
             _greedy(engine, prompts[:1], max_new_tokens=2)  # the system prompt enters the tree
-            outputs = _greedy_with_margins(engine, prompts[1:], max_new_tokens=32)
+            outputs = _greedy(engine, prompts[1:], max_new_tokens=32)
             engine.core.check_invariants()
             assert engine.core.cache.accounting()["protected"] == 0
             _release(engine)
