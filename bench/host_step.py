@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import pstats
+import time
 from pathlib import Path
 
 from bench.harness import model_files, workloads
@@ -52,9 +54,10 @@ def main(argv=None) -> None:
             rows.append({"batch": batch, "gc": "frozen" if frozen else "collected", **times})
     rows.sort(key=lambda row: row["batch"])
     columns = [("batch", "batch"), ("gc", "startup objects")]
-    columns += [(name, f"{name} ms") for name in ("host", "schedule", "build", "resolve", "detok", "step")]
+    columns += [(name, f"{name} ms") for name in ("host", "schedule", "build", "resolve", "detok", "step", "full_gc")]
     print_table(rows, columns, f"engine host ms per decode step (CPU, one-layer dummy Llama, {args.steps} steps)")
-    print("host = step - forward - sample: what a step costs besides the model, on one core")
+    print("host = step - forward - sample: what a step costs besides the model, on one core;")
+    print("full_gc = one full garbage collection with the engine alive (after the runs)")
 
 
 def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, frozen: bool) -> list:
@@ -77,8 +80,11 @@ def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, fr
         max_total_tokens=max(sizes) * context + 1,
     )
     results = [(batch, measure(engine, batch, steps, input_len)) for batch in sizes]
+    started = time.perf_counter()
+    gc.collect()  # one full collection with the engine alive: what each one costs the loop
+    full_collection_ms = (time.perf_counter() - started) * 1e3
     engine.shutdown()
-    return results
+    return [(batch, {**times, "full_gc": full_collection_ms}) for batch, times in results]
 
 
 def measure(engine, batch: int, steps: int, input_len: int) -> dict:
