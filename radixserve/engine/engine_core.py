@@ -32,10 +32,9 @@ class _Launched:
 
 def _freeze_startup_objects() -> None:
     """Move every object alive after startup (torch, transformers, the tokenizer, the model: ~300k)
-    out of the cyclic garbage collector's reach. Otherwise each full collection walks them all
-    (~170 ms on this project's CPU machine) and the per-step allocations of a large batch trigger
-    such collections often: ~19 ms per step at a batch of 800 requests, spent on the host while the
-    device waits. They live as long as the process; the price, for an application that embeds the
+    out of the cyclic garbage collector's reach. Otherwise each full collection walks them all:
+    183 ms against 24 ms frozen on this project's CPU machine (``python -m bench.host_step``),
+    triggered now and then by a large batch's per-step allocations, on the loop's time. They live as long as the process; the price, for an application that embeds the
     offline ``Engine``, is that cycles among its own objects alive at that moment are never
     collected either (vLLM and SGLang freeze the same way)."""
     gc.collect()

@@ -180,7 +180,7 @@ def test_batch_log_counts_the_requests_each_prefill_step_admitted(engine, caplog
 
 
 def test_startup_objects_are_frozen_out_of_the_garbage_collector(engine):
-    """A full collection would walk every object alive after startup (~300k) on the loop's time."""
+    """A full collection would walk every object alive after startup on the loop's time."""
     import gc
 
     tracked = {id(obj) for obj in gc.get_objects()}
