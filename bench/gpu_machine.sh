@@ -8,21 +8,23 @@
 #   bench/gpu_machine.sh tests           # only the GPU tests
 #   bench/gpu_machine.sh bench latency   # only the named suite parts (see bench/gpu_suite.sh)
 #
-# Environment: WHEELS (default .whl), SITE (where wheels are installed, default /tmp/radixserve-site),
-# FLASHINFER_WORKSPACE_BASE (FlashInfer's JIT cache; default .gpu/fi so a carried cache is reused:
-# its first build on a fresh machine takes ~2 min), BENCH_TOKENIZER (default .gpu/tok, a directory
-# holding the embedded model's tokenizer files, which the dummy-weight benches and tests need).
+# Environment: WHEELS (default .whl), SITE (where wheels are installed, default /tmp/rs-site),
+# FLASHINFER_WORKSPACE_BASE (FlashInfer's JIT cache, default /tmp/fi: a cache carried in .gpu/fi is
+# restored there first, see bench/fi_cache.py; its first build on a fresh machine takes ~2 min, and
+# ninja reuses a cache only under the paths it was built with), BENCH_TOKENIZER (default .gpu/tok, a
+# directory holding the embedded model's tokenizer files, which the dummy-weight benches and tests need).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-.whl}
-SITE=${SITE:-/tmp/radixserve-site}
+SITE=${SITE:-/tmp/rs-site}
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl || exit 1
     export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-$PWD/.gpu/fi}
+export FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-/tmp/fi}
+python3 -m bench.fi_cache .gpu/fi "$FLASHINFER_WORKSPACE_BASE" "$SITE"
 export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1 PY=python3
 export BENCH_TOKENIZER=${BENCH_TOKENIZER:-$PWD/.gpu/tok}

@@ -28,6 +28,7 @@ import flashinfer
 import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
+from radixserve.attention.upload import pinned
 
 _WORKSPACE_BYTES = 768 * 1024 * 1024  # split-KV partials of a 1,024-sequence decode need ~335 MB
 TENSOR_CORE_MIN_BATCH = 64
@@ -59,6 +60,7 @@ class FlashInferBackend(AttentionBackend):
         self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
         self._graph_indices = torch.zeros(kv_pool.num_slots * 2, dtype=torch.int32, device=device)
         self._active = self.decode_wrappers[True]
+        self._plan_copied: dict[object, torch.cuda.Event] = {}  # wrapper -> its last plan's copy done
         self.shared_prefix = _shared_prefix_decode(kv_pool, num_q_heads)
         self.step_cascade = None  # the cascade layout of the step last prepared, if it runs one
         # the paged cache as FlashInfer sees it: [num_pages, page_size=1, Hkv, D] per layer
@@ -84,16 +86,17 @@ class FlashInferBackend(AttentionBackend):
         self.step_cascade = self.shared_prefix.take(batch) if self.shared_prefix is not None else None
         if self.step_cascade is not None:
             return
-        kv_indptr = _host_indptr(batch.seq_lens)
+        kv_indptr = self._host_indptr(batch.seq_lens)
         kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
-        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32)
+        last_page_len = self._host_ones(batch.batch_size)
         if batch.is_decode:
             wrapper = self.decode_wrappers[self._tensor_cores(batch.batch_size)]
             self._plan_decode(wrapper, kv_indptr, kv_indices, last_page_len)
             self._active = wrapper
             return
-        self.prefill_wrapper.plan(
-            _host_indptr(batch.extend_lens),
+        self._plan(
+            self.prefill_wrapper,
+            self._host_indptr(batch.extend_lens),
             kv_indptr,
             kv_indices.to(torch.int32),
             last_page_len,
@@ -126,16 +129,25 @@ class FlashInferBackend(AttentionBackend):
                 paged_kv_last_page_len_buffer=torch.ones(size, dtype=torch.int32, device=device),
             )
             self._graph_wrappers[size] = wrapper
-        kv_indptr = _host_indptr(batch.seq_lens)
+        kv_indptr = self._host_indptr(batch.seq_lens)
         kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
-        self._plan_decode(wrapper, kv_indptr, kv_indices, torch.ones(size, dtype=torch.int32))
+        self._plan_decode(wrapper, kv_indptr, kv_indices, self._host_ones(size))
         self._active = wrapper
+
+    # FlashInfer's plan reads these on the host and copies them to the device: pinned, so that the
+    # copies do not wait for the step in flight (see upload.py)
+    def _host_indptr(self, lengths: list[int]) -> torch.Tensor:
+        return pinned([0, *itertools.accumulate(lengths)], torch.int32, self.workspace.device)
+
+    def _host_ones(self, size: int) -> torch.Tensor:
+        return pinned([1] * size, torch.int32, self.workspace.device)
 
     def _tensor_cores(self, batch_size: int) -> bool:
         return batch_size >= TENSOR_CORE_MIN_BATCH or not self.cuda_core_ok
 
     def _plan_decode(self, wrapper, kv_indptr, kv_indices, last_page_len) -> None:
-        wrapper.plan(
+        self._plan(
+            wrapper,
             kv_indptr,
             kv_indices.to(torch.int32),
             last_page_len,
@@ -146,6 +158,23 @@ class FlashInferBackend(AttentionBackend):
             q_data_type=self.dtype,
             kv_data_type=self.dtype,
         )
+
+    def _plan(self, wrapper, *args, **kwargs) -> None:
+        """``wrapper.plan(...)``, once the copy of the wrapper's previous plan has run.
+
+        ``plan`` writes its schedule into a page-locked host buffer of the wrapper and queues a copy
+        of it to the device. With the host running a step ahead of the GPU, overwriting that buffer
+        before the previous plan's copy has run would hand the step in flight a torn schedule. The
+        wait is short: the previous copy sits right behind the step whose tokens the host has just
+        waited for.
+        """
+        copied = self._plan_copied.get(wrapper)
+        if copied is not None:
+            copied.synchronize()
+        wrapper.plan(*args, **kwargs)
+        copied = torch.cuda.Event()
+        copied.record()
+        self._plan_copied[wrapper] = copied
 
     # ---- per layer ------------------------------------------------------------------------------
 
@@ -174,7 +203,3 @@ def _shared_prefix_decode(kv_pool, num_q_heads: int):
     except ImportError:
         return None
     return SharedPrefixDecode(kv_pool, num_q_heads)
-
-
-def _host_indptr(lengths: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from radixserve.attention.upload import move, to_device
+
 if TYPE_CHECKING:
     from radixserve.runner.sampler import SamplingRow
 
@@ -68,7 +70,7 @@ def _apply_logit_bias(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torc
             token_ids.append(token_id)
             biases.append(bias)
     index = _index_pair(row_index, token_ids, logits.device)
-    values = torch.tensor(biases, dtype=logits.dtype, device=logits.device)  # [num_biases]
+    values = to_device(biases, logits.device, logits.dtype)  # [num_biases]
     return logits.index_put_(index, values, accumulate=True)
 
 
@@ -117,8 +119,8 @@ def token_counts(id_lists: Sequence[Sequence[int]], vocab_size: int, device: tor
     padded = np.zeros((len(id_lists), max_len), dtype=np.int64)
     for i, ids in enumerate(id_lists):
         padded[i, : len(ids)] = ids
-    index = torch.from_numpy(padded).to(device)  # [B, L]
-    lengths = torch.tensor([len(ids) for ids in id_lists], device=device)  # [B]
+    index = move(torch.from_numpy(padded), device)  # [B, L]
+    lengths = to_device([len(ids) for ids in id_lists], device)  # [B]
     valid = torch.arange(max_len, device=device)[None, :] < lengths[:, None]  # [B, L]; padding counts 0
     return counts.scatter_add_(1, index, valid.to(torch.float32))
 
@@ -150,11 +152,11 @@ def _apply_vocab_mask(
 
 
 def _index_pair(row_index: list[int], token_ids: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
-    rows = torch.tensor(row_index, dtype=torch.long, device=device)  # [N]
-    tokens = torch.tensor(list(token_ids), dtype=torch.long, device=device)  # [N]
+    rows = to_device(row_index, device)  # [N]
+    tokens = to_device(list(token_ids), device)  # [N]
     return rows, tokens
 
 
 def _row_values(values: list[float], like: torch.Tensor) -> torch.Tensor:
     """``[B, 1]`` per-row parameter column in ``like``'s dtype and device, ready to broadcast over V."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None]
+    return to_device(values, like.device, like.dtype)[:, None]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from radixserve.attention.upload import to_device
 from radixserve.core.plan import SequencePlan
 from radixserve.core.sampling_params import SamplingParams
 from radixserve.runner.penalties import process_logits
@@ -158,13 +159,13 @@ class Sampler:
         if len(sampled) == len(rows):
             return self._draw(logits, rows)
         token_ids = logits.argmax(dim=-1)  # [B]
-        index = torch.tensor(sampled, device=logits.device)  # [S]
+        index = to_device(sampled, logits.device)  # [S]
         token_ids[index] = self._draw(logits[index], [rows[i] for i in sampled])
         return token_ids
 
     def _draw(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         """``[S]`` token ids drawn from non-greedy rows' ``[S, V]`` processed logits."""
-        temperature = torch.tensor([row.params.temperature for row in rows], device=logits.device)  # [S]
+        temperature = to_device([row.params.temperature for row in rows], logits.device, torch.float32)  # [S]
         scaled = truncate(logits / temperature[:, None], rows)  # [S, V]
         noise = self._exponential_noise(rows)  # [S, V]
         return (scaled - noise.log()).argmax(dim=-1)
@@ -179,8 +180,8 @@ class Sampler:
             return seeded_exponential(keys, self._token_ids)
         unseeded = [i for i, row in enumerate(rows) if row.params.seed is None]
         noise = torch.empty(len(rows), self.vocab_size, device=self.device)  # [S, V]
-        noise[torch.tensor(seeded, device=self.device)] = seeded_exponential(keys, self._token_ids)
-        noise[torch.tensor(unseeded, device=self.device)] = self._generator_noise(len(unseeded))
+        noise[to_device(seeded, self.device)] = seeded_exponential(keys, self._token_ids)
+        noise[to_device(unseeded, self.device)] = self._generator_noise(len(unseeded))
         return noise
 
     def _generator_noise(self, num_rows: int) -> torch.Tensor:
@@ -208,10 +209,10 @@ def _top_k_top_p(scaled: torch.Tensor, top_k: list[int], top_p: list[float]) -> 
     # Stable, so that tied logits are cut the same way whatever the batch looks like.
     sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)  # [S, V] each
     positions = torch.arange(scaled.shape[1], device=device)[None, :]  # [1, V]
-    keep = positions < torch.tensor(top_k, device=device)[:, None]  # [S, V], sorted order
+    keep = positions < to_device(top_k, device)[:, None]  # [S, V], sorted order
     probs = sorted_logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)  # renormalised after top_k
     mass_before = probs.cumsum(dim=-1) - probs  # exactly 0 at position 0, so one token always stays
-    top_p_column = torch.tensor(top_p, device=device)[:, None]  # [S, 1]
+    top_p_column = to_device(top_p, device, torch.float32)[:, None]  # [S, 1]
     # top_p == 1 keeps everything, even tail tokens whose float cumsum rounds up to 1.
     keep &= (mass_before < top_p_column) | (top_p_column >= 1.0)
     keep_in_vocab_order = torch.zeros_like(keep).scatter_(1, order, keep)  # [S, V]
@@ -220,14 +221,14 @@ def _top_k_top_p(scaled: torch.Tensor, top_k: list[int], top_p: list[float]) -> 
 
 def _min_p(scaled: torch.Tensor, min_p: list[float]) -> torch.Tensor:
     """Drop tokens with ``p < min_p * p_max``, i.e. ``logit < max_logit + log(min_p)`` (min_p = 0 drops none)."""
-    log_min_p = torch.tensor(min_p, device=scaled.device).log()[:, None]  # [S, 1]
+    log_min_p = to_device(min_p, scaled.device, torch.float32).log()[:, None]  # [S, 1]
     threshold = scaled.amax(dim=-1, keepdim=True) + log_min_p  # [S, 1]
     return scaled.masked_fill(scaled < threshold, float("-inf"))
 
 
 def seeded_exponential(keys: Sequence[tuple[int, int]], token_ids: torch.Tensor) -> torch.Tensor:
     """``[S, V]`` Exp(1) noise that is a pure function of each row's key pair and the token id."""
-    key = torch.tensor(keys, dtype=torch.long, device=token_ids.device)  # [S, 2], values < 2**32
+    key = to_device(keys, token_ids.device)  # [S, 2], values < 2**32
     bits = _mix32(_mix32(token_ids[None, :] ^ key[:, :1]) ^ key[:, 1:])  # [S, V], values < 2**32
     # 23 bits on a half-offset grid: uniform in [2**-24, 1 - 2**-24], exact in float32, never 0 or 1.
     uniform = ((bits >> 9).to(torch.float32) + 0.5) * 2.0**-23
@@ -274,7 +275,7 @@ def _queue_logprobs(
     wanted = [i for i, row in enumerate(rows) if row.params.return_logprob]
     if not wanted:
         return None
-    index = torch.tensor(wanted, device=logits.device)  # [W]
+    index = to_device(wanted, logits.device)  # [W]
     logprobs = logits[index].float().log_softmax(dim=-1)  # [W, V], temperature 1
     chosen = logprobs.gather(1, token_ids[index][:, None]).squeeze(1)  # [W]
     nums = [rows[i].params.top_logprobs_num for i in wanted]

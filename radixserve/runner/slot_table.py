@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from radixserve.attention.upload import to_device
 from radixserve.core.plan import SequencePlan
 
 
@@ -79,8 +80,7 @@ class SlotTable:
         return self._free.pop()
 
     def _write(self, rows: list[int], cols: list[int], values: list[int]) -> None:
-        packed = torch.tensor([rows, cols, values], dtype=torch.int64)  # [3, N] on the host
-        packed = packed.to(self.device, non_blocking=True)
+        packed = to_device([rows, cols, values], self.device)  # [3, N], no wait for queued work
         self.table[packed[0], packed[1]] = packed[2].to(torch.int32)
 
     def gather(self, row_indices: torch.Tensor, seq_lens: torch.Tensor, kv_indptr: torch.Tensor, total: int):

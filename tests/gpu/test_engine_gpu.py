@@ -78,9 +78,10 @@ def _prompts(count: int, seed: int = 0, share: bool = True) -> list[list[int]]:
 
 
 def _greedy(engine, prompts, max_new_tokens=24) -> list[dict]:
-    """Greedy outputs with the two best log-probabilities at each step (for ``departures``)."""
+    """Greedy outputs with the eight best log-probabilities at each step, for ``departures`` (bf16
+    logits of the random model tie three ways and more)."""
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
-    return engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True, top_logprobs_num=2)
+    return engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True, top_logprobs_num=8)
 
 
 # A bf16 logit near 4 moves in steps of 1/64: sums taken in another order (another batch size,

@@ -2,12 +2,6 @@
 CPU while step N runs, but a host-to-device copy from pageable memory waits for every kernel
 already queued (CUDA stages it behind a stream sync). Each test queues ~0.5 s of GPU sleep, runs
 per-step host work, and checks whether the sleep is still running when the host is done.
-
-Known and marked ``xfail``: the slot table's per-step write and FlashInfer's plan inputs are
-pageable, so today every decode step waits for the previous one (docs/benchmarks.md, "per-step
-host wait"). Routing them through pinned memory made these tests pass on an H200 (commit 4768cbb)
-but three of five engine runs then hung at their first steps, cause not yet found, so it was
-reverted. Once the wait is fixed, drop the marks.
 """
 
 from __future__ import annotations
@@ -59,10 +53,6 @@ def _plan(request_id: str, slots: list[int]) -> SequencePlan:
     return SequencePlan(request_id, [1], len(slots) - 1, slots, True, SamplingParams())
 
 
-KNOWN_WAIT = pytest.mark.xfail(reason="known per-step host wait: a pageable upload (see module doc)")
-
-
-@KNOWN_WAIT
 def test_slot_table_sync_does_not_wait_for_queued_gpu_work():
     device = torch.device("cuda")
     table = SlotTable(4, 64, device)
@@ -77,9 +67,7 @@ def test_slot_table_sync_does_not_wait_for_queued_gpu_work():
     assert table.table[rows[1], :3].tolist() == [9, 10, 11]
 
 
-@pytest.mark.parametrize(
-    "backend_name", [BACKENDS[0], pytest.param("flashinfer", marks=[*BACKENDS[1].marks, KNOWN_WAIT])]
-)
+@pytest.mark.parametrize("backend_name", BACKENDS)
 def test_decode_planning_does_not_wait_for_queued_gpu_work(backend_name):
     device = torch.device("cuda")
     shape = Shape(NUM_KV_HEADS * 4, 128)
