@@ -15,7 +15,8 @@ A pure decode batch whose sequences share long prefixes (radix-tree hits) runs t
 cascade of ``shared_prefix.py`` (Triton kernels over the same pool) when it pays: BatchDecode
 would read each shared prefix once per request. Without triton the plain decode runs.
 
-New K/V are written to the pool before attention, so the kernels read the whole context from it.
+New K/V are written to the pool before attention (one fused Triton kernel for K and V where triton
+is installed), so the kernels read the whole context from it.
 Decode steps can be captured in CUDA graphs: ``prepare_graph`` keeps one wrapper per padded batch
 size, planned into fixed buffers.
 """
@@ -28,6 +29,7 @@ import flashinfer
 import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
+from radixserve.attention.dummy_step import dummy_step
 from radixserve.attention.upload import pinned
 
 _WORKSPACE_BYTES = 768 * 1024 * 1024  # split-KV partials of a 1,024-sequence decode need ~335 MB
@@ -62,6 +64,7 @@ class FlashInferBackend(AttentionBackend):
         self._active = self.decode_wrappers[True]
         self._plan_copied: dict[object, torch.cuda.Event] = {}  # wrapper -> its last plan's copy done
         self.shared_prefix = _shared_prefix_decode(kv_pool, num_q_heads)
+        self._store_kv = _fused_store_kv()
         self.step_cascade = None  # the cascade layout of the step last prepared, if it runs one
         # the paged cache as FlashInfer sees it: [num_pages, page_size=1, Hkv, D] per layer
         self._paged = [
@@ -72,11 +75,14 @@ class FlashInferBackend(AttentionBackend):
     # ---- planning (host side, once per step) ------------------------------------------------
 
     def warmup(self, num_q_heads: int) -> None:
-        """Compile the shared-prefix cascade's Triton kernels (FlashInfer's own modules are built
-        or loaded when the wrappers first plan)."""
+        """Compile our Triton kernels: the K/V store and the shared-prefix cascade (FlashInfer's own
+        modules are built or loaded when the wrappers first plan)."""
+        if self._store_kv is not None:
+            step = dummy_step(self.kv_pool, num_q_heads)  # writes only the dummy slot 0
+            self._write_kv(0, step.out_slots, step.k, step.v)
         if self.shared_prefix is not None:
             self.shared_prefix.warmup(num_q_heads)
-            torch.cuda.synchronize(self.kv_pool.device)
+        torch.cuda.synchronize(self.kv_pool.device)
 
     def wants_eager(self, batch: ForwardBatch) -> bool:
         """True when ``batch`` runs the shared-prefix cascade (eager only); ``prepare`` reuses the plan."""
@@ -187,13 +193,29 @@ class FlashInferBackend(AttentionBackend):
         batch: ForwardBatch,
         scale: float,
     ) -> torch.Tensor:  # [T, num_q_heads, head_dim]
-        self.kv_pool.write(layer_id, batch.out_slots, k, v)
+        self._write_kv(layer_id, batch.out_slots, k, v)
         default_scale = self.head_dim**-0.5
         if self.step_cascade is not None:
             return self.shared_prefix.run(q.to(self.dtype), layer_id, batch, self.step_cascade, scale)
         if scale != default_scale:  # plans use 1/sqrt(head_dim); fold any other scale into q
             q = q * (scale / default_scale)
         return self._active.run(q.to(self.dtype).contiguous(), self._paged[layer_id])
+
+    def _write_kv(self, layer_id: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self._store_kv is None:  # two index_put kernels
+            self.kv_pool.write(layer_id, slots, k, v)
+            return
+        k_pool, v_pool = self.kv_pool.get(layer_id)
+        self._store_kv(k, v, k_pool, v_pool, slots)
+
+
+def _fused_store_kv():
+    """The Triton K/V store (one kernel for both), or None where triton is missing."""
+    try:
+        from radixserve.attention.triton_kernels import store_kv
+    except ImportError:
+        return None
+    return store_kv
 
 
 def _shared_prefix_decode(kv_pool, num_q_heads: int):

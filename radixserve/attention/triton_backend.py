@@ -156,7 +156,7 @@ class TritonBackend(AttentionBackend):
         plan = self._plan
         self.shared_prefix.num_q_heads = q.shape[1]
         k_pool, v_pool = self.kv_pool.get(layer_id)  # [num_slots, Hkv, D] each
-        triton_kernels.store_kv(_last_dim_contiguous(k), _last_dim_contiguous(v), k_pool, v_pool, batch.out_slots)
+        triton_kernels.store_kv(k, v, k_pool, v_pool, batch.out_slots)
         q = _last_dim_contiguous(q)
         if plan.cascade is not None:
             return self.shared_prefix.run(q, layer_id, batch, plan.cascade, scale)

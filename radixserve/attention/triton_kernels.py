@@ -343,15 +343,18 @@ def _extend_kernel(
 
 
 def store_kv(
-    k: torch.Tensor,  # [T, Hkv, D], last dim contiguous
-    v: torch.Tensor,  # [T, Hkv, D], last dim contiguous
+    k: torch.Tensor,  # [T, Hkv, D]
+    v: torch.Tensor,  # [T, Hkv, D]
     k_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
     v_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
     out_slots: torch.Tensor,  # [T]
 ) -> None:
+    """``k_pool[out_slots] = k`` and ``v_pool[out_slots] = v`` (cast to the pool's dtype) in one kernel."""
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:
         return
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    v = v if v.stride(-1) == 1 else v.contiguous()
     _store_kv_kernel[(num_tokens,)](
         k, v, k_pool, v_pool, out_slots,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_pool.stride(0), k_pool.stride(1),

@@ -73,7 +73,9 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
         pool_size + 1, model_config.num_layers, model_config.num_kv_heads, model_config.head_dim, dtype, device
     )
     backend_name = _backend_name(args.attention_backend, device)
-    backend = create_backend(backend_name, kv_pool, num_q_heads=model_config.num_heads)
+    backend = create_backend(
+        backend_name, kv_pool, num_q_heads=model_config.num_heads, triton_decode_max_bs=args.triton_decode_max_bs
+    )
     if device.type == "cuda":
         backend.warmup(model_config.num_heads)
     sampler = Sampler(model_config.vocab_size, device=device, seed=args.random_seed)

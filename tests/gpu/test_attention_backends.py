@@ -26,14 +26,15 @@ NUM_KV_HEADS = 2
 LAYER = 1
 REL_TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 5e-3}
 HAS_CUDA = torch.cuda.is_available()
+NO_FLASHINFER = pytest.mark.skipif(
+    not HAS_CUDA or importlib.util.find_spec("flashinfer") is None, reason="no flashinfer"
+)
+# "flashinfer+triton-decode": the flashinfer backend with --triton-decode-max-bs 64, so the small
+# decode batches here run the Triton decode kernels and everything else FlashInfer (small_decode.py)
 BACKENDS = [
     pytest.param("triton", marks=pytest.mark.triton_interpreter),
-    pytest.param(
-        "flashinfer",
-        marks=pytest.mark.skipif(
-            not HAS_CUDA or importlib.util.find_spec("flashinfer") is None, reason="no flashinfer"
-        ),
-    ),
+    pytest.param("flashinfer", marks=NO_FLASHINFER),
+    pytest.param("flashinfer+triton-decode", marks=NO_FLASHINFER),
 ]
 
 
@@ -123,8 +124,9 @@ def make_pool(sequences: list[Sequence], shape: Shape, device, dtype=None) -> KV
 
 
 def make_backend(name: str, pool: KVPool, num_q_heads: int):
+    base, _, variant = name.partition("+")
     try:
-        return create_backend(name, pool, num_q_heads)
+        return create_backend(base, pool, num_q_heads, triton_decode_max_bs=64 if variant == "triton-decode" else 0)
     except ValueError as error:
         pytest.skip(f"{name}: {error}")
 
@@ -336,7 +338,7 @@ class StaticDecode:
         return self.batch(batch.seq_lens + [1] * pad)
 
 
-@pytest.mark.parametrize("backend_name", [pytest.param("triton", marks=pytest.mark.triton_interpreter), BACKENDS[1]])
+@pytest.mark.parametrize("backend_name", BACKENDS)
 def test_decode_graph_replays_match_eager(backend_name, device):
     """Capture one padded decode step (CUDA), replay it over new batches; off CUDA the
     ``prepare_graph`` forward runs directly (the same static-buffer protocol, no graph)."""

@@ -124,6 +124,42 @@ def test_graph_replay_and_overlap_match_the_plain_eager_loop(backend, model_dir,
     _release(fast)
 
 
+def test_small_decode_batches_on_triton_kernels_match_flashinfer_up_to_near_ties(model_dir, tokenizer_path):
+    """``--triton-decode-max-bs 16``: while the 24 prompts are admitted chunk by chunk the decode
+    batches are small (Triton decode, graphs of 1-16), then 24 (FlashInfer, graph of 24); prefill
+    and mixed steps stay on FlashInfer. Against the plain FlashInfer loop only near-ties may flip."""
+    pytest.importorskip("flashinfer")
+    from radixserve.attention.small_decode import SmallDecodeSplit
+
+    prompts = _prompts(24, seed=5)
+    plain = _engine(
+        model_dir,
+        tokenizer_path,
+        attention_backend="flashinfer",
+        disable_cuda_graph=True,
+        disable_overlap_schedule=True,
+    )
+    expected = _greedy(plain, prompts)
+    _release(plain)
+    split = _engine(
+        model_dir, tokenizer_path, attention_backend="flashinfer", triton_decode_max_bs=16, cuda_graph_max_bs=32
+    )
+    backend = split.core.runner.backend
+    assert isinstance(backend, SmallDecodeSplit)
+    graph_sizes = split.core.runner.graph_runner.sizes
+    assert {backend.route(_decode_batch(size)) for size in graph_sizes} == {backend.small, backend.large}
+    _assert_same_up_to_near_ties(_greedy(split, prompts), expected)
+    split.core.check_invariants()
+    _release(split)
+
+
+def _decode_batch(size: int):
+    from radixserve.attention.base import ForwardBatch
+
+    empty = torch.empty(0)
+    return ForwardBatch(empty, empty, empty, empty, empty, empty, [1] * size, [1] * size, empty)
+
+
 @pytest.mark.parametrize("backend", ["flashinfer", "triton"])
 def test_overlapped_loop_is_token_identical_to_the_synchronous_one_without_shared_prefixes(
     backend, model_dir, tokenizer_path
