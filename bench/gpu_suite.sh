@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline serving latency (issue 5); prefix policies sweep multiturn (issue 6).
+# Parts: offline serving latency latency-split (issue 5); prefix policies sweep multiturn (issue 6).
 # Expected on one H100/H200, if the engine reaches a fair share of the roofline: offline ~4 min,
 # serving ~3 min, latency ~1 min (issue 5 ~8 min); prefix ~6 min, policies ~4 min, sweep ~4 min,
 # multiturn ~4 min. Every part is a separate command under 10 minutes.
@@ -62,6 +62,10 @@ part() {
             --notes "suite: random-1024 scaled to 512 requests" ;;
     serving) run_part serving bench.serving --rates 4,8,16 --num-requests 200 ;;
     latency) run_part latency bench.latency ;;
+    latency-split)
+        # decode batches FlashInfer would run on its CUDA-core kernels go to the Triton decode
+        # kernels instead (bench against the plain latency part, same run)
+        run_part latency-split bench.latency --triton-decode-max-bs 63 --notes "--triton-decode-max-bs 63" ;;
     prefix)
         # no-sharing scaled to 512 requests (the control's prefill is the costliest run)
         run_part prefix bench.prefix_reuse --runs on-off --no-sharing-requests 512 \
@@ -69,7 +73,7 @@ part() {
     policies) run_part policies bench.prefix_reuse --runs policies ;;
     sweep) run_part sweep bench.prefix_sweep --png "$RESULTS/prefix_sweep_h100.png" ;;
     multiturn) run_part multiturn bench.multiturn_rag ;;
-    *) echo "unknown part $1 (offline serving latency prefix policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline serving latency latency-split prefix policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 
