@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline serving latency latency-split (issue 5); prefix policies sweep multiturn (issue 6).
+# Parts: offline serving latency latency-split profiles (issue 5); prefix policies sweep multiturn (issue 6).
 # Expected on one H100/H200, if the engine reaches a fair share of the roofline: offline ~4 min,
 # serving ~3 min, latency ~1 min (issue 5 ~8 min); prefix ~6 min, policies ~4 min, sweep ~4 min,
 # multiturn ~4 min. Every part is a separate command under 10 minutes.
@@ -73,7 +73,14 @@ part() {
     policies) run_part policies bench.prefix_reuse --runs policies ;;
     sweep) run_part sweep bench.prefix_sweep --png "$RESULTS/prefix_sweep_h100.png" ;;
     multiturn) run_part multiturn bench.multiturn_rag ;;
-    *) echo "unknown part $1 (offline serving latency latency-split prefix policies sweep multiturn all)"; FAILED+=("$1") ;;
+    profiles)
+        # diagnostics, no records: where a step's device time goes at batch 1, 32 and 768, and in
+        # an 8,192-token prefill chunk of workload (a)'s shape
+        run_part profile-bs1 bench.profile_step --batch 1 --input-len 1024 --top 14
+        run_part profile-bs32 bench.profile_step --batch 32 --input-len 1024 --top 14
+        run_part profile-bs768 bench.profile_step --batch 768 --input-len 256 --top 14
+        run_part profile-prefill bench.profile_step --phase prefill --batch 40 --input-len 200 --top 14 ;;
+    *) echo "unknown part $1 (offline serving latency latency-split profiles prefix policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 

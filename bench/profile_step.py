@@ -1,8 +1,11 @@
-"""Where a decode step's time goes: the engine's own steps under ``torch.profiler``.
+"""Where a decode (or prefill) step's time goes: the engine's own steps under ``torch.profiler``.
 
 One batch of ``--batch`` requests (prompts of ``--input-len`` tokens; with ``--groups G`` they
 come in G groups sharing a ``--shared-len``-token prefix, as in the shared-prefix workload) is
-prefilled, then ``--steps`` decode steps of the in-process engine are profiled. Printed: the wall
+prefilled, then ``--steps`` decode steps of the in-process engine are profiled. With ``--phase
+prefill`` the prefill steps themselves are profiled instead (chunks of ``--chunked-prefill-size``
+tokens, after a warm-up request, without the overlap schedule so that no decode step is in
+flight), from the first step to every request's first token. Printed: the wall
 time per step next to the time the device was busy (their gap is the device idling on the host),
 and the device kernels grouped by name, most time first, in ms per step with their share; the
 attention kernels, GEMMs and the rest summed apart. Without CUDA, the top host ops instead. No
@@ -12,6 +15,7 @@ record is written: this is a diagnostic.
   python -m bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176
   python -m bench.profile_step --preset cpu --batch 8 --input-len 64 --steps 4
   python -m bench.profile_step --batch 256 --trace /tmp/step.json   # also a Chrome trace
+  python -m bench.profile_step --phase prefill --batch 40 --input-len 200   # one 8,000-token chunk
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def build_parser():
     parser.add_argument("--groups", type=int, default=0, help="prompts share a prefix within G groups")
     parser.add_argument("--shared-len", type=int, default=0, help="tokens of each group's shared prefix")
     parser.add_argument("--steps", type=int, help="decode steps profiled (h100: 10)")
+    parser.add_argument("--phase", choices=("decode", "prefill"), default="decode", help="which steps to profile")
     parser.add_argument("--top", type=int, default=25, help="kernels listed")
     parser.add_argument("--trace", help="write a Chrome trace of the profiled steps here")
     cli.add_engine_flags(parser)
@@ -58,42 +63,70 @@ def main(argv=None) -> None:
     args.no_record = True
     setup = cli.model_setup(args)
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     from radixserve import Engine
     from radixserve.core.sampling_params import SamplingParams
 
-    engine = Engine(**setup.engine_kwargs)
+    kwargs = dict(setup.engine_kwargs)
+    if args.phase == "prefill":  # each step resolved before the next: no decode step in the profile
+        kwargs["disable_overlap_schedule"] = True
+    engine = Engine(**kwargs)
     core = engine.core
     params = SamplingParams.from_dict(
         {"max_new_tokens": args.steps + 64, "temperature": 0.0, "ignore_eos": True}
     )  # enough tokens to stay decoding through the profiled steps
     batch = prompts(args, setup.vocab_limit)
-    for number, prompt in enumerate(batch):
-        core.add_request(f"profile-{number}", prompt, params)
-    decoding: set[str] = set()
-    while len(decoding) < len(batch):  # prefill (chunked) until every request has its first token
-        decoding.update(o.request_id for o in core.step() if o.new_token_ids)
-    for _ in range(3):  # settle: graphs, allocator, the overlap pipeline
-        core.step()
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    if cuda:
-        torch.cuda.synchronize()
-    with profile(activities=activities) as prof:
-        started = time.perf_counter()
-        for _ in range(args.steps):
+    if args.phase == "prefill":  # first use of the prefill kernels and allocator outside the profile
+        warm = batch[0][: max(2, len(batch[0]) // 2)]
+        core.add_request("profile-warmup", warm, SamplingParams.from_dict({"max_new_tokens": 2}))
+        while core.has_work:
             core.step()
-        if cuda:
-            torch.cuda.synchronize()
-        wall = (time.perf_counter() - started) / args.steps
+        engine.flush_cache()
+    for number, prompt in enumerate(batch):
+        core.add_request(f"profile-{number}", prompt, params)
+    if args.phase == "prefill":
+        steps, wall, prof = _profiled(core, activities, cuda, lambda _, first: len(first) == len(batch))
+    else:
+        _until_first_tokens(core, len(batch))
+        for _ in range(3):  # settle: graphs, allocator, the overlap pipeline
+            core.step()
+        steps, wall, prof = _profiled(core, activities, cuda, lambda steps, _: steps == args.steps)
     if args.trace:
         prof.export_chrome_trace(args.trace)
     engine.shutdown()
-    report(prof, wall, args, cuda, setup.label)
+    report(prof, wall, steps, args, cuda, setup.label, sum(map(len, batch)))
 
 
-def report(prof, wall: float, args, cuda: bool, label: str) -> None:
+def _until_first_tokens(core, count: int) -> None:
+    decoding: set[str] = set()
+    while len(decoding) < count:  # prefill (chunked) until every request has its first token
+        decoding.update(o.request_id for o in core.step() if o.new_token_ids)
+
+
+def _profiled(core, activities, cuda: bool, done):
+    """Profile ``core.step()`` until ``done(steps, first_tokens)`` (the ids of requests that have
+    their first token). Returns (steps, wall seconds per step, the profiler)."""
+    import torch
+    from torch.profiler import profile
+
+    if cuda:
+        torch.cuda.synchronize()
+    steps, first_tokens = 0, set()
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        while not done(steps, first_tokens):
+            first_tokens.update(o.request_id for o in core.step() if o.new_token_ids)
+            steps += 1
+        if cuda:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - started) / max(steps, 1)
+    return steps, wall, prof
+
+
+def report(prof, wall: float, steps: int, args, cuda: bool, label: str, prompt_tokens: int) -> None:
     kernels: dict[str, float] = defaultdict(float)  # name -> device us over all profiled steps
     calls: dict[str, int] = defaultdict(int)
     for event in prof.events():
@@ -101,9 +134,11 @@ def report(prof, wall: float, args, cuda: bool, label: str) -> None:
             kernels[event.name] += event.device_time_total
             calls[event.name] += 1
     device_total = sum(kernels.values())
-    steps = args.steps
     shape = f"{args.groups} groups sharing {args.shared_len} tokens" if args.groups else "no shared prefix"
-    print(f"\n{label}: batch {args.batch}, input {args.input_len}, {shape}; {steps} decode steps profiled")
+    what = f"{steps} {args.phase} steps profiled"
+    if args.phase == "prefill":
+        what += f" ({prompt_tokens / steps:.0f} prompt tokens per step)"
+    print(f"\n{label}: batch {args.batch}, input {args.input_len}, {shape}; {what}")
     print(f"wall {wall * 1e3:.2f} ms/step; device busy {device_total / steps / 1e3:.2f} ms/step")
     if not cuda:
         top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.top]
