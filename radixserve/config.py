@@ -25,6 +25,9 @@ class SchedulerConfig:
     # Defer a new request whose uncached prefix is being computed by another this many tokens deep.
     in_batch_prefix_threshold: int = 32
     context_length: int = 2048
+    # Decodes ride along with prefill chunks in one step (False: a step with prefill work holds
+    # only prefill work, and the running decodes wait for a step without any).
+    mixed_chunk: bool = True
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class ServerArgs:
         "scales the KV kept free for running requests' future tokens at admission (0: admit greedily, retract later)",
     )
     disable_radix_cache: bool = _opt(False, "turn prefix reuse off (for comparisons)")
+    disable_mixed_chunk: bool = _opt(
+        False,
+        "prefill chunks run in steps of their own (the running decodes wait) instead of with the decodes;"
+        " pure decode steps can then use CUDA graphs and the shared-prefix cascade",
+    )
     attention_backend: str = _opt(
         "auto",
         "torch_native | flashinfer | triton | auto (CUDA: flashinfer if installed, else triton; CPU: torch_native)",
@@ -75,6 +83,7 @@ class ServerArgs:
             schedule_policy=self.schedule_policy,
             new_token_ratio=SchedulerConfig.new_token_ratio * self.schedule_conservativeness,
             context_length=context_length,
+            mixed_chunk=not self.disable_mixed_chunk,
         )
 
     @classmethod

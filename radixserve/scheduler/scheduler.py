@@ -119,20 +119,30 @@ class Scheduler:
     def _schedule(self) -> StepPlan:
         self.step_count += 1
         self.last_admitted = []
+        if not self.config.mixed_chunk:
+            prefill = self._prefill_work([], self.config.chunked_prefill_size)
+            if prefill:
+                return StepPlan(prefill)
         decoding = self._make_room_for_decode()
-        budget = max(0, self.config.chunked_prefill_size - len(decoding))
         plans = [self._plan(request, 1) for request in decoding]
+        if self.config.mixed_chunk:
+            plans += self._prefill_work(plans, max(0, self.config.chunked_prefill_size - len(decoding)))
+        if not plans and any(not r.awaiting_resolution for r in self.running):
+            self._retract(self._newest_running())
+            return self._schedule()
+        return StepPlan(plans)
+
+    def _prefill_work(self, planned: list[SequencePlan], budget: int) -> list[SequencePlan]:
+        """Next chunks of running requests still prefilling, then new admissions, within ``budget`` tokens."""
+        plans: list[SequencePlan] = []
         for request in self.running:
             if request.num_pending > 1 and budget > 0:
                 chunk = self._allocate_chunk(request, budget)
                 if chunk:
                     plans.append(self._plan_allocated(request, chunk))
                     budget -= chunk
-        plans.extend(self._admit(budget, plans))
-        if not plans and any(not r.awaiting_resolution for r in self.running):
-            self._retract(self._newest_running())
-            return self._schedule()
-        return StepPlan(plans)
+        plans.extend(self._admit(budget, planned + plans))
+        return plans
 
     def _make_room_for_decode(self) -> list[Request]:
         """Ensure one free slot per decoding request, retracting the newest requests if needed."""

@@ -59,6 +59,20 @@ def test_decode_runs_alongside_a_prefill_chunk():
     assert h.finished["long"].output_ids == reference_output(list(range(20, 30)), 1)
 
 
+def test_without_mixed_chunks_prefill_steps_hold_no_decodes_and_decodes_resume_after():
+    h = Harness(chunked_prefill_size=4, mixed_chunk=False)
+    h.add("short", [7, 8], max_new_tokens=5)
+    h.step()  # its prefill
+    h.step()  # a decode
+    h.add("long", list(range(20, 30)), max_new_tokens=1)
+    h.run()
+    steps = [[(s.request_id, len(s.input_ids)) for s in plan.sequences] for plan in h.plans if plan]
+    # the 10-token prompt in three chunk steps of its own (4 + 4 + 2), then "short" decodes again
+    assert steps[:6] == [[("short", 2)], [("short", 1)], [("long", 4)], [("long", 4)], [("long", 2)], [("short", 1)]]
+    assert h.finished["short"].output_ids == reference_output([7, 8], 5)
+    assert h.finished["long"].output_ids == reference_output(list(range(20, 30)), 1)
+
+
 def test_requests_sharing_an_uncached_prefix_compute_it_once():
     h = Harness()
     shared = list(range(40))
