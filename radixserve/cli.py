@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import logging
+import signal
 import sys
 import types
 import typing
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(namespace, args)
     from radixserve.server.app import run_server
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack to stderr
     run_server(args)
     return 0
 

@@ -12,10 +12,12 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 _LOG_STEPS_ENV = "RADIXSERVE_BENCH_LOG_STEPS"
 _DUMP_ENV = "RADIXSERVE_BENCH_STACK_DUMP_AFTER"
+_DUMP_AT_ENV = "RADIXSERVE_BENCH_STACK_DUMP_AT"  # the bench's own dump, as time.time()
 
 
 def log_engine_steps() -> None:
@@ -26,9 +28,17 @@ def log_engine_steps() -> None:
 
 def dump_stacks_after(seconds: float) -> None:
     """Print every thread's Python stack to stderr once ``seconds`` have passed (``--stack-dump-after``),
-    here and in every child started after: where a run that never finishes is stuck."""
+    here and in every child started after, and (``server_dump_delay``) in the servers the bench
+    starts, at the same moment: where a run that never finishes is stuck."""
     os.environ[_DUMP_ENV] = str(seconds)
+    os.environ[_DUMP_AT_ENV] = str(time.time() + seconds)
     _arm_stack_dump()
+
+
+def server_dump_delay() -> float | None:
+    """Seconds until the bench's own stack dump (``--stack-dump-after``), None without one."""
+    at = os.environ.get(_DUMP_AT_ENV)
+    return max(1.0, float(at) - time.time()) if at else None
 
 
 def _arm_stack_dump() -> None:

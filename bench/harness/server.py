@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from contextlib import contextmanager
 
 from bench.harness.cli import server_flags
 from bench.harness.http_client import new_session, post, stream_generate
+from bench.harness.isolated import server_dump_delay
 
 
 @contextmanager
 def running_server(engine_kwargs: dict, *extra_flags: str, timeout: float = 900):
-    """Start ``radixserve serve`` with the bench's engine flags; yield its base URL; stop it."""
-    from radixserve.server.launch import start_server, stop_server, wait_healthy
+    """Start ``radixserve serve`` with the bench's engine flags; yield its base URL; stop it. With
+    ``--stack-dump-after`` the server and its engine print their stacks when the bench does."""
+    from radixserve.server.launch import dump_stacks, start_server, stop_server, wait_healthy
 
     process, url = start_server(*server_flags(engine_kwargs), "--log-level", "warning", *extra_flags)
+    dump = None
     try:
         wait_healthy(url, process, timeout=timeout)
+        delay = server_dump_delay()
+        if delay is not None:
+            dump = threading.Timer(delay, dump_stacks, [process])
+            dump.daemon = True
+            dump.start()
         yield url
     finally:
+        if dump is not None:
+            dump.cancel()
         stop_server(process)
 
 

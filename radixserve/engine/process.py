@@ -12,8 +12,10 @@ back as one message, so the IPC cost is one round trip per step, not per request
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 def engine_main(args: ServerArgs, conn: Connection) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s engine] %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stack dumps on demand, as the server
     try:
         from radixserve.engine.engine_core import EngineCore
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -17,12 +20,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
-    """Launch the server with ``flags``; returns the process and its base URL (not yet healthy)."""
+def start_server(*flags: str, stderr=None) -> tuple[subprocess.Popen, str]:
+    """Launch the server with ``flags``; returns the process and its base URL (not yet healthy).
+    ``stderr``: where its log and stack dumps go (default: this process's stderr)."""
     port = free_port()
     cmd = [sys.executable, "-m", "radixserve", "serve", "--port", str(port), *flags]
-    process = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=stderr)
     return process, f"http://127.0.0.1:{port}"
+
+
+def dump_stacks(process: subprocess.Popen) -> None:
+    """Make the server and its engine process print every thread's Python stack to their stderr
+    (SIGUSR1, which both register with faulthandler): where a server that stopped answering is.
+    Only once it has started (before its handler is registered, SIGUSR1 ends the process)."""
+    for pid in [process.pid, *_engine_pids(process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+
+
+def _engine_pids(pid: int) -> list[int]:
+    """Children of ``pid`` started by multiprocessing's spawn (the engine; not its resource tracker,
+    which SIGUSR1 would kill)."""
+    pids = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:  # exited meanwhile
+                continue
+            if b"spawn_main" in cmdline:
+                pids.append(int(child))
+    return pids
 
 
 def health_status(url: str) -> int | None:

@@ -15,7 +15,7 @@ import urllib.request
 import openai
 import pytest
 
-from radixserve.server.launch import start_server, stop_server, wait_healthy
+from radixserve.server.launch import dump_stacks, start_server, stop_server, wait_healthy
 
 MODEL = "SmolLM2-135M-Instruct"
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
@@ -172,24 +172,41 @@ def test_models_endpoints(client):
 
 
 @pytest.fixture(scope="module")
-def keyed_server(default_model_dir):
-    process, url = start_server(
-        "--api-key", "s3cret", "--max-total-tokens", "2048", "--served-model-name", "smol", "--log-level", "warning"
-    )
+def keyed_server(default_model_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("keyed") / "stderr.log"
+    with log.open("wb") as stderr:
+        process, url = start_server(
+            "--api-key", "s3cret", "--max-total-tokens", "2048", "--served-model-name", "smol", "--log-level", "warning",
+            stderr=stderr,
+        )  # fmt: skip
     try:
         statuses = wait_healthy(url, process, timeout=120)  # what /health said while the model loaded
-        yield url, statuses
+        yield url, statuses, process, log
     finally:
         stop_server(process)
 
 
 def test_health_is_503_while_loading_then_200(keyed_server):
-    _, statuses = keyed_server
+    _, statuses, _, _ = keyed_server
     assert statuses[0] == 503 and statuses[-1] == 200
 
 
+def test_sigusr1_dumps_the_server_and_engine_stacks_and_serving_goes_on(keyed_server):
+    url, _, process, log = keyed_server
+    dump_stacks(process)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "radixserve/engine/process.py" in text and "radixserve/cli.py" in text:
+            break
+        time.sleep(0.1)
+    assert "radixserve/engine/process.py" in text, text[-2000:]  # the engine process's loop
+    assert "radixserve/cli.py" in text, text[-2000:]  # the server's main thread
+    assert _get(url + "/health")[0] == 200
+
+
 def test_api_key_protects_everything_but_health(keyed_server):
-    url, _ = keyed_server
+    url, _, _, _ = keyed_server
     assert _get(url + "/health")[0] == 200
     status, body = _get(url + "/v1/models")
     assert status == 401
@@ -204,7 +221,7 @@ def test_api_key_protects_everything_but_health(keyed_server):
 
 
 def test_prompt_longer_than_the_context_is_a_400_naming_messages(keyed_server):
-    url, _ = keyed_server
+    url, _, _, _ = keyed_server
     keyed = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
     long_text = "word " * 3000
     with pytest.raises(openai.BadRequestError) as err:
