@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 SERVE_ARGS ?=
 
-.PHONY: serve test lint venv clean-venv bench-cpu gpu-wheels
+.PHONY: serve test lint venv clean-venv bench-cpu gpu-wheels gpu-model-parts
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ gpu-wheels: $(RUNTIME_STAMP)
 		src = ensure_default_model(); dst = pathlib.Path('.gpu/tok'); dst.mkdir(parents=True, exist_ok=True); \
 		[shutil.copy(src / n, dst / n) for n in ('tokenizer.json', 'tokenizer_config.json', \
 		'special_tokens_map.json', 'chat_template.jinja', 'config.json', 'generation_config.json')]"
+
+# The embedded model for tests/gpu/test_embedded_model_gpu.py on that machine: its 98 MB GGUF does
+# not fit one call's 64 MiB carry, so it travels in two parts (.gpu-model/part-aa, part-ab), one
+# call each, to a machine kept warm; there `cat .gpu-model/part-* > .gpu-model/smol.gguf` and
+# RADIXSERVE_EMBEDDED_MODEL=.gpu-model/smol.gguf (docs/benchmarks.md, "GPU suite").
+gpu-model-parts: $(RUNTIME_STAMP)
+	mkdir -p .gpu-model
+	split -b 50M "$$($(PY) -c 'from radixserve.model.default_model import default_gguf_path; print(default_gguf_path())')" \
+		.gpu-model/part-
 
 clean-venv:
 	rm -rf $(VENV)
