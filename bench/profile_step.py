@@ -4,8 +4,8 @@ One batch of ``--batch`` requests (prompts of ``--input-len`` tokens; with ``--g
 come in G groups sharing a ``--shared-len``-token prefix, as in the shared-prefix workload) is
 prefilled, then ``--steps`` decode steps of the in-process engine are profiled. With ``--phase
 prefill`` the prefill steps themselves are profiled instead (chunks of ``--chunked-prefill-size``
-tokens, after a warm-up request, without the overlap schedule so that no decode step is in
-flight), from the first step to every request's first token. Printed: the wall
+tokens, after the same prefill once unprofiled, without the overlap schedule or mixed chunks so
+that no decode runs in them), from the first step to every request's first token. Printed: the wall
 time per step next to the time the device was busy (their gap is the device idling on the host),
 and the device kernels grouped by name, most time first, in ms per step with their share; the
 attention kernels, GEMMs and the rest summed apart. Without CUDA, the top host ops instead. No
@@ -69,8 +69,8 @@ def main(argv=None) -> None:
     from radixserve.core.sampling_params import SamplingParams
 
     kwargs = dict(setup.engine_kwargs)
-    if args.phase == "prefill":  # each step resolved before the next: no decode step in the profile
-        kwargs["disable_overlap_schedule"] = True
+    if args.phase == "prefill":  # no decode in the profiled steps: none in flight, none mixed in
+        kwargs.update(disable_overlap_schedule=True, disable_mixed_chunk=True)
     engine = Engine(**kwargs)
     core = engine.core
     params = SamplingParams.from_dict(
@@ -79,12 +79,15 @@ def main(argv=None) -> None:
     batch = prompts(args, setup.vocab_limit)
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    if args.phase == "prefill":  # first use of the prefill kernels and allocator outside the profile
-        warm = batch[0][: max(2, len(batch[0]) // 2)]
-        core.add_request("profile-warmup", warm, SamplingParams.from_dict({"max_new_tokens": 2}))
+    if args.phase == "prefill":  # the same prefill once unprofiled: kernels, plans, allocator at full size
+        warm = SamplingParams.from_dict({"max_new_tokens": 1})
+        for number, prompt in enumerate(batch):
+            core.add_request(f"profile-warmup-{number}", prompt, warm)
         while core.has_work:
             core.step()
         engine.flush_cache()
+    if args.phase == "prefill":  # one token each: no request decodes between the chunks
+        params = SamplingParams.from_dict({"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True})
     for number, prompt in enumerate(batch):
         core.add_request(f"profile-{number}", prompt, params)
     if args.phase == "prefill":
@@ -108,7 +111,7 @@ def _until_first_tokens(core, count: int) -> None:
 
 def _profiled(core, activities, cuda: bool, done):
     """Profile ``core.step()`` until ``done(steps, first_tokens)`` (the ids of requests that have
-    their first token). Returns (steps, wall seconds per step, the profiler)."""
+    their first token) or the engine runs out of work. Returns (steps, wall s per step, the profiler)."""
     import torch
     from torch.profiler import profile
 
@@ -117,7 +120,7 @@ def _profiled(core, activities, cuda: bool, done):
     steps, first_tokens = 0, set()
     with profile(activities=activities) as prof:
         started = time.perf_counter()
-        while not done(steps, first_tokens):
+        while core.has_work and not done(steps, first_tokens):
             first_tokens.update(o.request_id for o in core.step() if o.new_token_ids)
             steps += 1
         if cuda:

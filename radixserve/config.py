@@ -25,8 +25,8 @@ class SchedulerConfig:
     # Defer a new request whose uncached prefix is being computed by another this many tokens deep.
     in_batch_prefix_threshold: int = 32
     context_length: int = 2048
-    # Decodes ride along with prefill chunks in one step (False: a step with prefill work holds
-    # only prefill work, and the running decodes wait for a step without any).
+    # Decodes ride along with prefill chunks in one step (False: prefill work gets steps of its own,
+    # alternating with decode steps while both have work).
     mixed_chunk: bool = True
 
 
@@ -54,7 +54,7 @@ class ServerArgs:
     disable_radix_cache: bool = _opt(False, "turn prefix reuse off (for comparisons)")
     disable_mixed_chunk: bool = _opt(
         False,
-        "prefill chunks run in steps of their own (the running decodes wait) instead of with the decodes;"
+        "prefill chunks run in steps of their own, alternating with decode steps, instead of with the decodes;"
         " pure decode steps can then use CUDA graphs and the shared-prefix cascade",
     )
     attention_backend: str = _opt(

@@ -36,9 +36,11 @@ def dump_stacks_after(seconds: float) -> None:
 
 
 def server_dump_delay() -> float | None:
-    """Seconds until the bench's own stack dump (``--stack-dump-after``), None without one."""
+    """Seconds until the bench's own stack dump (``--stack-dump-after``); None without one or once
+    it is past."""
     at = os.environ.get(_DUMP_AT_ENV)
-    return max(1.0, float(at) - time.time()) if at else None
+    delay = float(at) - time.time() if at else None
+    return delay if delay is not None and delay > 0 else None
 
 
 def _arm_stack_dump() -> None:

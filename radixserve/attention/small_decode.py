@@ -9,7 +9,9 @@ decode wins (17.1 vs 19.0 ms at batch 256). So ``--triton-decode-max-bs N`` rout
 batches of at most ``N`` sequences to a ``TritonBackend`` over the same pool, and every other step
 (prefill, extend, mixed, larger decode) to the ``FlashInferBackend``. Each backend keeps its own
 plans, CUDA-graph state and shared-prefix cascade; a step is routed by its size, and a captured
-graph by its padded size, so a replay always finds the state its capture planned.
+graph by its padded size, so a replay always finds the state its capture planned. So for
+graph-replayed batches the cut-off is the largest capture size <= N (with N = 63, batches of 57-63
+pad to 64 and replay FlashInfer's graph).
 """
 
 from __future__ import annotations

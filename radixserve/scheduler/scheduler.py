@@ -44,6 +44,7 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.step_count = 0
+        self._last_prefill_only = False  # without mixed chunks: the last step held only prefill work
         self.num_retractions = 0
         # (request, cached prefix tokens) admitted by the latest schedule(), for logs and metrics
         self.last_admitted: list[tuple[Request, int]] = []
@@ -120,7 +121,7 @@ class Scheduler:
         self.step_count += 1
         self.last_admitted = []
         if not self.config.mixed_chunk:
-            prefill = self._prefill_work([], self.config.chunked_prefill_size)
+            prefill = self._prefill_only_step()
             if prefill:
                 return StepPlan(prefill)
         decoding = self._make_room_for_decode()
@@ -131,6 +132,18 @@ class Scheduler:
             self._retract(self._newest_running())
             return self._schedule()
         return StepPlan(plans)
+
+    def _prefill_only_step(self) -> list[SequencePlan]:
+        """Without mixed chunks: this step's prefill work, unless the last step was prefill-only and
+        decodes are waiting, so that prefill and decode steps alternate while both have work (a
+        stream of arrivals must not stall the running requests)."""
+        decodes_waiting = any(r.num_pending == 1 and not r.awaiting_resolution for r in self.running)
+        if self._last_prefill_only and decodes_waiting:
+            self._last_prefill_only = False
+            return []
+        plans = self._prefill_work([], self.config.chunked_prefill_size)
+        self._last_prefill_only = bool(plans)
+        return plans
 
     def _prefill_work(self, planned: list[SequencePlan], budget: int) -> list[SequencePlan]:
         """Next chunks of running requests still prefilling, then new admissions, within ``budget`` tokens."""

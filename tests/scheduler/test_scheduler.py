@@ -59,18 +59,32 @@ def test_decode_runs_alongside_a_prefill_chunk():
     assert h.finished["long"].output_ids == reference_output(list(range(20, 30)), 1)
 
 
-def test_without_mixed_chunks_prefill_steps_hold_no_decodes_and_decodes_resume_after():
+def test_without_mixed_chunks_prefill_and_decode_steps_alternate():
     h = Harness(chunked_prefill_size=4, mixed_chunk=False)
-    h.add("short", [7, 8], max_new_tokens=5)
+    h.add("short", [7, 8], max_new_tokens=6)
     h.step()  # its prefill
     h.step()  # a decode
     h.add("long", list(range(20, 30)), max_new_tokens=1)
     h.run()
     steps = [[(s.request_id, len(s.input_ids)) for s in plan.sequences] for plan in h.plans if plan]
-    # the 10-token prompt in three chunk steps of its own (4 + 4 + 2), then "short" decodes again
-    assert steps[:6] == [[("short", 2)], [("short", 1)], [("long", 4)], [("long", 4)], [("long", 2)], [("short", 1)]]
-    assert h.finished["short"].output_ids == reference_output([7, 8], 5)
+    # the 10-token prompt in three chunk steps of its own (4 + 4 + 2), "short" decoding in between
+    assert steps[:7] == [
+        [("short", 2)], [("short", 1)], [("long", 4)], [("short", 1)], [("long", 4)], [("short", 1)], [("long", 2)]
+    ]  # fmt: skip
+    assert h.finished["short"].output_ids == reference_output([7, 8], 6)
     assert h.finished["long"].output_ids == reference_output(list(range(20, 30)), 1)
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
+def test_without_mixed_chunks_an_arrival_every_step_does_not_stall_decodes(overlap):
+    h = Harness(pool_size=4096, chunked_prefill_size=64, max_running_requests=256, mixed_chunk=False, overlap=overlap)
+    h.add("decoding", [1, 2, 3], max_new_tokens=20)
+    for i in range(40):
+        h.add(f"arrival{i}", [9, i % 5, 4, 4, 2], max_new_tokens=30)
+        h.step()
+    decode_steps = [n for n, plan in enumerate(h.plans) if any(s.request_id == "decoding" for s in plan.sequences)]
+    assert len(decode_steps) >= 19  # its prefill, then a decode at least every other step
+    assert max(b - a for a, b in zip(decode_steps, decode_steps[1:])) <= 2
 
 
 def test_requests_sharing_an_uncached_prefix_compute_it_once():
