@@ -82,3 +82,21 @@ def test_decode_planning_does_not_wait_for_queued_gpu_work(backend_name):
     backend.prepare_graph(batch)
     assert not done.query(), f"{backend_name}: planning a decode step waited for the queued GPU sleep"
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_mixed_step_planning_does_not_wait_for_queued_gpu_work(backend_name):
+    """A step with prefill work (an extend over a prefix hit, a fresh prompt) and decodes: planned
+    eagerly, with FlashInfer through its prefill wrapper, whose plan copies kv lengths it computes
+    on the host."""
+    device = torch.device("cuda")
+    shape = Shape(NUM_KV_HEADS * 4, 128)
+    sequences = make_sequences([(True, 30, 1), (True, 5, 7), (False, 0, 40)], shape, device, shared_len=40)
+    pool = make_pool(sequences, shape, device)
+    backend = make_backend(backend_name, pool, shape.num_q_heads)
+    batch = make_batch(sequences, device)
+    backend.prepare(batch)  # first plans load kernels: not timed
+    done = busy_gpu()
+    backend.prepare(batch)
+    assert not done.query(), f"{backend_name}: planning a mixed step waited for the queued GPU sleep"
+    torch.cuda.synchronize()
