@@ -25,6 +25,11 @@ else
 fi
 export FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-/tmp/fi}
 python3 -m bench.fi_cache .gpu/fi "$FLASHINFER_WORKSPACE_BASE" "$SITE"
+# Triton's kernel cache (keyed by source, compiler and GPU: portable between machines of a kind):
+# carried as .gpu/triton.tgz, so a fresh machine does not compile every kernel variant again
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
+mkdir -p "$TRITON_CACHE_DIR"
+[ -f .gpu/triton.tgz ] && tar xzf .gpu/triton.tgz -C "$TRITON_CACHE_DIR"
 export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1 PY=python3
 export BENCH_TOKENIZER=${BENCH_TOKENIZER:-$PWD/.gpu/tok}
@@ -48,9 +53,13 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
     python3 -m bench.summary "${BENCH_RESULTS_DIR:-${OUT:-bench/results}}"
 fi
 # hand FlashInfer's JIT cache back (a fresh machine rebuilds it in ~2 min): unpack it into .gpu/fi
-# next time with `cat fi.tgz.* | tar xzf - -C .gpu` (files back from $OUT are at most 16 MiB each)
+# next time with `cat fi.tgz.* | tar xzf - -C .gpu` (files back from $OUT are at most 16 MiB each);
+# and Triton's: `cat triton.tgz.* > .gpu/triton.tgz`
 if [ -n "${OUT:-}" ] && [ -d "$FLASHINFER_WORKSPACE_BASE" ]; then
     tar czf - -C "$(dirname "$FLASHINFER_WORKSPACE_BASE")" "$(basename "$FLASHINFER_WORKSPACE_BASE")" |
         split -b 15M - "$OUT/fi.tgz."
+fi
+if [ -n "${OUT:-}" ]; then
+    tar czf - -C "$TRITON_CACHE_DIR" . | split -b 15M - "$OUT/triton.tgz."
 fi
 exit $status
