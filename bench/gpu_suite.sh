@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline serving latency latency-split profiles (issue 5); prefix policies sweep multiturn (issue 6).
+# Parts: offline serving latency latency-split profiles (issue 5); prefix prefix-nomix policies sweep multiturn (issue 6).
 # Expected on one H100/H200, if the engine reaches a fair share of the roofline: offline ~4 min,
 # serving ~3 min, latency ~1 min (issue 5 ~8 min); prefix ~6 min, policies ~4 min, sweep ~4 min,
 # multiturn ~4 min. Every part is a separate command under 10 minutes.
@@ -63,13 +63,17 @@ part() {
     serving) run_part serving bench.serving --rates 4,8,16 --num-requests 200 ;;
     latency) run_part latency bench.latency ;;
     latency-split)
-        # decode batches FlashInfer would run on its CUDA-core kernels go to the Triton decode
-        # kernels instead (bench against the plain latency part, same run)
-        run_part latency-split bench.latency --triton-decode-max-bs 63 --notes "--triton-decode-max-bs 63" ;;
+        # the latency part, and side by side in the same run the decode batches FlashInfer would
+        # run on its CUDA-core kernels on the Triton decode kernels instead
+        run_part latency-split bench.latency --variant "--triton-decode-max-bs 63" ;;
     prefix)
         # no-sharing scaled to 512 requests (the control's prefill is the costliest run)
         run_part prefix bench.prefix_reuse --runs on-off --no-sharing-requests 512 \
             --notes "suite: no-sharing scaled to 512 requests" ;;
+    prefix-nomix)
+        # shared-prefix on/off, then again with --disable-mixed-chunk, side by side in one run
+        run_part prefix-nomix bench.prefix_reuse --runs on-off --workload shared-prefix \
+            --variant=--disable-mixed-chunk ;;
     policies) run_part policies bench.prefix_reuse --runs policies ;;
     sweep) run_part sweep bench.prefix_sweep --png "$RESULTS/prefix_sweep_h100.png" ;;
     multiturn) run_part multiturn bench.multiturn_rag ;;
@@ -80,7 +84,7 @@ part() {
         run_part profile-bs32 bench.profile_step --batch 32 --input-len 1024 --top 14
         run_part profile-bs768 bench.profile_step --batch 768 --input-len 256 --top 14
         run_part profile-prefill bench.profile_step --phase prefill --batch 40 --input-len 200 --top 14 ;;
-    *) echo "unknown part $1 (offline serving latency latency-split profiles prefix policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline serving latency latency-split profiles prefix prefix-nomix policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 

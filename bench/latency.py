@@ -14,6 +14,7 @@ One JSONL record per batch size (workload ``latency-bs1`` ...).
   python -m bench.latency --preset h100
   python -m bench.latency --preset cpu
   python -m bench.latency --batch-sizes 1,64 --input-len 2048
+  python -m bench.latency --variant "--triton-decode-max-bs 63"   # plain and variant side by side
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def build_parser():
     parser.add_argument("--input-len", type=int, help="prompt tokens per request (h100: 1024)")
     parser.add_argument("--decode-steps", type=int, help="decode steps timed per batch (h100: 32)")
     cli.add_engine_flags(parser)
+    cli.add_variant_flag(parser)
     return parser
 
 
@@ -94,48 +96,25 @@ def main(argv=None) -> None:
     speed = run_isolated(measure_device, setup.dtype_name)
     shape = ModelShape.from_config_dir(setup.config_dir, 4 if setup.dtype_name == "float32" else 2)
     print(f"device: {speed.card}: {speed.describe()}\nmodel: {setup.label}: {shape.describe()}")
-    measured = run_isolated(
-        measure_batches,
-        setup.engine_kwargs,
-        batch_sizes,
-        args.input_len,
-        args.decode_steps,
-        setup.vocab_limit,
-        args.seed,
-    )
     reporter = Reporter.from_args(args, setup.label, speed.card)
     weight_read = shape.weight_read_seconds(speed)
     rows = []
-    for batch in batch_sizes:
-        prefill, steps = measured[batch]
-        decode = statistics.median(steps)
-        context = batch * (args.input_len + args.decode_steps // 2)
-        roof_decode = shape.decode_step_seconds(speed, batch, context)
-        roof_prefill = max(batch * shape.prefill_seconds(speed, args.input_len, 0), weight_read)
-        summary = {
-            "num_requests": batch,
-            "output_tok_s": round(batch / decode, 2),
-            "roofline_output_tok_s": round(batch / roof_decode, 2),
-            "batch": batch,
-            "input_len": args.input_len,
-            "prefill_ms": round(prefill * 1e3, 2),
-            "prefill_tok_s": round(batch * args.input_len / prefill, 1),
-            "roofline_prefill_ms": round(roof_prefill * 1e3, 2),
-            "decode_ms_per_step": round(decode * 1e3, 3),
-            "roofline_decode_ms": round(roof_decode * 1e3, 3),
-            "weight_read_ms": round(weight_read * 1e3, 3),
-            "decode_vs_weight_read": round(decode / weight_read, 2),
-            "decode_steps_timed": len(steps),
-        }
-        notes = "decode tok/s = batch / median decode step; weight read = weight bytes / measured copy bandwidth"
-        rows.append(
-            reporter.record(
-                f"latency-bs{batch}", summary, notes, device_speed=speed.describe(), engine_args=setup.engine_kwargs
-            )
+    for variant, engine_kwargs in cli.variants(args, setup.engine_kwargs):
+        measured = run_isolated(
+            measure_batches, engine_kwargs, batch_sizes, args.input_len, args.decode_steps, setup.vocab_limit, args.seed
         )
+        for batch in batch_sizes:
+            summary = _summary(measured[batch], batch, args, shape, speed, weight_read)
+            notes = "decode tok/s = batch / median decode step; weight read = weight bytes / measured copy bandwidth"
+            notes += f"; variant {variant}" if variant else ""
+            record = reporter.record(
+                f"latency-bs{batch}", summary, notes, device_speed=speed.describe(), engine_args=engine_kwargs
+            )
+            rows.append({**record, "variant": variant or "-"})
     print_table(
         rows,
         [
+            ("variant", "variant"),
             ("batch", "batch"),
             ("input_len", "input"),
             ("prefill_ms", "prefill ms"),
@@ -149,6 +128,29 @@ def main(argv=None) -> None:
         ],
         title=f"latency, {setup.label}, {speed.card}, commit {reporter.commit} (goal: batch 1 decode <= 1.3x weight read)",
     )
+
+
+def _summary(measured, batch: int, args, shape: ModelShape, speed, weight_read: float) -> dict:
+    prefill, steps = measured
+    decode = statistics.median(steps)
+    context = batch * (args.input_len + args.decode_steps // 2)
+    roof_decode = shape.decode_step_seconds(speed, batch, context)
+    roof_prefill = max(batch * shape.prefill_seconds(speed, args.input_len, 0), weight_read)
+    return {
+        "num_requests": batch,
+        "output_tok_s": round(batch / decode, 2),
+        "roofline_output_tok_s": round(batch / roof_decode, 2),
+        "batch": batch,
+        "input_len": args.input_len,
+        "prefill_ms": round(prefill * 1e3, 2),
+        "prefill_tok_s": round(batch * args.input_len / prefill, 1),
+        "roofline_prefill_ms": round(roof_prefill * 1e3, 2),
+        "decode_ms_per_step": round(decode * 1e3, 3),
+        "roofline_decode_ms": round(roof_decode * 1e3, 3),
+        "weight_read_ms": round(weight_read * 1e3, 3),
+        "decode_vs_weight_read": round(decode / weight_read, 2),
+        "decode_steps_timed": len(steps),
+    }
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def build_parser():
     parser.add_argument("--max-total-tokens-constrained", type=int, help="KV pool of the policies run (h100: 32768)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per case, the fastest kept (cache flushed each)")
     cli.add_engine_flags(parser)
+    cli.add_variant_flag(parser)
     return parser
 
 
@@ -98,10 +99,9 @@ class _Rows:
         summary["pool_tokens"] = run.pool_tokens
         return summary
 
-    def record(self, workload: str, summary: dict, notes: str, **extra) -> dict:
-        return self.reporter.record(
-            workload, summary, notes, shape=_shape(self.args), engine_args=self.setup.engine_kwargs, **extra
-        )
+    def record(self, workload: str, summary: dict, notes: str, engine_args: dict | None = None, **extra) -> dict:
+        engine_args = self.setup.engine_kwargs if engine_args is None else engine_args
+        return self.reporter.record(workload, summary, notes, shape=_shape(self.args), engine_args=engine_args, **extra)
 
 
 def main(argv=None) -> None:
@@ -122,6 +122,7 @@ def main(argv=None) -> None:
         records,
         [
             ("workload", "workload"),
+            ("variant", "variant"),
             ("cache", "cache"),
             ("policy", "policy"),
             ("pool_tokens", "KV pool"),
@@ -139,18 +140,28 @@ def main(argv=None) -> None:
 
 
 def _on_off(rows: _Rows, names: list[str]) -> list[dict]:
+    """Cache on and off for the plain engine, then for each ``--variant`` (both again: a variant
+    that became the default would change the baseline too)."""
     args = rows.args
     cases = [EngineCase(name, rows.workloads[name], args.repeats) for name in names]
-    on_kwargs = {k: v for k, v in rows.setup.engine_kwargs.items() if k != "disable_radix_cache"}
-    on = run_isolated(run_engine_cases, on_kwargs, cases)
-    off = run_isolated(run_engine_cases, {**on_kwargs, "disable_radix_cache": True}, cases)
-    policy = on_kwargs.get("schedule_policy", "lpm")
     records = []
-    for name in names:
-        on_summary, off_summary = rows.summary(name, on), rows.summary(name, off)
-        speedup = round(on_summary["output_tok_s"] / off_summary["output_tok_s"], 2)
-        records.append(rows.record(name, on_summary, "cache on", cache="on", policy=policy, speedup=speedup))
-        records.append(rows.record(name, off_summary, "--disable-radix-cache", cache="off", policy=policy))
+    for variant, engine_kwargs in cli.variants(args, rows.setup.engine_kwargs):
+        on_kwargs = {k: v for k, v in engine_kwargs.items() if k != "disable_radix_cache"}
+        on = run_isolated(run_engine_cases, on_kwargs, cases)
+        off_kwargs = {**on_kwargs, "disable_radix_cache": True}
+        off = run_isolated(run_engine_cases, off_kwargs, cases)
+        policy = on_kwargs.get("schedule_policy", "lpm")
+        suffix = f"; variant {variant}" if variant else ""
+        for name in names:
+            on_summary, off_summary = rows.summary(name, on), rows.summary(name, off)
+            speedup = round(on_summary["output_tok_s"] / off_summary["output_tok_s"], 2)
+            common = {"policy": policy, "variant": variant or "-"}
+            records.append(
+                rows.record(name, on_summary, "cache on" + suffix, on_kwargs, cache="on", speedup=speedup, **common)
+            )
+            records.append(
+                rows.record(name, off_summary, "--disable-radix-cache" + suffix, off_kwargs, cache="off", **common)
+            )
     return records
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,35 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     from radixserve.cli import add_server_args
 
     add_server_args(parser.add_argument_group("engine (radixserve ServerArgs; forwarded unchanged)"))
+
+
+def add_variant_flag(parser: argparse.ArgumentParser) -> None:
+    """``--variant FLAGS`` (repeatable): the same measurement again with extra engine flags, in the
+    same run, printed and recorded next to the plain one (see ``variants``)."""
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help="also measure the engine with these extra flags, side by side (e.g. '--triton-decode-max-bs 63')",
+    )
+
+
+def variants(args: argparse.Namespace, engine_kwargs: dict) -> list[tuple[str, dict]]:
+    """``[(label, engine kwargs)]``: the plain engine ("" label), then one per ``--variant``."""
+    from radixserve.cli import add_server_args
+
+    parser = argparse.ArgumentParser(prog="--variant", add_help=False)
+    add_server_args(parser)
+    unset = object()
+    parser.set_defaults(**{action.dest: unset for action in parser._actions})  # only what a variant names
+    runs = [("", dict(engine_kwargs))]
+    for text in args.variant:
+        given = {
+            name: value for name, value in vars(parser.parse_args(shlex.split(text))).items() if value is not unset
+        }
+        runs.append((text, {**engine_kwargs, **given}))
+    return runs
 
 
 def parse(parser: argparse.ArgumentParser, bench_presets: dict[str, dict], argv=None) -> argparse.Namespace:
