@@ -83,7 +83,9 @@ part() {
         run_part profile-bs1 bench.profile_step --batch 1 --input-len 1024 --top 14
         run_part profile-bs32 bench.profile_step --batch 32 --input-len 1024 --top 14
         run_part profile-bs768 bench.profile_step --batch 768 --input-len 256 --top 14
-        run_part profile-prefill bench.profile_step --phase prefill --batch 40 --input-len 200 --top 14 ;;
+        run_part profile-prefill bench.profile_step --phase prefill --batch 40 --input-len 200 --top 14
+        # one serving-sized prompt: an eager step's host launch cost against its device time (TTFT)
+        run_part profile-prefill-one bench.profile_step --phase prefill --batch 1 --input-len 200 --top 14 ;;
     *) echo "unknown part $1 (offline serving latency latency-split profiles prefix prefix-nomix policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
