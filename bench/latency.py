@@ -8,7 +8,9 @@ at once and stepped to completion:
 - decode ms/step: the median step time once every request is decoding (``--decode-steps`` steps),
   and decode tok/s = batch / that;
 - against the roofline measured in the same run, and for every batch the decode step over the
-  time to read the weights once (goal at batch 1: within 1.3x).
+  time to read the weights once (goal at batch 1: within 1.3x);
+- next to Hugging Face ``generate`` on the same model, card and batch in the same run (unless
+  ``--skip-hf``): its prefill (one new token) and its decode ms per step.
 One JSONL record per batch size (workload ``latency-bs1`` ...).
 
   python -m bench.latency --preset h100
@@ -24,6 +26,7 @@ import time
 
 from bench.harness import cli, workloads
 from bench.harness.engine_runs import drive, flush
+from bench.harness.hf_baseline import hf_latency
 from bench.harness.isolated import run_isolated
 from bench.harness.report import Reporter
 from bench.harness.roofline import ModelShape, measure_device
@@ -40,6 +43,7 @@ def build_parser():
     parser.add_argument("--batch-sizes", help="comma-separated (h100: 1,32,256)")
     parser.add_argument("--input-len", type=int, help="prompt tokens per request (h100: 1024)")
     parser.add_argument("--decode-steps", type=int, help="decode steps timed per batch (h100: 32)")
+    parser.add_argument("--skip-hf", action="store_true", help="no Hugging Face baseline")
     cli.add_engine_flags(parser)
     cli.add_variant_flag(parser)
     return parser
@@ -98,6 +102,7 @@ def main(argv=None) -> None:
     print(f"device: {speed.card}: {speed.describe()}\nmodel: {setup.label}: {shape.describe()}")
     reporter = Reporter.from_args(args, setup.label, speed.card)
     weight_read = shape.weight_read_seconds(speed)
+    hf = {} if args.skip_hf else _hf_baseline(args, setup, batch_sizes)
     rows = []
     for variant, engine_kwargs in cli.variants(args, setup.engine_kwargs):
         measured = run_isolated(
@@ -105,6 +110,8 @@ def main(argv=None) -> None:
         )
         for batch in batch_sizes:
             summary = _summary(measured[batch], batch, args, shape, speed, weight_read)
+            if batch in hf:
+                summary.update(_versus_hf(hf[batch], summary, batch))
             notes = "decode tok/s = batch / median decode step; weight read = weight bytes / measured copy bandwidth"
             notes += f"; variant {variant}" if variant else ""
             record = reporter.record(
@@ -125,9 +132,40 @@ def main(argv=None) -> None:
             ("output_tok_s", "decode tok/s"),
             ("weight_read_ms", "weight read ms"),
             ("decode_vs_weight_read", "decode / weight read"),
+            ("hf_prefill_ms", "HF prefill ms"),
+            ("hf_decode_ms_per_step", "HF decode ms/step"),
+            ("decode_vs_hf", "x HF decode"),
         ],
         title=f"latency, {setup.label}, {speed.card}, commit {reporter.commit} (goal: batch 1 decode <= 1.3x weight read)",
     )
+
+
+def _hf_baseline(args, setup, batch_sizes: list[int]) -> dict[int, dict]:
+    """HF ``generate`` on the same model, card and batches, in this run (bench.harness.hf_baseline)."""
+    pretrained = setup.engine_kwargs.get("load_format") != "dummy"
+    hf = run_isolated(
+        hf_latency,
+        str(setup.config_dir),
+        setup.dtype_name,
+        batch_sizes,
+        args.input_len,
+        args.decode_steps,
+        setup.vocab_limit,
+        pretrained,
+        args.seed,
+    )
+    for batch in batch_sizes:
+        print(f"HF generate, batch {batch} x {args.input_len} in: {hf[batch]}")
+    return hf
+
+
+def _versus_hf(hf: dict, summary: dict, batch: int) -> dict:
+    return {
+        "hf_prefill_ms": hf["prefill_ms"],
+        "hf_decode_ms_per_step": hf["decode_ms_per_step"],
+        "hf_output_tok_s": round(batch / hf["decode_ms_per_step"] * 1e3, 2),
+        "decode_vs_hf": round(hf["decode_ms_per_step"] / summary["decode_ms_per_step"], 2),
+    }
 
 
 def _summary(measured, batch: int, args, shape: ModelShape, speed, weight_read: float) -> dict:
