@@ -7,9 +7,11 @@
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
 # Parts: offline serving latency latency-split profiles (issue 5); prefix prefix-nomix policies sweep multiturn (issue 6).
-# Expected on one H100/H200, if the engine reaches a fair share of the roofline: offline ~4 min,
-# serving ~3 min, latency ~1 min (issue 5 ~8 min); prefix ~6 min, policies ~4 min, sweep ~4 min,
-# multiturn ~4 min. Every part is a separate command under 10 minutes.
+# Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
+# latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
+# 197 s, no-sharing 16 x 16 on/off 102 s, a decode profile 23-29 s; multiturn on/off needs ~300 s.
+# Estimated: offline ~4 min, serving ~5 min, prefix ~7 min, prefix-nomix ~7 min, policies ~4 min,
+# sweep ~4 min. Every part is a separate command under 10 minutes.
 #
 # Environment:
 #   BENCH_TOKENIZER   tokenizer directory (tokenizer.json + tokenizer_config.json suffice);
