@@ -64,16 +64,17 @@ def test_small_decode_batches_go_to_the_small_side_the_rest_to_the_large(pool, s
     large, small = TorchNativeBackend(pool), TorchNativeBackend(pool)
     split = SmallDecodeSplit(large, small, max_small_bs=4)
     batch = _batch(seq_lens, extend_lens)
-    assert split.route(batch) is {"small": small, "large": large}[side]
+    routed = {"small": small, "large": large}[side]
+    assert split.route(batch) is routed
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(batch.num_tokens, HQ, D, generator=gen)
     k, v = torch.randn(2, batch.num_tokens, HKV, D, generator=gen)
     split.prepare(batch)
+    assert split._active is routed  # the forward below runs on the side that was prepared
     got = split.forward(q, k, v, 1, batch, SCALE)
     direct = TorchNativeBackend(pool)
     direct.prepare(batch)
     torch.testing.assert_close(got, direct.forward(q, k, v, 1, batch, SCALE))
-    assert split.step_cascade is None
 
 
 @pytest.mark.parametrize("name, max_bs", [("torch_native", 8), ("triton", 8), ("flashinfer", -1)])

@@ -67,21 +67,30 @@ def test_slot_table_sync_does_not_wait_for_queued_gpu_work():
     assert table.table[rows[1], :3].tolist() == [9, 10, 11]
 
 
-@pytest.mark.parametrize("backend_name", BACKENDS)
-def test_decode_planning_does_not_wait_for_queued_gpu_work(backend_name):
+def _planning_waits(backend_name: str, specs, plan) -> bool:
+    """Plan a step of ``specs`` sequences (see ``make_sequences``) with ``plan(backend, batch)``
+    once to load kernels, then again behind a queued GPU sleep: did the second planning wait?"""
     device = torch.device("cuda")
     shape = Shape(NUM_KV_HEADS * 4, 128)
-    sequences = make_sequences([(True, 30, 1), (True, 5, 1), (False, 70, 1)], shape, device, shared_len=40)
-    pool = make_pool(sequences, shape, device)
-    backend = make_backend(backend_name, pool, shape.num_q_heads)
+    sequences = make_sequences(specs, shape, device, shared_len=40)
+    backend = make_backend(backend_name, make_pool(sequences, shape, device), shape.num_q_heads)
     batch = make_batch(sequences, device)
-    backend.prepare(batch)  # first plans load kernels: not timed
-    backend.prepare_graph(batch)
+    plan(backend, batch)
     done = busy_gpu()
-    backend.prepare(batch)
-    backend.prepare_graph(batch)
-    assert not done.query(), f"{backend_name}: planning a decode step waited for the queued GPU sleep"
+    plan(backend, batch)
+    waited = done.query()
     torch.cuda.synchronize()
+    return waited
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_decode_planning_does_not_wait_for_queued_gpu_work(backend_name):
+    def plan(backend, batch):
+        backend.prepare(batch)
+        backend.prepare_graph(batch)
+
+    waited = _planning_waits(backend_name, [(True, 30, 1), (True, 5, 1), (False, 70, 1)], plan)
+    assert not waited, f"{backend_name}: planning a decode step waited for the queued GPU sleep"
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -89,14 +98,7 @@ def test_mixed_step_planning_does_not_wait_for_queued_gpu_work(backend_name):
     """A step with prefill work (an extend over a prefix hit, a fresh prompt) and decodes: planned
     eagerly, with FlashInfer through its prefill wrapper, whose plan copies kv lengths it computes
     on the host."""
-    device = torch.device("cuda")
-    shape = Shape(NUM_KV_HEADS * 4, 128)
-    sequences = make_sequences([(True, 30, 1), (True, 5, 7), (False, 0, 40)], shape, device, shared_len=40)
-    pool = make_pool(sequences, shape, device)
-    backend = make_backend(backend_name, pool, shape.num_q_heads)
-    batch = make_batch(sequences, device)
-    backend.prepare(batch)  # first plans load kernels: not timed
-    done = busy_gpu()
-    backend.prepare(batch)
-    assert not done.query(), f"{backend_name}: planning a mixed step waited for the queued GPU sleep"
-    torch.cuda.synchronize()
+    waited = _planning_waits(
+        backend_name, [(True, 30, 1), (True, 5, 7), (False, 0, 40)], lambda backend, batch: backend.prepare(batch)
+    )
+    assert not waited, f"{backend_name}: planning a mixed step waited for the queued GPU sleep"
