@@ -10,6 +10,7 @@ Workloads (token-id prompts, ignore_eos, greedy, fixed seed):
 Runs (--runs):
   on-off    both workloads with the cache on (fresh engine, default policy lpm) and with
             --disable-radix-cache (another fresh engine); same requests, same seed.
+  on        the cache-on half alone (diagnosis: a batch log with --log-steps; no speedup).
   policies  shared-prefix with --max-total-tokens too small to hold every prefix at once
             (h100: 32768 tokens for 64 x 2048 prefix tokens), one engine per policy (lpm,
             dfs-weight, fcfs).
@@ -56,7 +57,7 @@ POLICIES = ("lpm", "dfs-weight", "fcfs")
 
 def build_parser():
     parser = cli.build_parser(__doc__)
-    parser.add_argument("--runs", default="on-off,policies", help="comma-separated: on-off, policies")
+    parser.add_argument("--runs", default="on-off,policies", help="comma-separated: on-off, on, policies")
     parser.add_argument("--workload", default="shared-prefix,no-sharing", help="for on-off: shared-prefix,no-sharing")
     parser.add_argument("--num-groups", type=int, help="G (h100: 64)")
     parser.add_argument("--prompts-per-group", type=int, help="P (h100: 16)")
@@ -114,8 +115,9 @@ def main(argv=None) -> None:
     print(f"device: {speed.card}: {speed.describe()}\nmodel: {setup.label}: {shape.describe()}\n{ASSUMPTIONS}")
     rows = _Rows(args, setup, all_workloads, speed, shape, Reporter.from_args(args, setup.label, speed.card))
     records = []
-    if "on-off" in runs:
-        records += _on_off(rows, [n.strip() for n in args.workload.split(",") if n.strip()])
+    names = [n.strip() for n in args.workload.split(",") if n.strip()]
+    if "on-off" in runs or "on" in runs:
+        records += _on_off(rows, names, with_off="on-off" in runs)
     if "policies" in runs:
         records += _policies(rows)
     print_table(
@@ -139,23 +141,30 @@ def main(argv=None) -> None:
     )
 
 
-def _on_off(rows: _Rows, names: list[str]) -> list[dict]:
+def _on_off(rows: _Rows, names: list[str], with_off: bool = True) -> list[dict]:
     """Cache on and off for the plain engine, then for each ``--variant`` (both again: a variant
-    that became the default would change the baseline too)."""
+    that became the default would change the baseline too). ``with_off`` False: cache on only."""
     args = rows.args
     cases = [EngineCase(name, rows.workloads[name], args.repeats) for name in names]
     records = []
     for variant, engine_kwargs in cli.variants(args, rows.setup.engine_kwargs):
         on_kwargs = {k: v for k, v in engine_kwargs.items() if k != "disable_radix_cache"}
         on = run_isolated(run_engine_cases, on_kwargs, cases)
-        off_kwargs = {**on_kwargs, "disable_radix_cache": True}
-        off = run_isolated(run_engine_cases, off_kwargs, cases)
         policy = on_kwargs.get("schedule_policy", "lpm")
         suffix = f"; variant {variant}" if variant else ""
+        common = {"policy": policy, "variant": variant or "-"}
+        if not with_off:
+            for name in names:
+                summary = rows.summary(name, on)
+                records.append(
+                    rows.record(name, summary, "cache on, no off run" + suffix, on_kwargs, cache="on", **common)
+                )
+            continue
+        off_kwargs = {**on_kwargs, "disable_radix_cache": True}
+        off = run_isolated(run_engine_cases, off_kwargs, cases)
         for name in names:
             on_summary, off_summary = rows.summary(name, on), rows.summary(name, off)
             speedup = round(on_summary["output_tok_s"] / off_summary["output_tok_s"], 2)
-            common = {"policy": policy, "variant": variant or "-"}
             records.append(
                 rows.record(name, on_summary, "cache on" + suffix, on_kwargs, cache="on", speedup=speedup, **common)
             )

@@ -2,21 +2,48 @@
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 
-__all__ = ["BACKENDS", "AttentionBackend", "ForwardBatch", "available_gpu_backend", "create_backend"]
+__all__ = [
+    "AUTO_TRITON_DECODE_MAX_BS",
+    "BACKENDS",
+    "AttentionBackend",
+    "ForwardBatch",
+    "available_gpu_backend",
+    "create_backend",
+    "resolve_triton_decode_max_bs",
+]
 
 
 BACKENDS = ("torch_native", "flashinfer", "triton")
 
 
+# --triton-decode-max-bs -1: FlashInfer hands decode batches of up to this many sequences to the
+# Triton decode kernels where triton is installed. Measured on an H200 (Llama-3.1-8B shapes, 1,024-token
+# contexts, one run side by side): batch 1 4.84 vs 5.15 ms/step, batch 32 6.43 vs 6.74, batch 256 17.42
+# vs 17.43 (docs/benchmarks.md); the largest CUDA-graph size at or below it is 56.
+AUTO_TRITON_DECODE_MAX_BS = 63
+
+
+def resolve_triton_decode_max_bs(name: str, triton_decode_max_bs: int) -> int:
+    """The small-decode cut-off for backend ``name``: -1 (auto) is ``AUTO_TRITON_DECODE_MAX_BS`` on
+    flashinfer where triton is installed, else 0 (off); any other value is checked and kept."""
+    if triton_decode_max_bs == -1:
+        import importlib.util
+
+        has_triton = importlib.util.find_spec("triton") is not None
+        return AUTO_TRITON_DECODE_MAX_BS if name == "flashinfer" and has_triton else 0
+    if triton_decode_max_bs < 0 or (triton_decode_max_bs and name != "flashinfer"):
+        raise ValueError(
+            f"--triton-decode-max-bs {triton_decode_max_bs}: a batch size >= 0 (or -1: auto), and only with the"
+            f" flashinfer backend (this one: {name})"
+        )
+    return triton_decode_max_bs
+
+
 def create_backend(name: str, kv_pool, num_q_heads: int, triton_decode_max_bs: int = 0) -> AttentionBackend:
     """Build the backend called ``name`` over ``kv_pool`` (see ``radixserve.runner.kv_pool``).
     ``triton_decode_max_bs`` > 0 (flashinfer only): decode batches of at most that many sequences
-    run the Triton decode kernels instead (see ``small_decode.py``)."""
-    if triton_decode_max_bs < 0 or (triton_decode_max_bs and name != "flashinfer"):
-        raise ValueError(
-            f"--triton-decode-max-bs {triton_decode_max_bs}: a batch size >= 0, and only with the flashinfer backend"
-            f" (this one: {name})"
-        )
+    run the Triton decode kernels instead (see ``small_decode.py``); -1: the measured default."""
+    triton_decode_max_bs = resolve_triton_decode_max_bs(name, triton_decode_max_bs)
     if name == "torch_native":
         from radixserve.attention.torch_native import TorchNativeBackend
 

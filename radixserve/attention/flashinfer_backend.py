@@ -44,6 +44,8 @@ class FlashInferBackend(AttentionBackend):
         """``kv_pool``: a ``radixserve.runner.kv_pool.KVPool`` on a CUDA device (bf16 or fp16)."""
         if kv_pool.device.type != "cuda":
             raise ValueError("the flashinfer backend needs a CUDA device")
+        if kv_pool.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"the flashinfer backend needs a float16 or bfloat16 KV cache, not {kv_pool.dtype}")
         self.kv_pool = kv_pool
         self.num_kv_heads = kv_pool.num_kv_heads
         self.head_dim = kv_pool.head_dim

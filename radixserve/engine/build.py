@@ -72,7 +72,7 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     kv_pool = KVPool(
         pool_size + 1, model_config.num_layers, model_config.num_kv_heads, model_config.head_dim, dtype, device
     )
-    backend_name = _backend_name(args.attention_backend, device)
+    backend_name = _backend_name(args.attention_backend, device, dtype)
     backend = create_backend(
         backend_name, kv_pool, num_q_heads=model_config.num_heads, triton_decode_max_bs=args.triton_decode_max_bs
     )
@@ -106,11 +106,14 @@ def load_tokenizer(args: ServerArgs, model_path: Path) -> Tokenizer:
     )
 
 
-def _backend_name(name: str, device: torch.device) -> str:
+def _backend_name(name: str, device: torch.device, dtype: torch.dtype) -> str:
     if name != "auto":
         return name
     if device.type == "cuda":
-        return available_gpu_backend() or "torch_native"
+        gpu = available_gpu_backend()
+        if gpu == "flashinfer" and dtype not in (torch.float16, torch.bfloat16):
+            gpu = "triton"  # FlashInfer's kernels are built for 16-bit K/V only
+        return gpu or "torch_native"
     return "torch_native"
 
 

@@ -7,13 +7,16 @@ TorchNativeBackends over one pool, so each step's output can be compared with a 
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
-from radixserve.attention import create_backend
+from radixserve.attention import AUTO_TRITON_DECODE_MAX_BS, create_backend, resolve_triton_decode_max_bs
 from radixserve.attention.base import ForwardBatch
 from radixserve.attention.small_decode import SmallDecodeSplit
 from radixserve.attention.torch_native import TorchNativeBackend
+from radixserve.config import ServerArgs
 from radixserve.runner.kv_pool import KVPool
 
 HQ, HKV, D = 4, 2, 16
@@ -77,7 +80,17 @@ def test_small_decode_batches_go_to_the_small_side_the_rest_to_the_large(pool, s
     torch.testing.assert_close(got, direct.forward(q, k, v, 1, batch, SCALE))
 
 
-@pytest.mark.parametrize("name, max_bs", [("torch_native", 8), ("triton", 8), ("flashinfer", -1)])
+@pytest.mark.parametrize("name, max_bs", [("torch_native", 8), ("triton", 8), ("flashinfer", -2)])
 def test_the_flag_is_refused_where_it_cannot_apply(pool, name, max_bs):
     with pytest.raises(ValueError, match="triton-decode-max-bs"):
         create_backend(name, pool, HQ, triton_decode_max_bs=max_bs)
+
+
+def test_auto_splits_only_flashinfer_and_only_where_triton_is_installed(pool):
+    has_triton = importlib.util.find_spec("triton") is not None
+    assert resolve_triton_decode_max_bs("flashinfer", -1) == (AUTO_TRITON_DECODE_MAX_BS if has_triton else 0)
+    assert resolve_triton_decode_max_bs("triton", -1) == 0
+    assert resolve_triton_decode_max_bs("torch_native", -1) == 0
+    assert resolve_triton_decode_max_bs("flashinfer", 5) == 5
+    assert isinstance(create_backend("torch_native", pool, HQ, triton_decode_max_bs=-1), TorchNativeBackend)
+    assert ServerArgs().triton_decode_max_bs == -1  # auto is the default

@@ -10,6 +10,7 @@ of a random model, so those compare the first step's log-probabilities instead.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import random
@@ -63,7 +64,13 @@ def model_dir(tmp_path_factory) -> str:
 def _engine(model_dir: str, tokenizer_path: str, **kwargs):
     from radixserve import Engine
 
-    defaults = {"load_format": "dummy", "max_total_tokens": 65536, "chunked_prefill_size": 512, "random_seed": 7}
+    defaults = {  # flashinfer alone unless a test asks for the small-decode split (test_small_decode_batches_...)
+        "load_format": "dummy",
+        "max_total_tokens": 65536,
+        "chunked_prefill_size": 512,
+        "random_seed": 7,
+        "triton_decode_max_bs": 0,
+    }
     return Engine(model_path=model_dir, tokenizer_path=tokenizer_path, **{**defaults, **kwargs})
 
 
@@ -219,8 +226,15 @@ def test_first_token_logprobs_agree_with_torch_native(backend, model_dir, tokeni
 
 
 def test_default_backend_on_cuda_is_a_gpu_backend(model_dir, tokenizer_path):
-    engine = _engine(model_dir, tokenizer_path, max_total_tokens=4096, cuda_graph_max_bs=8)
-    assert type(engine.core.runner.backend).__name__ in ("FlashInferBackend", "TritonBackend")
+    """The defaults: FlashInfer (small decode batches on the Triton kernels) where installed, else Triton."""
+    engine = _engine(model_dir, tokenizer_path, max_total_tokens=4096, cuda_graph_max_bs=8, triton_decode_max_bs=-1)
+    backend = engine.core.runner.backend
+    if importlib.util.find_spec("flashinfer") is not None:
+        assert type(backend).__name__ == "SmallDecodeSplit"
+        assert (type(backend.large).__name__, type(backend.small).__name__) == ("FlashInferBackend", "TritonBackend")
+        assert backend.max_small_bs == 63
+    else:
+        assert type(backend).__name__ == "TritonBackend"
     assert engine.core.runner.device.type == "cuda"
     _release(engine)
 
