@@ -43,6 +43,13 @@ def build_parser():
     parser.add_argument("--phase", choices=("decode", "prefill"), default="decode", help="which steps to profile")
     parser.add_argument("--top", type=int, default=25, help="kernels listed")
     parser.add_argument("--trace", help="write a Chrome trace of the profiled steps here")
+    parser.add_argument(
+        "--host-profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="prefill: also run the steps under cProfile and list the N Python functions with the most own time",
+    )
     cli.add_engine_flags(parser)
     return parser
 
@@ -82,6 +89,8 @@ def main(argv=None) -> None:
     unprofiled = None
     if args.phase == "prefill":  # the same prefill unprofiled: kernels, plans, allocator at full size
         unprofiled = _unprofiled_prefill(engine, batch, cuda)
+        if args.host_profile:
+            _host_profile(engine, batch, args.host_profile)
     if args.phase == "prefill":  # one token each: no request decodes between the chunks
         params = SamplingParams.from_dict({"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True})
     for number, prompt in enumerate(batch):
@@ -125,6 +134,30 @@ def _unprofiled_prefill(engine, batch, cuda: bool, runs: int = 3) -> float:
             best = min(best, (time.perf_counter() - started) / max(steps, 1))
         engine.flush_cache()
     return best
+
+
+def _host_profile(engine, batch, top: int) -> None:
+    """Where the host's time goes in these (eager) steps: one more prefill under cProfile."""
+    import cProfile
+    import pstats
+
+    from radixserve.core.sampling_params import SamplingParams
+
+    one = SamplingParams.from_dict({"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True})
+    for number, prompt in enumerate(batch):
+        engine.core.add_request(f"profile-host-{number}", prompt, one)
+    profiler = cProfile.Profile()
+    steps = 0
+    profiler.enable()
+    while engine.core.has_work:
+        engine.core.step()
+        steps += 1
+    profiler.disable()
+    engine.flush_cache()
+    print(f"\nhost (cProfile) over {steps} prefill step(s), by own time, then by cumulative time:")
+    stats = pstats.Stats(profiler).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
 
 
 def _until_first_tokens(core, count: int) -> None:
