@@ -67,7 +67,12 @@ class ServerArgs:
         " (0: none; -1: auto, 63 where triton is installed, measured faster at batch 1 and 32)",
     )
     cuda_graph_max_bs: int = _opt(256, "largest decode batch replayed from a captured CUDA graph")
-    disable_cuda_graph: bool = _opt(False, "run decode steps eagerly on CUDA (no graph capture)")
+    piecewise_cuda_graph_max_tokens: int = _opt(
+        1024,
+        "steps no decode graph replays (prefill, mixed, shared-prefix cascade) of at most this many tokens"
+        " replay the model from CUDA graphs in pieces, attention eager between them (0: eager)",
+    )
+    disable_cuda_graph: bool = _opt(False, "run every step eagerly on CUDA (no decode or piecewise graphs)")
     disable_overlap_schedule: bool = _opt(
         False, "detokenize a step's output before launching the next one instead of while the device runs"
     )

@@ -18,6 +18,7 @@ from radixserve.model.model_config import ModelConfig
 from radixserve.runner.cuda_graph import DecodeGraphRunner
 from radixserve.runner.kv_pool import KVPool
 from radixserve.runner.model_runner import ModelRunner
+from radixserve.runner.piecewise_graph import PiecewiseGraphRunner
 from radixserve.runner.sampler import Sampler
 from radixserve.runner.slot_table import SlotTable
 from radixserve.scheduler.scheduler import Scheduler
@@ -81,19 +82,29 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     sampler = Sampler(model_config.vocab_size, device=device, seed=args.random_seed)
     slot_table = SlotTable(args.max_running_requests + 1, min(context_length, pool_size) + 1, device)
     graphs = _graph_runner(args, model, backend, pool_size, device)
+    pieces = _piecewise_runner(args, model, backend, model_config, dtype, device)
     runner = ModelRunner(
-        model, kv_pool, backend, sampler, tokenizer.vocab_size, slot_table=slot_table, graph_runner=graphs
+        model,
+        kv_pool,
+        backend,
+        sampler,
+        tokenizer.vocab_size,
+        slot_table=slot_table,
+        graph_runner=graphs,
+        piecewise_runner=pieces,
     )
     cache = PrefixCache(pool_size, disable_radix_cache=args.disable_radix_cache)
     scheduler = Scheduler(args.scheduler_config(context_length), cache)
     logger.info(
-        "KV pool: %d tokens (%s, %s); context length %d; attention %s; decode CUDA graphs up to batch %s",
+        "KV pool: %d tokens (%s, %s); context length %d; attention %s; decode CUDA graphs up to batch %s;"
+        " piecewise CUDA graphs up to %s tokens",
         pool_size,
         dtype,
         device,
         context_length,
         backend_name,
         graphs.max_bs if graphs else "-",
+        pieces.max_tokens if pieces else "-",
     )
     return EngineParts(model_path, model_config, tokenizer, runner, scheduler, cache, context_length, device, dtype)
 
@@ -124,6 +135,18 @@ def _graph_runner(args: ServerArgs, model, backend, pool_size: int, device: torc
     graphs = DecodeGraphRunner(model, backend, max_bs, pool_size + 1, device)
     graphs.capture()
     return graphs
+
+
+def _piecewise_runner(
+    args: ServerArgs, model, backend, config: ModelConfig, dtype, device
+) -> PiecewiseGraphRunner | None:
+    if args.piecewise_cuda_graph_max_tokens < 0:
+        raise ValueError("--piecewise-cuda-graph-max-tokens must be >= 0")
+    if device.type != "cuda" or args.disable_cuda_graph or args.piecewise_cuda_graph_max_tokens == 0:
+        return None
+    pieces = PiecewiseGraphRunner(model, backend, args.piecewise_cuda_graph_max_tokens, device)
+    pieces.capture(config.num_heads, config.head_dim, dtype)
+    return pieces
 
 
 def _pool_size(args: ServerArgs, config: ModelConfig, dtype: torch.dtype, device: torch.device, context: int) -> int:

@@ -113,11 +113,19 @@ class LlamaForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one step; returns float32 logits ``[len(batch.logits_indices), vocab_size]``."""
+        return self.logits(*self.hidden_states(batch), batch.logits_indices)
+
+    def hidden_states(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer over the step's tokens: ``(mlp_out, residual)`` of the last layer, ``[T, hidden]``
+        each (their sum is its output). Attention is the only call out of the model (the backend)."""
         hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
         residual = None
         for layer in self.model.layers:
             hidden, residual = layer(hidden, residual, self.model.rotary, batch)
-        rows = batch.logits_indices
+        return hidden, residual
+
+    def logits(self, hidden: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``[len(rows), vocab_size]`` of the given token rows of ``hidden_states``."""
         hidden, _ = self.model.norm(hidden[rows], residual[rows])  # [num_sampled, hidden]
         return self.lm_head(hidden).float()
 

@@ -19,6 +19,7 @@ from radixserve.attention.upload import upload_aligned
 from radixserve.core.plan import FUTURE_TOKEN, SequenceResult, StepPlan, StepResult
 from radixserve.runner.cuda_graph import DecodeGraphRunner
 from radixserve.runner.kv_pool import KVPool
+from radixserve.runner.piecewise_graph import PiecewiseGraphRunner
 from radixserve.runner.sampler import PendingSample, Sampler, SamplingRow
 from radixserve.runner.slot_table import SlotTable
 
@@ -48,11 +49,13 @@ class ModelRunner:
         num_real_tokens: int | None = None,
         slot_table: SlotTable | None = None,
         graph_runner: DecodeGraphRunner | None = None,
+        piecewise_runner: PiecewiseGraphRunner | None = None,
     ):
         """``num_real_tokens``: the tokenizer's vocabulary; lm_head rows past it (padding) are never sampled.
 
         ``slot_table``: where sequences' slot lists live on the device (built with room for 256
         sequences of the pool's size when not given). ``graph_runner``: replays captured decode steps.
+        ``piecewise_runner``: replays the model around eager attention for the other steps it fits.
         """
         self.model = model
         self.num_real_tokens = num_real_tokens
@@ -62,6 +65,7 @@ class ModelRunner:
         self.device = kv_pool.device
         self.slot_table = slot_table or SlotTable(257, kv_pool.num_slots, kv_pool.device)
         self.graph_runner = graph_runner
+        self.piecewise_runner = piecewise_runner
         # The last launched step's sampled ids [num_sampled] (on the device) and each request's row.
         self._last_token_ids: torch.Tensor | None = None
         self._last_rows: dict[str, int] = {}
@@ -93,11 +97,15 @@ class ModelRunner:
         return row
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """Logits ``[num_sampled, vocab]`` (float32): a replayed CUDA graph when one fits, else eager."""
+        """Logits ``[num_sampled, vocab]`` (float32): a replayed decode graph when one fits, else the
+        piecewise graphs around eager attention when they fit, else eager."""
         graph = self.graph_runner
         if graph is not None and graph.can_run(batch) and not self.backend.wants_eager(batch):
             return graph.replay(batch)
         self.backend.prepare(batch)
+        pieces = self.piecewise_runner
+        if pieces is not None and pieces.can_run(batch):
+            return pieces.replay(batch)
         return self.model(batch)
 
     def build_batch(self, plan: StepPlan) -> ForwardBatch:
