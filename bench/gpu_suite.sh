@@ -6,7 +6,8 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline serving latency latency-split profiles (issue 5); prefix prefix-nomix policies sweep multiturn (issue 6).
+# Parts: offline serving latency latency-split profiles (issue 5); prefix prefix-nomix prefix-variants policies sweep
+# multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
 # 197 s, no-sharing 16 x 16 on/off 102 s, a decode profile 23-29 s; multiturn on/off needs ~300 s.
@@ -76,6 +77,11 @@ part() {
         # shared-prefix on/off, then again with --disable-mixed-chunk, side by side in one run
         run_part prefix-nomix bench.prefix_reuse --runs on-off --workload shared-prefix \
             --variant=--disable-mixed-chunk ;;
+    prefix-variants)
+        # shared-prefix with the cache on only (~1 min each): the default, mixed steps with their
+        # decodes split off (FlashInfer), and prefill chunks in steps of their own, in one run
+        run_part prefix-variants bench.prefix_reuse --runs on --workload shared-prefix --log-steps \
+            --variant "--mixed-decode-split 64" --variant=--disable-mixed-chunk ;;
     policies) run_part policies bench.prefix_reuse --runs policies ;;
     sweep) run_part sweep bench.prefix_sweep --png "$RESULTS/prefix_sweep_h100.png" ;;
     multiturn) run_part multiturn bench.multiturn_rag ;;
@@ -88,7 +94,7 @@ part() {
         run_part profile-prefill bench.profile_step --phase prefill --batch 40 --input-len 200 --top 14
         # one serving-sized prompt: an eager step's host launch cost against its device time (TTFT)
         run_part profile-prefill-one bench.profile_step --phase prefill --batch 1 --input-len 200 --top 14 ;;
-    *) echo "unknown part $1 (offline serving latency latency-split profiles prefix prefix-nomix policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline serving latency latency-split profiles prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 

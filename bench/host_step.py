@@ -45,12 +45,16 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="decode steps profiled per run (default 30)")
     parser.add_argument("--input-len", type=int, default=200, help="prompt tokens per request (default 200)")
     parser.add_argument("--tokenizer-path", help="tokenizer directory (default: the embedded model's)")
+    parser.add_argument(
+        "--top", type=int, default=0, help="also list the N functions with the most own time (frozen runs)"
+    )
     args = parser.parse_args(argv)
     tokenizer = args.tokenizer_path or str(model_files.default_tokenizer_dir())
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
     for frozen in (True, False):  # one engine (one child process) each
-        for batch, times in run_isolated(measure_all, tokenizer, sizes, args.steps, args.input_len, frozen):
+        top = args.top if frozen else 0
+        for batch, times in run_isolated(measure_all, tokenizer, sizes, args.steps, args.input_len, frozen, top):
             rows.append({"batch": batch, "gc": "frozen" if frozen else "collected", **times})
     rows.sort(key=lambda row: row["batch"])
     columns = [("batch", "batch"), ("gc", "startup objects")]
@@ -60,7 +64,7 @@ def main(argv=None) -> None:
     print("full_gc = one full garbage collection with the engine alive (after the runs)")
 
 
-def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, frozen: bool) -> list:
+def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, frozen: bool, top: int = 0) -> list:
     """In a child process: one engine; ``frozen=False`` skips its startup freeze (the behaviour
     before it), so the collector walks every startup object in its full collections."""
     from radixserve import Engine
@@ -79,7 +83,7 @@ def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, fr
         context_length=context,
         max_total_tokens=max(sizes) * context + 1,
     )
-    results = [(batch, measure(engine, batch, steps, input_len)) for batch in sizes]
+    results = [(batch, measure(engine, batch, steps, input_len, top)) for batch in sizes]
     started = time.perf_counter()
     gc.collect()  # one full collection with the engine alive: what each one costs the loop
     full_collection_ms = (time.perf_counter() - started) * 1e3
@@ -87,7 +91,7 @@ def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, fr
     return [(batch, {**times, "full_gc": full_collection_ms}) for batch, times in results]
 
 
-def measure(engine, batch: int, steps: int, input_len: int) -> dict:
+def measure(engine, batch: int, steps: int, input_len: int, top: int = 0) -> dict:
     from radixserve.core.sampling_params import SamplingParams
 
     core = engine.core
@@ -113,6 +117,9 @@ def measure(engine, batch: int, steps: int, input_len: int) -> dict:
             if function == name and path.endswith(suffix):
                 times[column] += cumulative * 1e3 / steps
     times["host"] = times["step"] - times["forward"] - times["sample"]
+    if top:
+        print(f"\nbatch {batch}: the {top} functions with the most own time over {steps} steps")
+        pstats.Stats(profile).strip_dirs().sort_stats("tottime").print_stats(top)
     return times
 
 

@@ -66,6 +66,11 @@ class ServerArgs:
         "flashinfer backend: decode batches of at most this many sequences run the Triton decode kernels"
         " (0: none; -1: auto, 63 where triton is installed, measured faster at batch 1 and 32)",
     )
+    mixed_decode_split: int = _opt(
+        0,
+        "flashinfer backend: a mixed step whose first N+ sequences decode runs them on the decode kernels (the"
+        " shared-prefix cascade where it pays) and only its prefill chunks on the prefill kernel (0: off)",
+    )
     cuda_graph_max_bs: int = _opt(256, "largest decode batch replayed from a captured CUDA graph")
     piecewise_cuda_graph_max_tokens: int = _opt(
         1024,

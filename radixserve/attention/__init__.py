@@ -39,11 +39,20 @@ def resolve_triton_decode_max_bs(name: str, triton_decode_max_bs: int) -> int:
     return triton_decode_max_bs
 
 
-def create_backend(name: str, kv_pool, num_q_heads: int, triton_decode_max_bs: int = 0) -> AttentionBackend:
+def create_backend(
+    name: str, kv_pool, num_q_heads: int, triton_decode_max_bs: int = 0, mixed_decode_split: int = 0
+) -> AttentionBackend:
     """Build the backend called ``name`` over ``kv_pool`` (see ``radixserve.runner.kv_pool``).
     ``triton_decode_max_bs`` > 0 (flashinfer only): decode batches of at most that many sequences
-    run the Triton decode kernels instead (see ``small_decode.py``); -1: the measured default."""
+    run the Triton decode kernels instead (see ``small_decode.py``); -1: the measured default.
+    ``mixed_decode_split`` > 0 (flashinfer only): a mixed step's leading decodes, when at least that
+    many, run on the decode kernels (see ``flashinfer_backend.py``)."""
     triton_decode_max_bs = resolve_triton_decode_max_bs(name, triton_decode_max_bs)
+    if mixed_decode_split < 0 or (mixed_decode_split and name != "flashinfer"):
+        raise ValueError(
+            f"--mixed-decode-split {mixed_decode_split}: a count >= 0, and only with the flashinfer backend"
+            f" (this one: {name}; the triton backend always runs a mixed step's decodes on its decode kernel)"
+        )
     if name == "torch_native":
         from radixserve.attention.torch_native import TorchNativeBackend
 
@@ -51,7 +60,7 @@ def create_backend(name: str, kv_pool, num_q_heads: int, triton_decode_max_bs: i
     if name == "flashinfer":
         from radixserve.attention.flashinfer_backend import FlashInferBackend
 
-        backend = FlashInferBackend(kv_pool, num_q_heads)
+        backend = FlashInferBackend(kv_pool, num_q_heads, mixed_decode_split)
         if triton_decode_max_bs <= 0:
             return backend
         from radixserve.attention.small_decode import SmallDecodeSplit

@@ -43,6 +43,37 @@ class ForwardBatch:
     def is_decode(self) -> bool:
         return all(n == 1 for n in self.extend_lens)
 
+    @property
+    def num_leading_decodes(self) -> int:
+        """How many sequences at the start of the batch have one new token (the scheduler puts a
+        mixed step's decodes before its prefill chunks)."""
+        count = 0
+        for n in self.extend_lens:
+            if n != 1:
+                break
+            count += 1
+        return count
+
+    def head(self, count: int) -> ForwardBatch:
+        """The first ``count`` sequences as a batch of their own: views of this batch's tensors (its
+        indptrs start at 0 already; ``kv_slots`` keeps its full length, read through ``kv_indptr``)."""
+        num_tokens = sum(self.extend_lens[:count])
+        return ForwardBatch(
+            input_ids=self.input_ids[:num_tokens],
+            positions=self.positions[:num_tokens],
+            out_slots=self.out_slots[:num_tokens],
+            qo_indptr=self.qo_indptr[: count + 1],
+            kv_indptr=self.kv_indptr[: count + 1],
+            kv_slots=self.kv_slots,
+            seq_lens=self.seq_lens[:count],
+            extend_lens=self.extend_lens[:count],
+            logits_indices=self.logits_indices[:0],
+            attn_backend=self.attn_backend,
+            seq_slots=None if self.seq_slots is None else self.seq_slots[:count],
+            seq_keys=None if self.seq_keys is None else self.seq_keys[:count],
+            seq_versions=None if self.seq_versions is None else self.seq_versions[:count],
+        )
+
 
 class AttentionBackend:
     """Writes new K/V into the paged pool and computes causal attention over it.

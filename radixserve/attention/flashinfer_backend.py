@@ -10,6 +10,12 @@ Per step ``prepare`` plans once and every layer reuses the plan:
   ``BatchPrefillWithPagedKVCacheWrapper`` with a causal mask. A sequence's new tokens are the last
   ``extend_len`` positions of its context, so bottom-right-aligned causal masking is exactly
   "row j sees positions 0 .. prefix_len + j".
+* with ``mixed_decode_split = N > 0``, a mixed step whose first ``N`` or more sequences decode
+  (the scheduler puts a mixed step's decodes first) runs those on the decode kernels, or on the
+  shared-prefix cascade when that pays, and only the rest on the prefill kernel: a decode row in
+  the prefill kernel fills a query tile of its own, and over long shared contexts it reads the
+  whole prefix once per request (the prefill phase of the shared-prefix workload mixes ~1,000
+  such decodes into each chunk). Off by default until measured on a GPU.
 
 A pure decode batch whose sequences share long prefixes (radix-tree hits) runs the shared-prefix
 cascade of ``shared_prefix.py`` (Triton kernels over the same pool) when it pays: BatchDecode
@@ -24,6 +30,7 @@ size, planned into fixed buffers.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import flashinfer
 import torch
@@ -40,8 +47,9 @@ _CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)
 class FlashInferBackend(AttentionBackend):
     supports_cuda_graph = True
 
-    def __init__(self, kv_pool, num_q_heads: int):
-        """``kv_pool``: a ``radixserve.runner.kv_pool.KVPool`` on a CUDA device (bf16 or fp16)."""
+    def __init__(self, kv_pool, num_q_heads: int, mixed_decode_split: int = 0):
+        """``kv_pool``: a ``radixserve.runner.kv_pool.KVPool`` on a CUDA device (bf16 or fp16).
+        ``mixed_decode_split``: see the module docstring (0: mixed steps run the prefill kernel only)."""
         if kv_pool.device.type != "cuda":
             raise ValueError("the flashinfer backend needs a CUDA device")
         if kv_pool.dtype not in (torch.float16, torch.bfloat16):
@@ -68,6 +76,9 @@ class FlashInferBackend(AttentionBackend):
         self.shared_prefix = _shared_prefix_decode(kv_pool, num_q_heads)
         self._store_kv = _fused_store_kv()
         self.step_cascade = None  # the cascade layout of the step last prepared, if it runs one
+        self.mixed_decode_split = mixed_decode_split
+        self.step_split: _MixedSplit | None = None  # the mixed step last prepared, when split
+        self.num_split_steps = 0  # mixed steps prepared with their decodes split off
         # the paged cache as FlashInfer sees it: [num_pages, page_size=1, Hkv, D] per layer
         self._paged = [
             (k.view(-1, 1, self.num_kv_heads, self.head_dim), v.view(-1, 1, self.num_kv_heads, self.head_dim))
@@ -92,22 +103,44 @@ class FlashInferBackend(AttentionBackend):
 
     def prepare(self, batch: ForwardBatch) -> None:
         self.step_cascade = self.shared_prefix.take(batch) if self.shared_prefix is not None else None
+        self.step_split = None
         if self.step_cascade is not None:
             return
-        kv_indptr = self._host_indptr(batch.seq_lens)
-        kv_indices = batch.kv_slots[: int(kv_indptr[-1])]
-        last_page_len = self._host_ones(batch.batch_size)
         if batch.is_decode:
+            kv_indptr = self._host_indptr(batch.seq_lens)
             wrapper = self.decode_wrappers[self._tensor_cores(batch.batch_size)]
-            self._plan_decode(wrapper, kv_indptr, kv_indices, last_page_len)
+            self._plan_decode(
+                wrapper, kv_indptr, batch.kv_slots[: int(kv_indptr[-1])], self._host_ones(batch.batch_size)
+            )
             self._active = wrapper
             return
+        num_decodes = batch.num_leading_decodes
+        if 0 < self.mixed_decode_split <= num_decodes:
+            self.step_split = self._prepare_decode_head(batch.head(num_decodes))
+            self.num_split_steps += 1
+        self._plan_prefill(batch, num_decodes if self.step_split is not None else 0)
+
+    def _prepare_decode_head(self, head: ForwardBatch) -> _MixedSplit:
+        """Plan a mixed step's leading decodes: the cascade where it pays, else BatchDecode."""
+        cascade = self.shared_prefix.take(head) if self.shared_prefix is not None else None
+        if cascade is not None:
+            return _MixedSplit(head, None, cascade)
+        kv_indptr = self._host_indptr(head.seq_lens)
+        wrapper = self.decode_wrappers[self._tensor_cores(head.batch_size)]
+        self._plan_decode(wrapper, kv_indptr, head.kv_slots[: int(kv_indptr[-1])], self._host_ones(head.batch_size))
+        return _MixedSplit(head, wrapper, None)
+
+    def _plan_prefill(self, batch: ForwardBatch, skip: int) -> None:
+        """Plan the prefill kernel over the batch's sequences after the first ``skip``."""
+        kv_start = sum(batch.seq_lens[:skip])
+        kv_indptr = self._host_indptr(batch.seq_lens[skip:])
+        kv_indices = batch.kv_slots[kv_start : kv_start + int(kv_indptr[-1])]
         self._plan(
             self.prefill_wrapper,
-            self._host_indptr(batch.extend_lens),
+            self._host_indptr(batch.extend_lens[skip:]),
             kv_indptr,
             kv_indices.to(torch.int32),
-            last_page_len,
+            self._host_ones(batch.batch_size - skip),
             self.num_q_heads,
             self.num_kv_heads,
             self.head_dim,
@@ -199,9 +232,21 @@ class FlashInferBackend(AttentionBackend):
         default_scale = self.head_dim**-0.5
         if self.step_cascade is not None:
             return self.shared_prefix.run(q.to(self.dtype), layer_id, batch, self.step_cascade, scale)
+        split = self.step_split
+        cascade_q = q.to(self.dtype) if split is not None and split.cascade is not None else None
         if scale != default_scale:  # plans use 1/sqrt(head_dim); fold any other scale into q
             q = q * (scale / default_scale)
-        return self._active.run(q.to(self.dtype).contiguous(), self._paged[layer_id])
+        q = q.to(self.dtype).contiguous()
+        if split is None:
+            return self._active.run(q, self._paged[layer_id])
+        rows = split.head.num_tokens
+        out = torch.empty_like(q)
+        if split.cascade is not None:
+            out[:rows] = self.shared_prefix.run(cascade_q[:rows], layer_id, split.head, split.cascade, scale)
+        else:
+            split.wrapper.run(q[:rows], self._paged[layer_id], out=out[:rows])
+        self._active.run(q[rows:], self._paged[layer_id], out=out[rows:])
+        return out
 
     def _write_kv(self, layer_id: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         if self._store_kv is None:  # two index_put kernels
@@ -209,6 +254,15 @@ class FlashInferBackend(AttentionBackend):
             return
         k_pool, v_pool = self.kv_pool.get(layer_id)
         self._store_kv(k, v, k_pool, v_pool, slots)
+
+
+@dataclass
+class _MixedSplit:
+    """A mixed step's leading decodes, run apart from its prefill rows."""
+
+    head: ForwardBatch  # the decode sequences (the batch's first ``head.batch_size``)
+    wrapper: object | None  # the BatchDecode wrapper planned for them, or
+    cascade: object | None  # their shared-prefix cascade layout
 
 
 def _fused_store_kv():

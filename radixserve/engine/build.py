@@ -75,7 +75,11 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     )
     backend_name = _backend_name(args.attention_backend, device, dtype)
     backend = create_backend(
-        backend_name, kv_pool, num_q_heads=model_config.num_heads, triton_decode_max_bs=args.triton_decode_max_bs
+        backend_name,
+        kv_pool,
+        num_q_heads=model_config.num_heads,
+        triton_decode_max_bs=args.triton_decode_max_bs,
+        mixed_decode_split=args.mixed_decode_split,
     )
     if device.type == "cuda":
         backend.warmup(model_config.num_heads)

@@ -140,7 +140,6 @@ class ModelRunner:
         if future_index:
             ids_t[device[8]] = self._last_token_ids[device[9]]
         kv_slots = self.slot_table.gather(rows_t, seq_lens_t, kv_indptr_t, kv_indptr[-1])
-        decode = all(n == 1 for n in extend_lens)  # only decode steps can read a shared prefix once
         return ForwardBatch(
             input_ids=ids_t,
             positions=positions_t,
@@ -152,7 +151,9 @@ class ModelRunner:
             extend_lens=extend_lens,
             logits_indices=logits_t,
             attn_backend=self.backend,
-            seq_slots=[seq.slots for seq in sequences] if decode else None,
-            seq_keys=[seq.request_id for seq in sequences] if decode else None,
-            seq_versions=[seq.slots_version for seq in sequences] if decode else None,
+            # which sequences share leading slots: the shared-prefix cascade of decode steps (and of
+            # a mixed step's decodes, see FlashInferBackend's mixed_decode_split)
+            seq_slots=[seq.slots for seq in sequences],
+            seq_keys=[seq.request_id for seq in sequences],
+            seq_versions=[seq.slots_version for seq in sequences],
         )

@@ -160,6 +160,28 @@ def test_small_decode_batches_on_triton_kernels_match_flashinfer_up_to_near_ties
     _release(split)
 
 
+def test_mixed_decode_split_matches_the_plain_loop_up_to_near_ties(model_dir, tokenizer_path):
+    """``--mixed-decode-split 1``: the decodes of every mixed step (24 prompts admitted chunk by
+    chunk while others decode) run on FlashInfer's decode kernels, the chunks on its prefill kernel."""
+    pytest.importorskip("flashinfer")
+    prompts = _prompts(24, seed=6)
+    plain = _engine(
+        model_dir,
+        tokenizer_path,
+        attention_backend="flashinfer",
+        disable_cuda_graph=True,
+        disable_overlap_schedule=True,
+    )
+    expected = _greedy(plain, prompts)
+    _release(plain)
+    split = _engine(model_dir, tokenizer_path, attention_backend="flashinfer", mixed_decode_split=1)
+    got = _greedy(split, prompts)
+    assert split.core.runner.backend.num_split_steps > 0
+    _assert_same_up_to_near_ties(got, expected)
+    split.core.check_invariants()
+    _release(split)
+
+
 def _decode_batch(size: int):
     from radixserve.attention.base import ForwardBatch
 
