@@ -51,7 +51,7 @@ def create_backend(
     if mixed_decode_split < 0 or (mixed_decode_split and name != "flashinfer"):
         raise ValueError(
             f"--mixed-decode-split {mixed_decode_split}: a count >= 0, and only with the flashinfer backend"
-            f" (this one: {name}; the triton backend always runs a mixed step's decodes on its decode kernel)"
+            f" (this one: {name})"
         )
     if name == "torch_native":
         from radixserve.attention.torch_native import TorchNativeBackend

@@ -15,7 +15,9 @@ Per step ``prepare`` plans once and every layer reuses the plan:
   shared-prefix cascade when that pays, and only the rest on the prefill kernel: a decode row in
   the prefill kernel fills a query tile of its own, and over long shared contexts it reads the
   whole prefix once per request (the prefill phase of the shared-prefix workload mixes ~1,000
-  such decodes into each chunk). Off by default until measured on a GPU.
+  such decodes into each chunk). Off by default until measured on a GPU. Under the default
+  small-decode split (``small_decode.py``, batches up to 63 on Triton) use ``N`` >= 64: a smaller
+  head would run FlashInfer's CUDA-core decode, which that split exists to avoid.
 
 A pure decode batch whose sequences share long prefixes (radix-tree hits) runs the shared-prefix
 cascade of ``shared_prefix.py`` (Triton kernels over the same pool) when it pays: BatchDecode
@@ -79,6 +81,7 @@ class FlashInferBackend(AttentionBackend):
         self.mixed_decode_split = mixed_decode_split
         self.step_split: _MixedSplit | None = None  # the mixed step last prepared, when split
         self.num_split_steps = 0  # mixed steps prepared with their decodes split off
+        self.num_split_cascades = 0  # ... of which the decodes ran the shared-prefix cascade
         # the paged cache as FlashInfer sees it: [num_pages, page_size=1, Hkv, D] per layer
         self._paged = [
             (k.view(-1, 1, self.num_kv_heads, self.head_dim), v.view(-1, 1, self.num_kv_heads, self.head_dim))
@@ -124,6 +127,7 @@ class FlashInferBackend(AttentionBackend):
         """Plan a mixed step's leading decodes: the cascade where it pays, else BatchDecode."""
         cascade = self.shared_prefix.take(head) if self.shared_prefix is not None else None
         if cascade is not None:
+            self.num_split_cascades += 1
             return _MixedSplit(head, None, cascade)
         kv_indptr = self._host_indptr(head.seq_lens)
         wrapper = self.decode_wrappers[self._tensor_cores(head.batch_size)]
@@ -154,6 +158,7 @@ class FlashInferBackend(AttentionBackend):
     def prepare_graph(self, batch: ForwardBatch) -> None:
         """Plan a decode batch held in the graph runner's static buffers (see runner/cuda_graph.py)."""
         self.step_cascade = None
+        self.step_split = None
         if self.shared_prefix is not None:
             self.shared_prefix.forget()
         size = batch.batch_size

@@ -4,7 +4,8 @@ and the cascade that reads each of them once per step (``triton_cascade.py``).
 Requests under the same radix-tree node hold the same slot ids for that node's tokens, so a decode
 step whose sequences start with the same slots can read that prefix once per group of requests
 instead of once per request. ``prefix_groups`` finds the groups from the batch's slot lists
-(``ForwardBatch.seq_slots``/``seq_keys``/``seq_versions``, set by the runner for decode steps);
+(``ForwardBatch.seq_slots``/``seq_keys``/``seq_versions``, set by the runner for every step; only
+pure decode batches are planned, a mixed step's leading decodes through ``ForwardBatch.head``);
 a cascade step is planned when the reads it saves per layer reach ``min_saved_bytes``. Cascade
 steps run eagerly (their layout changes from step to step), so a backend reports them through
 ``AttentionBackend.wants_eager`` and the runner does not replay a CUDA graph for them.

@@ -60,6 +60,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def build_engine_parts(args: ServerArgs) -> EngineParts:
+    _check_counts(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     torch.manual_seed(args.random_seed)
@@ -69,6 +70,8 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
         prepack_cpu_linears(model)
     tokenizer = load_tokenizer(args, model_path)
     context_length = args.context_length or model_config.max_position_embeddings
+    # captured before the KV pool is sized, so that the pool gets what the pieces leave
+    pieces = _piecewise_runner(args, model, model_config, dtype, device)
     pool_size = _pool_size(args, model_config, dtype, device, context_length)
     kv_pool = KVPool(
         pool_size + 1, model_config.num_layers, model_config.num_kv_heads, model_config.head_dim, dtype, device
@@ -86,7 +89,8 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     sampler = Sampler(model_config.vocab_size, device=device, seed=args.random_seed)
     slot_table = SlotTable(args.max_running_requests + 1, min(context_length, pool_size) + 1, device)
     graphs = _graph_runner(args, model, backend, pool_size, device)
-    pieces = _piecewise_runner(args, model, backend, model_config, dtype, device)
+    if pieces is not None:
+        pieces.backend = backend
     runner = ModelRunner(
         model,
         kv_pool,
@@ -141,14 +145,26 @@ def _graph_runner(args: ServerArgs, model, backend, pool_size: int, device: torc
     return graphs
 
 
-def _piecewise_runner(
-    args: ServerArgs, model, backend, config: ModelConfig, dtype, device
-) -> PiecewiseGraphRunner | None:
-    if args.piecewise_cuda_graph_max_tokens < 0:
-        raise ValueError("--piecewise-cuda-graph-max-tokens must be >= 0")
+def _check_counts(args: ServerArgs) -> None:
+    """Flag values that cannot work, refused before the weights load."""
+    for flag, value in (
+        ("--piecewise-cuda-graph-max-tokens", args.piecewise_cuda_graph_max_tokens),
+        ("--mixed-decode-split", args.mixed_decode_split),
+    ):
+        if value < 0:
+            raise ValueError(f"{flag} must be >= 0 (0: off), not {value}")
+
+
+def _piecewise_runner(args: ServerArgs, model, config: ModelConfig, dtype, device) -> PiecewiseGraphRunner | None:
+    """The piecewise graphs, up to the flag's token count or the largest step the scheduler can
+    plan (a step holds at most one prefill budget of tokens, or one token per running request)."""
     if device.type != "cuda" or args.disable_cuda_graph or args.piecewise_cuda_graph_max_tokens == 0:
         return None
-    pieces = PiecewiseGraphRunner(model, backend, args.piecewise_cuda_graph_max_tokens, device)
+    largest_step = max(args.chunked_prefill_size, args.max_running_requests)
+    max_tokens = min(args.piecewise_cuda_graph_max_tokens, largest_step)
+    if max_tokens < args.piecewise_cuda_graph_max_tokens:
+        logger.info("piecewise CUDA graphs up to %d tokens: no step can be larger", max_tokens)
+    pieces = PiecewiseGraphRunner(model, None, max_tokens, device)
     pieces.capture(config.num_heads, config.head_dim, dtype)
     return pieces
 

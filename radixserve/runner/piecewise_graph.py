@@ -19,11 +19,14 @@ sees the first ``T`` rows. The logits of the sampled rows are computed eagerly a
 
 The pieces of one size are captured in order into one memory pool shared by every size (largest
 first) and replayed in the same order; each piece's attention inputs stay referenced, so the pool
-never hands their memory to a later piece.
+never hands their memory to a later piece. That is the runner's memory cost: every layer's QKV
+output at every size (Llama-3.1-8B: 12 KiB per token and layer, ~1.2 GiB for the sizes up to
+1,024), captured before the KV pool is sized so that the pool takes what is left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -90,6 +93,12 @@ class _Capture:
         if self.pool is None:  # the first graph's pool, shared by every later one
             self.pool = self.graphs[-1].pool()
 
+    def abort(self) -> None:
+        """End a capture that failed midway, if one is open (its graphs are dropped)."""
+        if self.graphs and torch.cuda.is_current_stream_capturing():
+            with contextlib.suppress(RuntimeError):  # invalidated by the failure: ending it is all we need
+                self.graphs[-1].capture_end()
+
 
 class _Pieces:
     """The captured graphs of one padded size and the tensors their replay connects."""
@@ -101,9 +110,13 @@ class _Pieces:
 
 
 class PiecewiseGraphRunner:
-    def __init__(self, model: torch.nn.Module, backend: AttentionBackend, max_tokens: int, device: torch.device):
+    """Captures the model in pieces per padded token count and replays a step through them, the
+    attention backend running eagerly between the pieces."""
+
+    def __init__(self, model: torch.nn.Module, backend: AttentionBackend | None, max_tokens: int, device: torch.device):
         """``model``: has ``hidden_states(batch)`` and ``logits(hidden, residual, rows)`` (llama.py);
-        ``backend``: the real attention backend, run between the pieces."""
+        ``backend``: the real attention backend, run between the pieces at replay (capture does not
+        use it: it may be set later, once the KV pool exists)."""
         self.model, self.backend, self.device = model, backend, device
         self.sizes = token_buckets(max_tokens)
         self.max_tokens = self.sizes[-1]
@@ -116,41 +129,66 @@ class PiecewiseGraphRunner:
         return bool(self.pieces) and 0 < batch.num_tokens <= self.max_tokens
 
     def _static_batch(self, size: int, backend: AttentionBackend) -> ForwardBatch:
+        """The capture's batch: only the ids and positions are read outside attention."""
         ids, positions = self.input_ids[:size], self.positions[:size]
-        return ForwardBatch(ids, positions, ids, ids, ids, ids, [1] * size, [1] * size, ids[:1], attn_backend=backend)
+        return ForwardBatch(
+            input_ids=ids,
+            positions=positions,
+            out_slots=ids,
+            qo_indptr=ids,
+            kv_indptr=ids,
+            kv_slots=ids,
+            seq_lens=[1] * size,
+            extend_lens=[1] * size,
+            logits_indices=ids[:1],
+            attn_backend=backend,
+        )
 
     @torch.inference_mode()
     def capture(self, num_q_heads: int, head_dim: int, dtype: torch.dtype) -> None:
         """Capture every size, largest first. The first call per size runs uncaptured: lazy inits,
         cuBLAS heuristics and Triton JIT happen outside the graphs."""
         started = time.perf_counter()
+        free_before = torch.cuda.mem_get_info(self.device)[0]
         stream = torch.cuda.Stream(self.device)
-        for size in reversed(self.sizes):
-            out = torch.zeros(size, num_q_heads, head_dim, dtype=dtype, device=self.device)
-            self.model.hidden_states(self._static_batch(size, _PieceBreak(out, None)))
-            torch.cuda.synchronize(self.device)
-            capture = _Capture(self.pool, self.device)
-            piece_break = _PieceBreak(out, capture)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                capture.next_piece()
-                hidden, residual = self.model.hidden_states(self._static_batch(size, piece_break))
-                capture.end()
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            self.pool = capture.pool
-            self.pieces[size] = _Pieces(capture.graphs, piece_break.calls, hidden, residual)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # warm-up on the capture stream: its cuBLAS workspace too
+            for size in reversed(self.sizes):
+                self._capture_size(size, num_q_heads, head_dim, dtype)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
         logger.info(
-            "captured piecewise CUDA graphs for %d token counts (max %d, %d pieces each) in %.1f s",
+            "captured piecewise CUDA graphs for %d token counts (max %d, %d pieces each) in %.1f s, %.2f GiB",
             len(self.sizes),
             self.max_tokens,
             len(self.pieces[self.max_tokens].graphs),
             time.perf_counter() - started,
+            (free_before - torch.cuda.mem_get_info(self.device)[0]) / 2**30,
         )
+
+    def _capture_size(self, size: int, num_q_heads: int, head_dim: int, dtype: torch.dtype) -> None:
+        out = torch.zeros(size, num_q_heads, head_dim, dtype=dtype, device=self.device)
+        self.model.hidden_states(self._static_batch(size, _PieceBreak(out, None)))
+        torch.cuda.synchronize(self.device)
+        capture = _Capture(self.pool, self.device)
+        piece_break = _PieceBreak(out, capture)
+        try:
+            capture.next_piece()
+            hidden, residual = self.model.hidden_states(self._static_batch(size, piece_break))
+            capture.end()
+        except BaseException as exc:
+            capture.abort()  # leave the stream out of capture mode, so the error below is the real one
+            raise RuntimeError(
+                f"piecewise CUDA graph capture failed at {size} tokens, piece {len(capture.graphs)}"
+                " (--piecewise-cuda-graph-max-tokens 0 runs those steps eagerly)"
+            ) from exc
+        self.pool = capture.pool
+        self.pieces[size] = _Pieces(capture.graphs, piece_break.calls, hidden, residual)
 
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
         """Float32 logits ``[num_sampled, vocab]`` of a step whose attention ``self.backend`` has
         prepared (``prepare(batch)``), as ``model(batch)`` would compute them."""
+        assert batch.attn_backend is None or batch.attn_backend is self.backend, "replay runs self.backend"
         real = batch.num_tokens
         size = next(s for s in self.sizes if s >= real)
         self.input_ids[:real].copy_(batch.input_ids)

@@ -30,12 +30,16 @@ BACKENDS = [
 SLOTS_PER_SEQUENCE = 512
 
 
-@pytest.fixture(scope="module")
-def model_and_config(tmp_path_factory):
+# Qwen3's per-head q/k norms make q and k new tensors rather than views of the QKV output
+QWEN3 = {**SMALL_LLAMA, "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 128}
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def model_and_config(request, tmp_path_factory):
     from radixserve.model.loader import load_model
 
-    directory = tmp_path_factory.mktemp("small-llama-pieces")
-    (directory / "config.json").write_text(json.dumps(SMALL_LLAMA))
+    directory = tmp_path_factory.mktemp(f"small-{request.param}-pieces")
+    (directory / "config.json").write_text(json.dumps(SMALL_LLAMA if request.param == "llama" else QWEN3))
     torch.manual_seed(3)
     return load_model(str(directory), load_format="dummy", dtype=torch.bfloat16, device="cuda")
 
@@ -93,6 +97,8 @@ def test_replayed_pieces_match_the_eager_model(backend_name, model_and_config):
     steps = [
         [(0, 37), (0, 5), (0, 100)],  # a prefill of three prompts: 142 tokens, padded to 256
         [(37, 1), (5, 1), (100, 20), (0, 3)],  # decodes, an extend over its own context, a new prompt
+        [(38, 1), (6, 1), (120, 1), (3, 1)],  # a decode step: 4 tokens in the 16-token pieces
+        [(0, 128), (0, 128)],  # exactly the largest size: no padding
     ]
     for number, step in enumerate(steps):
         batch = _batch(step, config.vocab_size, seed=number, backend=backend)

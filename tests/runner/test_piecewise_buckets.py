@@ -22,10 +22,17 @@ def test_every_step_up_to_the_limit_has_a_bucket_at_most_twice_its_size(limit):
         assert size <= max(2 * tokens, 16)
 
 
-def test_a_negative_limit_is_refused():
+@pytest.mark.parametrize(
+    "flag, field",
+    [
+        ("piecewise-cuda-graph-max-tokens", "piecewise_cuda_graph_max_tokens"),
+        ("mixed-decode-split", "mixed_decode_split"),
+    ],
+)
+def test_a_negative_count_is_refused_before_the_model_loads(flag, field):
     from radixserve.config import ServerArgs
-    from radixserve.engine.build import _piecewise_runner
+    from radixserve.engine.build import build_engine_parts
 
-    args = ServerArgs(piecewise_cuda_graph_max_tokens=-1)
-    with pytest.raises(ValueError, match="piecewise-cuda-graph-max-tokens"):
-        _piecewise_runner(args, None, None, None, None, None)
+    args = ServerArgs(model_path="/nonexistent", **{field: -1})  # refused before the path is read
+    with pytest.raises(ValueError, match=f"--{flag} must be >= 0"):
+        build_engine_parts(args)
