@@ -138,14 +138,8 @@ def test_graph_replay_and_overlap_match_the_plain_eager_loop(backend, model_dir,
     _release(fast)
 
 
-def test_small_decode_batches_on_triton_kernels_match_flashinfer_up_to_near_ties(model_dir, tokenizer_path):
-    """``--triton-decode-max-bs 16``: while the 24 prompts are admitted chunk by chunk the decode
-    batches are small (Triton decode, graphs of 1-16), then 24 (FlashInfer, graph of 24); prefill
-    and mixed steps stay on FlashInfer. Against the plain FlashInfer loop only near-ties may flip."""
-    pytest.importorskip("flashinfer")
-    from radixserve.attention.small_decode import SmallDecodeSplit
-
-    prompts = _prompts(24, seed=5)
+def _plain_flashinfer_greedy(model_dir: str, tokenizer_path: str, prompts) -> list[dict]:
+    """The reference: FlashInfer alone, eager, synchronous."""
     plain = _engine(
         model_dir,
         tokenizer_path,
@@ -155,6 +149,18 @@ def test_small_decode_batches_on_triton_kernels_match_flashinfer_up_to_near_ties
     )
     expected = _greedy(plain, prompts)
     _release(plain)
+    return expected
+
+
+def test_small_decode_batches_on_triton_kernels_match_flashinfer_up_to_near_ties(model_dir, tokenizer_path):
+    """``--triton-decode-max-bs 16``: while the 24 prompts are admitted chunk by chunk the decode
+    batches are small (Triton decode, graphs of 1-16), then 24 (FlashInfer, graph of 24); prefill
+    and mixed steps stay on FlashInfer. Against the plain FlashInfer loop only near-ties may flip."""
+    pytest.importorskip("flashinfer")
+    from radixserve.attention.small_decode import SmallDecodeSplit
+
+    prompts = _prompts(24, seed=5)
+    expected = _plain_flashinfer_greedy(model_dir, tokenizer_path, prompts)
     split = _engine(
         model_dir, tokenizer_path, attention_backend="flashinfer", triton_decode_max_bs=16, cuda_graph_max_bs=32
     )
@@ -176,15 +182,7 @@ def test_mixed_decode_split_matches_the_plain_loop_up_to_near_ties(model_dir, to
     from radixserve.attention import shared_prefix
 
     prompts = _prompts(24, seed=6)
-    plain = _engine(
-        model_dir,
-        tokenizer_path,
-        attention_backend="flashinfer",
-        disable_cuda_graph=True,
-        disable_overlap_schedule=True,
-    )
-    expected = _greedy(plain, prompts)
-    _release(plain)
+    expected = _plain_flashinfer_greedy(model_dir, tokenizer_path, prompts)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(shared_prefix, "MIN_SAVED_BYTES", 0)
         split = _engine(
