@@ -94,19 +94,26 @@ class SharedPrefixDecode:
         wanted = -(-2 * self.target_programs // (plan.num_tiles * self.num_kv_heads))
         by_len = -(-plan.max_shared_len // MIN_PREFIX_SPLIT_LEN)
         plan.num_prefix_splits = pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
+        plan.merge_heads = triton_cascade.merge_heads_per_program(
+            batch.batch_size, self.num_q_heads, self.target_programs
+        )
         return plan
 
     def warmup(self, num_q_heads: int) -> None:
         """Compile the cascade's kernels before the first request: the prefix kernel for every
         query-block height a plan can pick (see ``triton_cascade.plan_cascade``), the suffix decode
-        and the merge, on a dummy step in slot 0 (tiles with no members: nothing is written)."""
+        and the merge for every heads-per-program count, on a dummy step in slot 0 (tiles with no
+        members: nothing is written)."""
         step = dummy_step(self.kv_pool, num_q_heads)
         k_pool, v_pool = self.kv_pool.get(0)
         out = torch.empty_like(step.q, memory_format=torch.contiguous_format)
         shared_lens, tiles = upload_aligned(
             ([0, 0], [0] * (triton_cascade.TILE_HEADER + 2)), step.q.device, torch.int32
         )
-        for block_m in triton_cascade.block_heights(num_q_heads // self.num_kv_heads, self.kv_pool.head_dim):
+        block_heights = triton_cascade.block_heights(num_q_heads // self.num_kv_heads, self.kv_pool.head_dim)
+        merge_heads = [1 << i for i in range((num_q_heads - 1).bit_length() + 1)]  # 1, 2, ... >= num_q_heads
+        variants = [(m, 1) for m in block_heights] + [(block_heights[0], h) for h in merge_heads[1:]]
+        for block_m, heads in variants:
             plan = triton_cascade.CascadePlan(
                 batch_size=2,
                 shared_lens=shared_lens,
@@ -115,6 +122,7 @@ class SharedPrefixDecode:
                 block_m=block_m,
                 max_shared_len=0,
                 max_suffix_len=2,
+                merge_heads=heads,
             )
             triton_cascade.cascade_decode_attention(
                 step.q, k_pool, v_pool, out, step.qo_indptr, step.kv_indptr, step.kv_slots, plan, 1.0

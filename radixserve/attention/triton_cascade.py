@@ -153,6 +153,74 @@ def _cascade_merge_kernel(
     )
 
 
+@triton.jit
+def _cascade_merge_heads_kernel(
+    prefix_out_ptr,  # [B, Hq, num_prefix_splits, D] float32
+    prefix_lse_ptr,  # [B, Hq, num_prefix_splits] float32
+    suffix_out_ptr,  # [B, Hq, num_suffix_splits, D] float32
+    suffix_lse_ptr,  # [B, Hq, num_suffix_splits] float32
+    shared_lens_ptr,  # [B] int32, 0: the sequence has no prefix part
+    out_ptr,  # [T, Hq, D]
+    qo_indptr_ptr,  # [B + 1]
+    stride_out_token,
+    stride_out_head,
+    num_prefix_splits,
+    num_suffix_splits,
+    NUM_Q_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """The merge of ``_cascade_merge_kernel`` for ``BLOCK_H`` heads of a sequence per program, one
+    split at a time: at large batches (few splits each) a program per (sequence, head) does too
+    little work to pay for itself (32,768 programs a layer at 1,024 sequences x 32 heads)."""
+    seq = tl.program_id(0)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_mask = heads < NUM_Q_HEADS
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = h_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    num_prefix = tl.where(tl.load(shared_lens_ptr + seq) > 0, num_prefix_splits, 0)
+    prefix_base = (seq * NUM_Q_HEADS + heads).to(tl.int64) * num_prefix_splits  # [BLOCK_H]
+    suffix_base = (seq * NUM_Q_HEADS + heads).to(tl.int64) * num_suffix_splits
+    # the largest log-sum-exp per head (suffix split 0 always holds the newest key: finite); heads
+    # past NUM_Q_HEADS read 0 and are never stored
+    best = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    for split in range(0, num_prefix):
+        best = tl.maximum(best, tl.load(prefix_lse_ptr + prefix_base + split, mask=h_mask, other=0.0))
+    for split in range(0, num_suffix_splits):
+        best = tl.maximum(best, tl.load(suffix_lse_ptr + suffix_base + split, mask=h_mask, other=0.0))
+    total = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    weight = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for split in range(0, num_prefix):
+        w = tl.exp2(tl.load(prefix_lse_ptr + prefix_base + split, mask=h_mask, other=0.0) - best)
+        rows = tl.load(
+            prefix_out_ptr + (prefix_base + split)[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0
+        )
+        total += w[:, None] * rows
+        weight += w
+    for split in range(0, num_suffix_splits):
+        w = tl.exp2(tl.load(suffix_lse_ptr + suffix_base + split, mask=h_mask, other=0.0) - best)
+        rows = tl.load(
+            suffix_out_ptr + (suffix_base + split)[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0
+        )
+        total += w[:, None] * rows
+        weight += w
+    out = total / weight[:, None]
+    row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
+    out_offs = row * stride_out_token + heads[:, None] * stride_out_head + offs_d[None, :]
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def merge_heads_per_program(batch_size: int, num_q_heads: int, target_programs: int) -> int:
+    """Heads the cascade's merge handles per program: 1 while a program per (sequence, head) is at
+    most twice ``target_programs`` (the device's concurrent programs), else as many heads as keep
+    at least that many programs (a power of two, at most all of them)."""
+    per_program = (batch_size * num_q_heads) // (2 * target_programs)
+    if per_program < 2:
+        return 1
+    return min(1 << (per_program.bit_length() - 1), triton.next_power_of_2(num_q_heads))
+
+
 # ---- host planning ------------------------------------------------------------------------------
 
 
@@ -169,6 +237,7 @@ class CascadePlan:
     max_suffix_len: int  # the most keys any sequence reads past its shared prefix
     num_prefix_splits: int = 1
     num_suffix_splits: int = 1
+    merge_heads: int = 1  # heads per program of the merge (``merge_heads_per_program``)
 
     @property
     def num_tiles(self) -> int:
@@ -261,6 +330,14 @@ def cascade_decode_attention(
         scale,
         kv_offsets=plan.shared_lens,
     )
+    if plan.merge_heads > 1:
+        _cascade_merge_heads_kernel[(batch_size, triton.cdiv(num_q_heads, plan.merge_heads))](
+            prefix_out, prefix_lse, suffix_out, suffix_lse, plan.shared_lens, out, qo_indptr,
+            out.stride(0), out.stride(1), num_prefix, plan.num_suffix_splits,
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=plan.merge_heads,
+            num_warps=8 if plan.merge_heads * block_d >= 2048 else 4,
+        )  # fmt: skip
+        return
     _cascade_merge_kernel[(batch_size, num_q_heads)](
         prefix_out, prefix_lse, suffix_out, suffix_lse, plan.shared_lens, out, qo_indptr,
         out.stride(0), out.stride(1), num_prefix, plan.num_suffix_splits,

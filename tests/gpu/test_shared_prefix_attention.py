@@ -177,6 +177,24 @@ def test_many_splits_and_groups_bigger_than_a_tile(monkeypatch, device):
     assert plan.num_prefix_splits > 1 and plan.num_suffix_splits > 1
 
 
+@pytest.mark.parametrize("heads", [2, 4, 16])
+def test_merge_of_several_heads_per_program(heads, monkeypatch, device):
+    """At large batches the merge takes several heads per program (``merge_heads_per_program``);
+    forced here on the usual scenario, including more heads per program than the model has (8)."""
+    monkeypatch.setattr(triton_cascade, "merge_heads_per_program", lambda *_: heads)
+    name, min_shared = size(device)
+    plan = check_cascade(SCENARIOS[name], Shape(NUM_KV_HEADS * 4, 64), device, min_shared, seed=4)
+    assert plan.merge_heads == heads
+
+
+def test_heads_per_merge_program_keep_the_device_busy():
+    pick = triton_cascade.merge_heads_per_program
+    assert pick(1024, 32, 264) == 32  # 1,024 programs instead of 32,768
+    assert pick(128, 32, 264) == 4  # 1,024 programs
+    assert pick(16, 32, 264) == 1  # 512 programs: one per (sequence, head), as before
+    assert pick(4096, 8, 264) == 8  # never more than the heads there are
+
+
 @pytest.mark.parametrize("group, head_dim", [(3, 96), (2, 256)])
 def test_odd_gqa_groups_and_head_dims(group, head_dim, device):
     name, min_shared = size(device)
