@@ -6,6 +6,8 @@
 #   make gpu-wheels                      # here, with network: download the wheels into .whl/
 #   bench/gpu_machine.sh                 # there: tests + issue-5 suite (offline serving latency)
 #   bench/gpu_machine.sh tests           # only the GPU tests
+#   GPU_TESTS="tests/gpu/test_piecewise_graph.py tests/gpu/test_engine_gpu.py" bench/gpu_machine.sh tests
+#                                        # only these test files (the whole directory takes ~6 min)
 #   bench/gpu_machine.sh bench latency   # only the named suite parts (see bench/gpu_suite.sh)
 #
 # Environment: WHEELS (default .whl), SITE (where wheels are installed, default /tmp/rs-site),
@@ -43,7 +45,8 @@ status=0
 if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
     # each test's outcome as it runs (a time limit still leaves the list), a stack dump for any test
     # stuck past two minutes, the failures' one-line reasons last
-    python3 -m pytest tests/gpu -v -p no:cacheprovider -rfs --tb=line -o faulthandler_timeout=120 \
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    python3 -m pytest ${GPU_TESTS:-tests/gpu} -v -p no:cacheprovider -rfs --tb=line -o faulthandler_timeout=120 \
         >"${OUT:-/tmp}/gpu-tests.log" 2>&1 || status=1
     grep -E "FAILED|ERROR|^E |Timeout" "${OUT:-/tmp}/gpu-tests.log" | cut -c1-300 | head -60
     tail -3 "${OUT:-/tmp}/gpu-tests.log"
