@@ -16,7 +16,9 @@ Runs (--runs):
             dfs-weight, fcfs).
 Reported: output and total tok/s, TTFT p50 / p95 (all requests sent at t = 0), hit rate =
 Σ cached / Σ prompt tokens next to the workload's maximum (tokens shared with an earlier
-request), speedup over the cache off, and the roofline. JSONL: bench/results/shared-prefix.jsonl,
+request), speedup over the cache off next to the ideal speedup (the cache-off bound over the
+cache-on bound: what two engines at their rooflines would show), and each run's share of its
+roofline (a cache-off run's: the bound without a prefix cache). JSONL: bench/results/shared-prefix.jsonl,
 no-sharing.jsonl, shared-prefix-constrained.jsonl.
 
   python -m bench.prefix_reuse --preset h100
@@ -90,14 +92,21 @@ class _Rows:
         self.speed, self.shape, self.reporter = speed, shape, reporter
         self.hits = {name: prefix_hits([r.prompt_ids for r in reqs]) for name, reqs in all_workloads.items()}
 
-    def summary(self, name: str, run) -> dict:
+    def summary(self, name: str, run, cache: bool = True) -> dict:
+        """``cache=False`` (a --disable-radix-cache run): the roofline is that of an engine without
+        a prefix cache; ``ideal_speedup`` (cache-on runs): the ratio of the two bounds."""
         reqs = self.workloads[name]
         bound = workload_roofline(
-            self.shape, self.speed, reqs, self.hits[name], run.max_running_requests, run.pool_tokens
+            self.shape, self.speed, reqs, self.hits[name], run.max_running_requests, run.pool_tokens, cache
         )
         summary = offline_summary(run.cases[name], bound)
         summary["max_hit_rate"] = round(sum(self.hits[name]) / sum(r.prompt_len for r in reqs), 4)
         summary["pool_tokens"] = run.pool_tokens
+        if cache:
+            no_cache = workload_roofline(
+                self.shape, self.speed, reqs, self.hits[name], run.max_running_requests, run.pool_tokens, False
+            )
+            summary["ideal_speedup"] = round(no_cache.seconds / bound.seconds, 2)
         return summary
 
     def record(self, workload: str, summary: dict, notes: str, engine_args: dict | None = None, **extra) -> dict:
@@ -135,6 +144,7 @@ def main(argv=None) -> None:
             ("hit_rate", "hit rate"),
             ("max_hit_rate", "max hit"),
             ("speedup", "speedup"),
+            ("ideal_speedup", "ideal"),
             ("pct_of_roofline", "% roof"),
         ],
         title=f"prefix reuse ({_shape(args)}), {setup.label}, {speed.card}, commit {rows.reporter.commit}",
@@ -163,7 +173,7 @@ def _on_off(rows: _Rows, names: list[str], with_off: bool = True) -> list[dict]:
         off_kwargs = {**on_kwargs, "disable_radix_cache": True}
         off = run_isolated(run_engine_cases, off_kwargs, cases)
         for name in names:
-            on_summary, off_summary = rows.summary(name, on), rows.summary(name, off)
+            on_summary, off_summary = rows.summary(name, on), rows.summary(name, off, cache=False)
             speedup = round(on_summary["output_tok_s"] / off_summary["output_tok_s"], 2)
             records.append(
                 rows.record(name, on_summary, "cache on" + suffix, on_kwargs, cache="on", speedup=speedup, **common)

@@ -287,12 +287,22 @@ class _SharedPrefixes:
 
 
 def workload_roofline(
-    shape: ModelShape, speed: DeviceSpeed, requests, hits: list[int], max_batch: int, pool_tokens: int
+    shape: ModelShape,
+    speed: DeviceSpeed,
+    requests,
+    hits: list[int],
+    max_batch: int,
+    pool_tokens: int,
+    cache: bool = True,
 ) -> RooflineResult:
     """``offline_roofline`` of BenchRequests whose reusable prefixes are ``hits`` (prefix_index.prefix_hits);
-    a group's common prefix is what all its members' prompts start with."""
+    a group's common prefix is what all its members' prompts start with. ``cache=False``: the bound
+    of an engine without a prefix cache (every prompt token prefilled, every context read in full)."""
     from bench.harness.prefix_index import common_prefix_len
 
+    if not cache:
+        shaped = [RooflineRequest(r.prompt_len, 0, r.output_len) for r in requests]
+        return offline_roofline(shape, speed, shaped, max_batch, pool_tokens)
     common: dict[int, list[int]] = {}
     for r in requests:
         if r.group is not None:

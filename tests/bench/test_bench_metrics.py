@@ -88,3 +88,24 @@ def test_records_carry_every_required_key():
 def test_server_flags_forward_engine_args():
     flags = server_flags({"model_path": "m", "load_format": "dummy", "disable_radix_cache": True, "x": None})
     assert flags == ["--model-path", "m", "--load-format", "dummy", "--disable-radix-cache"]
+
+
+def test_the_cache_off_bound_prefills_everything_and_reads_every_context():
+    """The shared-prefix workload's bound with a prefix cache and without one (the speedup two
+    engines at their rooflines would show): H200 figures of the fourth session's bench runs."""
+    from bench.harness import workloads
+    from bench.harness.prefix_index import prefix_hits
+    from bench.harness.roofline import workload_roofline
+
+    speed = DeviceSpeed("H200", 4245e9, 783.36e12, "8192^3 bfloat16")
+    requests = workloads.shared_prefix(64, 16, 2048, 128, 256, 49152, 0)
+    hits = prefix_hits([r.prompt_ids for r in requests])
+    on = workload_roofline(LLAMA_8B, speed, requests, hits, 1024, 845_197)
+    off = workload_roofline(LLAMA_8B, speed, requests, hits, 1024, 845_197, cache=False)
+    zero_hits = offline_roofline(
+        LLAMA_8B, speed, [RooflineRequest(r.prompt_len, 0, r.output_len) for r in requests], 1024, 845_197
+    )
+    assert off.seconds == pytest.approx(zero_hits.seconds)
+    assert off.prefill_seconds > 8 * on.prefill_seconds  # 2.23 M prompt tokens against 262 k
+    assert off.mean_batch < 400 < on.mean_batch  # without sharing the pool holds ~347 contexts of 2,432
+    assert 6.0 < off.seconds / on.seconds < 6.5
