@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline serving latency latency-split profiles (issue 5); prefix prefix-nomix prefix-variants policies sweep
+# Parts: offline serving latency latency-split latency-ragged profiles (issue 5); prefix prefix-nomix prefix-variants policies sweep
 # multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
@@ -69,6 +69,9 @@ part() {
         # the latency part, and side by side in the same run the decode batches FlashInfer would
         # run on its CUDA-core kernels on the Triton decode kernels instead
         run_part latency-split bench.latency --variant "--triton-decode-max-bs 63" ;;
+    latency-ragged)
+        # prefill from an empty context through FlashInfer's ragged kernel, side by side with the paged one
+        run_part latency-ragged bench.latency --skip-hf --variant=--ragged-prefill ;;
     prefix)
         # no-sharing scaled to 512 requests (the control's prefill is the costliest run)
         run_part prefix bench.prefix_reuse --runs on-off --no-sharing-requests 512 \
@@ -94,7 +97,7 @@ part() {
         run_part profile-prefill bench.profile_step --phase prefill --batch 40 --input-len 200 --top 14
         # one serving-sized prompt: an eager step's host launch cost against its device time (TTFT)
         run_part profile-prefill-one bench.profile_step --phase prefill --batch 1 --input-len 200 --top 14 ;;
-    *) echo "unknown part $1 (offline serving latency latency-split profiles prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline serving latency latency-split latency-ragged profiles prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 

@@ -71,6 +71,11 @@ class ServerArgs:
         "flashinfer backend: a mixed step whose first N+ sequences decode runs them on the decode kernels (the"
         " shared-prefix cascade where it pays) and only its prefill chunks on the prefill kernel (0: off)",
     )
+    ragged_prefill: bool = _opt(
+        False,
+        "flashinfer backend: steps that prefill from an empty context attend over the new K/V directly"
+        " (ragged) instead of through the pool's pages",
+    )
     cuda_graph_max_bs: int = _opt(256, "largest decode batch replayed from a captured CUDA graph")
     piecewise_cuda_graph_max_tokens: int = _opt(
         1024,

@@ -40,13 +40,21 @@ def resolve_triton_decode_max_bs(name: str, triton_decode_max_bs: int) -> int:
 
 
 def create_backend(
-    name: str, kv_pool, num_q_heads: int, triton_decode_max_bs: int = 0, mixed_decode_split: int = 0
+    name: str,
+    kv_pool,
+    num_q_heads: int,
+    triton_decode_max_bs: int = 0,
+    mixed_decode_split: int = 0,
+    ragged_prefill: bool = False,
 ) -> AttentionBackend:
     """Build the backend called ``name`` over ``kv_pool`` (see ``radixserve.runner.kv_pool``).
     ``triton_decode_max_bs`` > 0 (flashinfer only): decode batches of at most that many sequences
     run the Triton decode kernels instead (see ``small_decode.py``); -1: the measured default.
     ``mixed_decode_split`` > 0 (flashinfer only): a mixed step's leading decodes, when at least that
-    many, run on the decode kernels (see ``flashinfer_backend.py``)."""
+    many, run on the decode kernels; ``ragged_prefill`` (flashinfer only): prefills from an empty
+    context attend over the new K/V directly (see ``flashinfer_backend.py``)."""
+    if ragged_prefill and name != "flashinfer":
+        raise ValueError(f"--ragged-prefill: only with the flashinfer backend (this one: {name})")
     triton_decode_max_bs = resolve_triton_decode_max_bs(name, triton_decode_max_bs)
     if mixed_decode_split < 0 or (mixed_decode_split and name != "flashinfer"):
         raise ValueError(
@@ -60,7 +68,7 @@ def create_backend(
     if name == "flashinfer":
         from radixserve.attention.flashinfer_backend import FlashInferBackend
 
-        backend = FlashInferBackend(kv_pool, num_q_heads, mixed_decode_split)
+        backend = FlashInferBackend(kv_pool, num_q_heads, mixed_decode_split, ragged_prefill)
         if triton_decode_max_bs <= 0:
             return backend
         from radixserve.attention.small_decode import SmallDecodeSplit

@@ -10,6 +10,10 @@ Per step ``prepare`` plans once and every layer reuses the plan:
   ``BatchPrefillWithPagedKVCacheWrapper`` with a causal mask. A sequence's new tokens are the last
   ``extend_len`` positions of its context, so bottom-right-aligned causal masking is exactly
   "row j sees positions 0 .. prefix_len + j".
+* with ``ragged_prefill``, a step in which every sequence starts from an empty context (nothing
+  cached, no decodes: a long prompt's first chunk, a cache-off run) runs
+  ``BatchPrefillWithRaggedKVCacheWrapper`` over the new K/V tensors, contiguous, instead of
+  gathering them back from the pool's pages. Off by default until measured on a GPU.
 * with ``mixed_decode_split = N > 0``, a mixed step whose first ``N`` or more sequences decode
   (the scheduler puts a mixed step's decodes first) runs those on the decode kernels, or on the
   shared-prefix cascade when that pays, and only the rest on the prefill kernel: a decode row in
@@ -49,9 +53,11 @@ _CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)
 class FlashInferBackend(AttentionBackend):
     supports_cuda_graph = True
 
-    def __init__(self, kv_pool, num_q_heads: int, mixed_decode_split: int = 0):
+    def __init__(self, kv_pool, num_q_heads: int, mixed_decode_split: int = 0, ragged_prefill: bool = False):
         """``kv_pool``: a ``radixserve.runner.kv_pool.KVPool`` on a CUDA device (bf16 or fp16).
-        ``mixed_decode_split``: see the module docstring (0: mixed steps run the prefill kernel only)."""
+        ``mixed_decode_split``: see the module docstring (0: mixed steps run the prefill kernel only).
+        ``ragged_prefill``: steps whose every sequence starts from an empty context attend over the
+        new K/V as they come out of the projection (ragged) instead of through the pool's pages."""
         if kv_pool.device.type != "cuda":
             raise ValueError("the flashinfer backend needs a CUDA device")
         if kv_pool.dtype not in (torch.float16, torch.bfloat16):
@@ -71,6 +77,12 @@ class FlashInferBackend(AttentionBackend):
             for tensor_cores in ((True, False) if self.cuda_core_ok else (True,))
         }
         self.prefill_wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
+        # the same JIT module as the paged prefill (its ragged kernel): no extra build
+        self.ragged_wrapper = (
+            flashinfer.BatchPrefillWithRaggedKVCacheWrapper(self.workspace, "NHD") if ragged_prefill else None
+        )
+        self.step_ragged = False  # the step last prepared runs the ragged prefill
+        self.num_ragged_steps = 0
         self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
         self._graph_indices = torch.zeros(kv_pool.num_slots * 2, dtype=torch.int32, device=device)
         self._active = self.decode_wrappers[True]
@@ -107,6 +119,7 @@ class FlashInferBackend(AttentionBackend):
     def prepare(self, batch: ForwardBatch) -> None:
         self.step_cascade = self.shared_prefix.take(batch) if self.shared_prefix is not None else None
         self.step_split = None
+        self.step_ragged = False
         if self.step_cascade is not None:
             return
         if batch.is_decode:
@@ -116,6 +129,22 @@ class FlashInferBackend(AttentionBackend):
                 wrapper, kv_indptr, batch.kv_slots[: int(kv_indptr[-1])], self._host_ones(batch.batch_size)
             )
             self._active = wrapper
+            return
+        if self.ragged_wrapper is not None and batch.seq_lens == batch.extend_lens:  # nothing cached, no decodes
+            indptr = self._host_indptr(batch.extend_lens)
+            self._plan(
+                self.ragged_wrapper,
+                indptr,
+                indptr,
+                self.num_q_heads,
+                self.num_kv_heads,
+                self.head_dim,
+                causal=True,
+                q_data_type=self.dtype,
+                kv_data_type=self.dtype,
+            )
+            self.step_ragged = True
+            self.num_ragged_steps += 1
             return
         num_decodes = batch.num_leading_decodes
         if 0 < self.mixed_decode_split <= num_decodes:
@@ -159,6 +188,7 @@ class FlashInferBackend(AttentionBackend):
         """Plan a decode batch held in the graph runner's static buffers (see runner/cuda_graph.py)."""
         self.step_cascade = None
         self.step_split = None
+        self.step_ragged = False
         if self.shared_prefix is not None:
             self.shared_prefix.forget()
         size = batch.batch_size
@@ -242,6 +272,8 @@ class FlashInferBackend(AttentionBackend):
         if scale != default_scale:  # plans use 1/sqrt(head_dim); fold any other scale into q
             q = q * (scale / default_scale)
         q = q.to(self.dtype).contiguous()
+        if self.step_ragged:  # the new K/V themselves: the whole context of every sequence
+            return self.ragged_wrapper.run(q, k.to(self.dtype).contiguous(), v.to(self.dtype).contiguous())
         if split is None:
             return self._active.run(q, self._paged[layer_id])
         rows = split.head.num_tokens

@@ -83,6 +83,7 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
         num_q_heads=model_config.num_heads,
         triton_decode_max_bs=args.triton_decode_max_bs,
         mixed_decode_split=args.mixed_decode_split,
+        ragged_prefill=args.ragged_prefill,
     )
     if device.type == "cuda":
         backend.warmup(model_config.num_heads)

@@ -76,3 +76,10 @@ def test_the_mixed_decode_split_flag_is_refused_where_it_cannot_apply(name, coun
     pool = KVPool(8, 1, HKV, D, torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="mixed-decode-split"):
         create_backend(name, pool, HQ, mixed_decode_split=count)
+
+
+@pytest.mark.parametrize("name", ["torch_native", "triton"])
+def test_ragged_prefill_is_refused_off_flashinfer(name):
+    pool = KVPool(8, 1, HKV, D, torch.float32, torch.device("cpu"))
+    with pytest.raises(ValueError, match="ragged-prefill"):
+        create_backend(name, pool, HQ, ragged_prefill=True)

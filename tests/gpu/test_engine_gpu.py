@@ -196,6 +196,19 @@ def test_mixed_decode_split_matches_the_plain_loop_up_to_near_ties(model_dir, to
     _release(split)
 
 
+def test_ragged_prefill_matches_the_plain_loop_up_to_near_ties(model_dir, tokenizer_path):
+    """``--ragged-prefill``: the first chunks of the 24 prompts (nothing cached yet, no decodes in
+    the step) attend over the new K/V directly; every later step runs as before."""
+    pytest.importorskip("flashinfer")
+    prompts = _prompts(24, seed=8, share=False)
+    expected = _plain_flashinfer_greedy(model_dir, tokenizer_path, prompts)
+    ragged = _engine(model_dir, tokenizer_path, attention_backend="flashinfer", ragged_prefill=True)
+    _assert_same_up_to_near_ties(_greedy(ragged, prompts), expected)
+    assert ragged.core.runner.backend.num_ragged_steps > 0
+    ragged.core.check_invariants()
+    _release(ragged)
+
+
 def _decode_batch(size: int):
     from radixserve.attention.base import ForwardBatch
 
