@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline serving latency latency-split latency-ragged profiles (issue 5); profile-cascade prefix prefix-nomix prefix-variants policies sweep
+# Parts: offline serving latency latency-split latency-ragged profiles gemv-probe (issue 5); profile-cascade prefix prefix-nomix prefix-variants policies sweep
 # multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
@@ -97,11 +97,16 @@ part() {
         run_part profile-prefill bench.profile_step --phase prefill --batch 40 --input-len 200 --top 14
         # one serving-sized prompt: an eager step's host launch cost against its device time (TTFT)
         run_part profile-prefill-one bench.profile_step --phase prefill --batch 1 --input-len 200 --top 14 ;;
+    gemv-probe)
+        # batch-1 projections: cuBLAS against a Triton GEMV (whether a GEMV path for (d) pays)
+        # (a diagnostic of its own: none of the engine flags the other parts take)
+        echo "=== gemv-probe"
+        "${LIMIT[@]}" "$PY" -m bench.gemv_probe 2>&1 | tee "$RESULTS/logs/gemv-probe.log" || FAILED+=(gemv-probe) ;;
     profile-cascade)
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \
             --steps 5 --top 14 ;;
-    *) echo "unknown part $1 (offline serving latency latency-split latency-ragged profiles profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline serving latency latency-split latency-ragged profiles gemv-probe profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 
