@@ -102,3 +102,34 @@ def test_mixed_step_planning_does_not_wait_for_queued_gpu_work(backend_name):
         backend_name, [(True, 30, 1), (True, 5, 7), (False, 0, 40)], lambda backend, batch: backend.prepare(batch)
     )
     assert not waited, f"{backend_name}: planning a mixed step waited for the queued GPU sleep"
+
+
+@pytest.mark.parametrize("backend_name", ["triton", "flashinfer"])
+def test_a_cascade_decode_step_does_not_wait_for_queued_gpu_work(backend_name):
+    """Grouping the sequences, laying out the cascade and launching its kernels for every layer:
+    none of it may wait for the GPU, or large shared-prefix decode steps serialize host and device."""
+    if backend_name == "flashinfer":
+        pytest.importorskip("flashinfer")
+    from tests.gpu.test_attention_backends import new_tokens
+    from tests.gpu.test_shared_prefix_attention import SCENARIOS, cascade_backend, make_groups, with_identity
+
+    device = torch.device("cuda")
+    shape = Shape(NUM_KV_HEADS * 4, 128)
+    sequences = make_groups(SCENARIOS["big"], shape, device)
+    backend = cascade_backend(backend_name, make_pool(sequences, shape, device), shape.num_q_heads, 256)
+    q, k, v = new_tokens(sequences)
+    batches = [with_identity(make_batch(sequences, device), sequences) for _ in range(2)]  # uploads first
+
+    def step(batch):
+        assert backend.wants_eager(batch)
+        backend.prepare(batch)
+        assert backend.step_cascade is not None
+        for layer in range(2):
+            backend.forward(q, k, v, layer, batch, shape.head_dim**-0.5)
+
+    step(batches[0])  # kernels loaded
+    done = busy_gpu()
+    step(batches[1])
+    waited = done.query()
+    torch.cuda.synchronize()
+    assert not waited, f"{backend_name}: a cascade decode step waited for the queued GPU sleep"
