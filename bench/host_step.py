@@ -12,6 +12,7 @@ is the collector's share.
 
   python -m bench.host_step                       # batches 100, 400, 800
   python -m bench.host_step --batch-sizes 1024 --steps 20
+  python -m bench.host_step --batch-sizes 1024 --steps 20 --timers   # wall-clock phase timers
 """
 
 from __future__ import annotations
@@ -48,23 +49,35 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--top", type=int, default=0, help="also list the N functions with the most own time (frozen runs)"
     )
+    parser.add_argument(
+        "--timers",
+        action="store_true",
+        help="time the phases with wall-clock timers around them instead of cProfile (whose per-call cost"
+        " inflates Python-heavy phases)",
+    )
     args = parser.parse_args(argv)
     tokenizer = args.tokenizer_path or str(model_files.default_tokenizer_dir())
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
     for frozen in (True, False):  # one engine (one child process) each
-        top = args.top if frozen else 0
-        for batch, times in run_isolated(measure_all, tokenizer, sizes, args.steps, args.input_len, frozen, top):
+        top = args.top if frozen and not args.timers else 0
+        measured = run_isolated(measure_all, tokenizer, sizes, args.steps, args.input_len, frozen, top, args.timers)
+        for batch, times in measured:
             rows.append({"batch": batch, "gc": "frozen" if frozen else "collected", **times})
     rows.sort(key=lambda row: row["batch"])
     columns = [("batch", "batch"), ("gc", "startup objects")]
     columns += [(name, f"{name} ms") for name in ("host", "schedule", "build", "resolve", "detok", "step", "full_gc")]
-    print_table(rows, columns, f"engine host ms per decode step (CPU, one-layer dummy Llama, {args.steps} steps)")
+    how = "wall-clock timers" if args.timers else "cProfile"
+    print_table(
+        rows, columns, f"engine host ms per decode step (CPU, one-layer dummy Llama, {args.steps} steps, {how})"
+    )
     print("host = step - forward - sample: what a step costs besides the model, on one core;")
     print("full_gc = one full garbage collection with the engine alive (after the runs)")
 
 
-def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, frozen: bool, top: int = 0) -> list:
+def measure_all(
+    tokenizer: str, sizes: list[int], steps: int, input_len: int, frozen: bool, top: int = 0, timers: bool = False
+) -> list:
     """In a child process: one engine; ``frozen=False`` skips its startup freeze (the behaviour
     before it), so the collector walks every startup object in its full collections."""
     from radixserve import Engine
@@ -83,7 +96,7 @@ def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, fr
         context_length=context,
         max_total_tokens=max(sizes) * context + 1,
     )
-    results = [(batch, measure(engine, batch, steps, input_len, top)) for batch in sizes]
+    results = [(batch, measure(engine, batch, steps, input_len, top, timers)) for batch in sizes]
     started = time.perf_counter()
     gc.collect()  # one full collection with the engine alive: what each one costs the loop
     full_collection_ms = (time.perf_counter() - started) * 1e3
@@ -91,7 +104,7 @@ def measure_all(tokenizer: str, sizes: list[int], steps: int, input_len: int, fr
     return [(batch, {**times, "full_gc": full_collection_ms}) for batch, times in results]
 
 
-def measure(engine, batch: int, steps: int, input_len: int, top: int = 0) -> dict:
+def measure(engine, batch: int, steps: int, input_len: int, top: int = 0, timers: bool = False) -> dict:
     from radixserve.core.sampling_params import SamplingParams
 
     core = engine.core
@@ -103,20 +116,65 @@ def measure(engine, batch: int, steps: int, input_len: int, top: int = 0) -> dic
         decoding.update(o.request_id for o in core.step() if o.new_token_ids)
     for _ in range(3):
         core.step()
+    if timers:
+        times = _timed(core, steps)
+    else:
+        times = _profiled(core, steps, batch, top)
+    while core.has_work:
+        core.step()
+    engine.flush_cache()
+    times["host"] = times["step"] - times["forward"] - times["sample"]
+    return times
+
+
+def _timed(core, steps: int) -> dict:
+    """ms per step of each phase, from perf_counter around the phase's method (instance attributes,
+    removed afterwards)."""
+    phases = {  # column -> (object, method)
+        "schedule": (core.scheduler, "schedule"),
+        "build": (core.runner, "build_batch"),
+        "forward": (core.runner, "forward"),
+        "sample": (core.runner.sampler, "sample_async"),
+        "resolve": (core, "_resolve"),
+        "detok": (core, "_emit"),
+    }
+    spent = dict.fromkeys(phases, 0.0)
+
+    def timed(column, method):
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[column] += time.perf_counter() - started
+
+        return call
+
+    for column, (owner, name) in phases.items():
+        setattr(owner, name, timed(column, getattr(owner, name)))
+    try:
+        started = time.perf_counter()
+        for _ in range(steps):
+            core.step()
+        spent["step"] = time.perf_counter() - started
+    finally:
+        for owner, name in phases.values():
+            delattr(owner, name)
+    return {column: seconds * 1e3 / steps for column, seconds in spent.items()}
+
+
+def _profiled(core, steps: int, batch: int, top: int) -> dict:
+    """ms per step of each phase, cumulative times under cProfile."""
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(steps):
         core.step()
     profile.disable()
-    while core.has_work:
-        core.step()
-    engine.flush_cache()
     times = {name: 0.0 for name in PHASES.values()}
     for (path, _, function), (_, _, _, cumulative, _) in pstats.Stats(profile).stats.items():
         for (suffix, name), column in PHASES.items():
             if function == name and path.endswith(suffix):
                 times[column] += cumulative * 1e3 / steps
-    times["host"] = times["step"] - times["forward"] - times["sample"]
     if top:
         print(f"\nbatch {batch}: the {top} functions with the most own time over {steps} steps")
         pstats.Stats(profile).strip_dirs().sort_stats("tottime").print_stats(top)

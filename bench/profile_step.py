@@ -110,29 +110,36 @@ def main(argv=None) -> None:
         print(f"without the profiler: wall {unprofiled * 1e3:.2f} ms/step (best of 3 warm runs)")
 
 
-def _unprofiled_prefill(engine, batch, cuda: bool, runs: int = 3) -> float:
-    """Prefill ``batch`` ``runs`` times (cache flushed between), the first to warm up; the best
-    wall time per step of the timed runs, s. Each step waits for its results (no overlap here)."""
-    import torch
-
+def _prefill_once(engine, batch, name: str) -> int:
+    """Add ``batch`` with one output token each and step until done, then flush the cache; the
+    number of steps (each waits for its results: no overlap in the prefill phase)."""
     from radixserve.core.sampling_params import SamplingParams
 
     one = SamplingParams.from_dict({"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True})
+    for number, prompt in enumerate(batch):
+        engine.core.add_request(f"{name}-{number}", prompt, one)
+    steps = 0
+    while engine.core.has_work:
+        engine.core.step()
+        steps += 1
+    engine.flush_cache()
+    return steps
+
+
+def _unprofiled_prefill(engine, batch, cuda: bool, runs: int = 3) -> float:
+    """Prefill ``batch`` ``runs`` times after one warm-up run; the best wall time per step, s."""
+    import torch
+
     best = float("inf")
     for run in range(runs + 1):
-        for number, prompt in enumerate(batch):
-            engine.core.add_request(f"profile-warmup-{run}-{number}", prompt, one)
         if cuda:
             torch.cuda.synchronize()
-        started, steps = time.perf_counter(), 0
-        while engine.core.has_work:
-            engine.core.step()
-            steps += 1
+        started = time.perf_counter()
+        steps = _prefill_once(engine, batch, f"profile-warmup-{run}")
         if cuda:
             torch.cuda.synchronize()
         if run:
             best = min(best, (time.perf_counter() - started) / max(steps, 1))
-        engine.flush_cache()
     return best
 
 
@@ -141,19 +148,10 @@ def _host_profile(engine, batch, top: int) -> None:
     import cProfile
     import pstats
 
-    from radixserve.core.sampling_params import SamplingParams
-
-    one = SamplingParams.from_dict({"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True})
-    for number, prompt in enumerate(batch):
-        engine.core.add_request(f"profile-host-{number}", prompt, one)
     profiler = cProfile.Profile()
-    steps = 0
     profiler.enable()
-    while engine.core.has_work:
-        engine.core.step()
-        steps += 1
+    steps = _prefill_once(engine, batch, "profile-host")
     profiler.disable()
-    engine.flush_cache()
     print(f"\nhost (cProfile) over {steps} prefill step(s), by own time, then by cumulative time:")
     stats = pstats.Stats(profiler).strip_dirs()
     stats.sort_stats("tottime").print_stats(top)

@@ -82,7 +82,6 @@ class FlashInferBackend(AttentionBackend):
             flashinfer.BatchPrefillWithRaggedKVCacheWrapper(self.workspace, "NHD") if ragged_prefill else None
         )
         self.step_ragged = False  # the step last prepared runs the ragged prefill
-        self.num_ragged_steps = 0
         self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
         self._graph_indices = torch.zeros(kv_pool.num_slots * 2, dtype=torch.int32, device=device)
         self._active = self.decode_wrappers[True]
@@ -92,8 +91,6 @@ class FlashInferBackend(AttentionBackend):
         self.step_cascade = None  # the cascade layout of the step last prepared, if it runs one
         self.mixed_decode_split = mixed_decode_split
         self.step_split: _MixedSplit | None = None  # the mixed step last prepared, when split
-        self.num_split_steps = 0  # mixed steps prepared with their decodes split off
-        self.num_split_cascades = 0  # ... of which the decodes ran the shared-prefix cascade
         # the paged cache as FlashInfer sees it: [num_pages, page_size=1, Hkv, D] per layer
         self._paged = [
             (k.view(-1, 1, self.num_kv_heads, self.head_dim), v.view(-1, 1, self.num_kv_heads, self.head_dim))
@@ -144,19 +141,16 @@ class FlashInferBackend(AttentionBackend):
                 kv_data_type=self.dtype,
             )
             self.step_ragged = True
-            self.num_ragged_steps += 1
             return
         num_decodes = batch.num_leading_decodes
         if 0 < self.mixed_decode_split <= num_decodes:
             self.step_split = self._prepare_decode_head(batch.head(num_decodes))
-            self.num_split_steps += 1
         self._plan_prefill(batch, num_decodes if self.step_split is not None else 0)
 
     def _prepare_decode_head(self, head: ForwardBatch) -> _MixedSplit:
         """Plan a mixed step's leading decodes: the cascade where it pays, else BatchDecode."""
         cascade = self.shared_prefix.take(head) if self.shared_prefix is not None else None
         if cascade is not None:
-            self.num_split_cascades += 1
             return _MixedSplit(head, None, cascade)
         kv_indptr = self._host_indptr(head.seq_lens)
         wrapper = self.decode_wrappers[self._tensor_cores(head.batch_size)]

@@ -38,15 +38,6 @@ class SmallDecodeSplit(AttentionBackend):
         """The cascade layout of the step last prepared, None when it runs the plain kernels."""
         return getattr(self._active, "step_cascade", None)
 
-    @property
-    def step_split(self):
-        """The large side's split of the mixed step last prepared (FlashInfer's mixed_decode_split)."""
-        return getattr(self.large, "step_split", None) if self._active is self.large else None
-
-    @property
-    def num_split_steps(self) -> int:
-        return getattr(self.large, "num_split_steps", 0)
-
     def warmup(self, num_q_heads: int) -> None:
         self.large.warmup(num_q_heads)
         self.small.warmup(num_q_heads)

@@ -77,8 +77,8 @@ class _PieceBreak(AttentionBackend):
 class _Capture:
     """Consecutive graphs on one side stream, sharing one memory pool."""
 
-    def __init__(self, pool, device: torch.device):
-        self.pool, self.device = pool, device
+    def __init__(self, pool):
+        self.pool = pool
         self.graphs: list[torch.cuda.CUDAGraph] = []
 
     def next_piece(self) -> None:
@@ -170,7 +170,7 @@ class PiecewiseGraphRunner:
         out = torch.zeros(size, num_q_heads, head_dim, dtype=dtype, device=self.device)
         self.model.hidden_states(self._static_batch(size, _PieceBreak(out, None)))
         torch.cuda.synchronize(self.device)
-        capture = _Capture(self.pool, self.device)
+        capture = _Capture(self.pool)
         piece_break = _PieceBreak(out, capture)
         try:
             capture.next_piece()

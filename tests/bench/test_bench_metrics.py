@@ -109,3 +109,16 @@ def test_the_cache_off_bound_prefills_everything_and_reads_every_context():
     assert off.prefill_seconds > 8 * on.prefill_seconds  # 2.23 M prompt tokens against 262 k
     assert off.mean_batch < 400 < on.mean_batch  # without sharing the pool holds ~347 contexts of 2,432
     assert 6.0 < off.seconds / on.seconds < 6.5
+
+
+def test_the_flop_only_bound_is_below_the_roofline_and_above_the_prefill():
+    from bench.harness import workloads
+    from bench.harness.roofline import workload_roofline
+    from bench.roofline_bounds import flop_bound_seconds
+
+    speed = DeviceSpeed("H100", 3.0e12, 740e12, "bf16")
+    requests = workloads.sharegpt(200, 128256, 0)
+    no_hits = [0] * len(requests)
+    roofline = workload_roofline(LLAMA_8B, speed, requests, no_hits, 1024, 10**6)
+    flops = flop_bound_seconds(LLAMA_8B, speed, requests, no_hits)
+    assert roofline.prefill_seconds < flops < roofline.seconds
