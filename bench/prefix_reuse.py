@@ -51,7 +51,7 @@ PRESETS = {
         "system_len": 2048,
         "question_len": 128,
         "output_len": 256,
-        "max_total_tokens_constrained": 32768,
+        "max_total_tokens_constrained": 65536,  # half the 64 prefixes
     },
 }
 POLICIES = ("lpm", "dfs-weight", "fcfs")
@@ -68,7 +68,7 @@ def build_parser():
     parser.add_argument("--output-len", type=int, help="O (h100: 256)")
     parser.add_argument("--no-sharing-requests", type=int, help="requests in no-sharing (default: G x P)")
     parser.add_argument("--policies", default=",".join(POLICIES), help="for the policies run")
-    parser.add_argument("--max-total-tokens-constrained", type=int, help="KV pool of the policies run (h100: 32768)")
+    parser.add_argument("--max-total-tokens-constrained", type=int, help="KV pool of the policies run (h100: 65536)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per case, the fastest kept (cache flushed each)")
     cli.add_engine_flags(parser)
     cli.add_variant_flag(parser)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,13 @@ class Reporter:
         return cls(model, card, args.preset, args.notes, args.results_dir, not args.no_record, git_commit())
 
     def record(self, workload: str, summary: dict, notes: str = "", **extra) -> dict:
-        """Build the record (``notes`` joined to the run's ``--notes``) and append it unless --no-record."""
-        text = "; ".join(part for part in (notes, self.notes) if part)
+        """Build the record (``notes`` joined to the run's ``--notes``) and append it unless --no-record.
+        A run in which requests failed says so in its notes and on stderr: its figures cover only
+        the requests that completed."""
+        failed = failure_note(summary)
+        if failed:
+            print(f"WARNING: {workload}: {failed}", file=sys.stderr)
+        text = "; ".join(part for part in (failed, notes, self.notes) if part)
         record = make_record(
             workload, self.model, self.card, self.commit, summary, notes=text, preset=self.preset, **extra
         )
@@ -35,6 +41,14 @@ class Reporter:
             path = append_record(record, self.results_dir)
             print(f"recorded {workload} -> {path}")
         return record
+
+
+def failure_note(summary: dict) -> str:
+    """``"FAILED: 911 of 1024 requests did not complete"``, or "" when every request completed."""
+    total, done = summary.get("num_requests"), summary.get("num_completed")
+    if total is None or done is None or done >= total:
+        return ""
+    return f"FAILED: {total - done} of {total} requests did not complete"
 
 
 def offline_summary(case, roofline=None) -> dict:

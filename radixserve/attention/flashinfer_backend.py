@@ -83,7 +83,7 @@ class FlashInferBackend(AttentionBackend):
         )
         self.step_ragged = False  # the step last prepared runs the ragged prefill
         self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
-        self._graph_indices = torch.zeros(kv_pool.num_slots * 2, dtype=torch.int32, device=device)
+        self._graph_indices: torch.Tensor | None = None  # as long as the graph runner's slot list
         self._active = self.decode_wrappers[True]
         self._plan_copied: dict[object, torch.cuda.Event] = {}  # wrapper -> its last plan's copy done
         self.shared_prefix = _shared_prefix_decode(kv_pool, num_q_heads)
@@ -186,9 +186,12 @@ class FlashInferBackend(AttentionBackend):
         if self.shared_prefix is not None:
             self.shared_prefix.forget()
         size = batch.batch_size
+        device = self.workspace.device
+        if self._graph_indices is None or self._graph_indices.numel() < batch.kv_slots.numel():
+            self._graph_indices = torch.zeros(batch.kv_slots.numel(), dtype=torch.int32, device=device)
+            self._graph_wrappers.clear()  # each held the shorter list
         wrapper = self._graph_wrappers.get(size)
         if wrapper is None:
-            device = self.workspace.device
             wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
                 self.workspace,
                 "NHD",

@@ -15,7 +15,7 @@ from radixserve.config import ServerArgs
 from radixserve.model.layers import prepack_cpu_linears
 from radixserve.model.loader import load_model, resolve_model_path
 from radixserve.model.model_config import ModelConfig
-from radixserve.runner.cuda_graph import DecodeGraphRunner
+from radixserve.runner.cuda_graph import DecodeGraphRunner, kv_slot_capacity
 from radixserve.runner.kv_pool import KVPool
 from radixserve.runner.model_runner import ModelRunner
 from radixserve.runner.piecewise_graph import PiecewiseGraphRunner
@@ -89,7 +89,7 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
         backend.warmup(model_config.num_heads)
     sampler = Sampler(model_config.vocab_size, device=device, seed=args.random_seed)
     slot_table = SlotTable(args.max_running_requests + 1, min(context_length, pool_size) + 1, device)
-    graphs = _graph_runner(args, model, backend, pool_size, device)
+    graphs = _graph_runner(args, model, backend, pool_size, context_length, device)
     if pieces is not None:
         pieces.backend = backend
     runner = ModelRunner(
@@ -137,11 +137,13 @@ def _backend_name(name: str, device: torch.device, dtype: torch.dtype) -> str:
     return "torch_native"
 
 
-def _graph_runner(args: ServerArgs, model, backend, pool_size: int, device: torch.device) -> DecodeGraphRunner | None:
+def _graph_runner(
+    args: ServerArgs, model, backend, pool_size: int, max_seq_len: int, device: torch.device
+) -> DecodeGraphRunner | None:
     if device.type != "cuda" or args.disable_cuda_graph or not getattr(backend, "supports_cuda_graph", False):
         return None
     max_bs = min(args.cuda_graph_max_bs, args.max_running_requests)
-    graphs = DecodeGraphRunner(model, backend, max_bs, pool_size + 1, device)
+    graphs = DecodeGraphRunner(model, backend, max_bs, kv_slot_capacity(pool_size, max_bs, max_seq_len), device)
     graphs.capture()
     return graphs
 

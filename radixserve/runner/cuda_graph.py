@@ -9,6 +9,10 @@ padding rows read token 0 at position 0, write their K/V to the dummy slot 0 and
 one-slot context ``[0]``, so they touch nothing a real sequence owns. Logits of the padding rows
 are dropped.
 
+The contexts of one step can sum to more KV slots than the pool holds: requests under one radix
+node list the shared prefix's slots each. The static slot list holds up to ``CONTEXT_SLOTS_PER_POOL_SLOT``
+times the pool (``kv_slot_capacity``); a step whose contexts sum to more runs without the graph.
+
 The attention backend takes part through ``supports_cuda_graph`` and ``prepare_graph(batch)``
 (called before capture and before each replay, outside the graph: all host work happens there).
 """
@@ -34,6 +38,17 @@ def capture_sizes(max_bs: int) -> list[int]:
     return sizes
 
 
+# how many times over the pool's slots one decode step's contexts may list and still replay: a step
+# past it (many requests sharing long prefixes in a small pool) runs eagerly or in piecewise graphs
+CONTEXT_SLOTS_PER_POOL_SLOT = 4
+
+
+def kv_slot_capacity(pool_size: int, max_bs: int, max_seq_len: int) -> int:
+    """Context slots a replayed step may list: every running sequence at its longest, bounded by
+    ``CONTEXT_SLOTS_PER_POOL_SLOT`` pools (int32 each: 4 bytes a slot)."""
+    return min(max_bs * min(max_seq_len, pool_size), CONTEXT_SLOTS_PER_POOL_SLOT * pool_size)
+
+
 class DecodeGraphRunner:
     def __init__(
         self,
@@ -43,12 +58,14 @@ class DecodeGraphRunner:
         max_context_slots: int,
         device: torch.device,
     ):
-        """``max_context_slots``: the most KV slots one step's contexts can sum to (the pool size)."""
+        """``max_context_slots``: the most KV slots a replayed step's contexts may sum to (see
+        ``kv_slot_capacity``)."""
         self.model = model
         self.backend = backend
         self.sizes = capture_sizes(max_bs)
         self.max_bs = self.sizes[-1]
         self.device = device
+        self.max_context_slots = max_context_slots
         self._init_buffers(max_context_slots)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -65,7 +82,12 @@ class DecodeGraphRunner:
         self._pad_offsets = torch.arange(1, size + 1, dtype=torch.int64, device=device)
 
     def can_run(self, batch: ForwardBatch) -> bool:
-        return bool(self.graphs) and batch.batch_size <= self.max_bs and batch.is_decode
+        return (
+            bool(self.graphs)
+            and batch.batch_size <= self.max_bs
+            and batch.is_decode
+            and sum(batch.seq_lens) <= self.max_context_slots
+        )
 
     def _static_batch(self, size: int, seq_lens: list[int]) -> ForwardBatch:
         return ForwardBatch(

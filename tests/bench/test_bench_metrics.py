@@ -7,6 +7,7 @@ import pytest
 from bench.harness.cli import server_flags
 from bench.harness.latency_stats import RequestTiming, summarize
 from bench.harness.records import RECORD_KEYS, make_record
+from bench.harness.report import Reporter
 from bench.harness.roofline import DeviceSpeed, ModelShape, RooflineRequest, offline_roofline
 
 LLAMA_8B = ModelShape(32, 4096, 14336, 32, 8, 128, 128256, dtype_bytes=2)
@@ -43,6 +44,15 @@ def test_summary_pools_itls_and_counts_tokens():
     assert summary["hit_rate"] == 0.2
     assert summary["ttft_p50_ms"] == pytest.approx(2000.0)
     assert summary["itl_p50_ms"] == pytest.approx(500.0)  # gaps 1.0, 0.5, 0.5
+
+
+def test_a_record_of_a_run_with_failed_requests_says_so(tmp_path, capsys):
+    timings = [_timing(0.0, [(1.0, 1)]), RequestTiming(10, 0.0, error="step failed")]
+    reporter = Reporter("m", "card", "cpu", "suite", tmp_path, write=True)
+    record = reporter.record("w", summarize(timings), notes="pool 64")
+    assert record["notes"] == "FAILED: 1 of 2 requests did not complete; pool 64; suite"
+    assert "WARNING: w: FAILED: 1 of 2" in capsys.readouterr().err
+    assert reporter.record("w", summarize(timings[:1]))["notes"] == "suite"
 
 
 def test_llama_8b_shape():

@@ -340,3 +340,49 @@ def test_shared_prefix_decode_steps_run_the_cascade_and_match_the_plain_decode(b
     plain, plain_layers = run(1 << 60)
     assert cascade_layers >= 20 * SMALL_LLAMA["num_hidden_layers"] and plain_layers == 0, (cascade_layers, plain_layers)
     _assert_same_up_to_near_ties(cascade, plain)
+
+
+@pytest.mark.parametrize("backend", ["flashinfer", "triton"])
+def test_decode_graphs_replay_contexts_that_list_the_pool_many_times_over(backend, model_dir, tokenizer_path):
+    """Requests sharing a long prefix in a small pool list its slots each: a decode step's contexts
+    sum to more slots than the pool holds. Up to ``CONTEXT_SLOTS_PER_POOL_SLOT`` pools the step
+    replays its graph; past it the step runs without one. Both match the eager loop (up to near-ties)
+    and fail no request (the constrained-pool bench's steps once failed here)."""
+    if backend == "flashinfer":
+        pytest.importorskip("flashinfer")
+    from radixserve.attention import shared_prefix
+    from radixserve.runner import cuda_graph
+
+    pool = 2048
+    rng = random.Random(11)
+    system = [rng.randrange(3, 49000) for _ in range(700)]
+    prompts = [system + [rng.randrange(3, 49000) for _ in range(rng.randrange(2, 30))] for _ in range(16)]
+    # 8 requests list ~6,000 slots (past the pool, within the capacity), 16 list ~12,000 (past it)
+    assert pool < 8 * 760 < cuda_graph.CONTEXT_SLOTS_PER_POOL_SLOT * pool < 16 * 720
+
+    def run(**kwargs) -> tuple[list, list[int]]:
+        replayed = []
+        original = cuda_graph.DecodeGraphRunner.replay
+
+        def counted(self, batch):
+            replayed.append(sum(batch.seq_lens))
+            return original(self, batch)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(shared_prefix, "MIN_SAVED_BYTES", 1 << 60)  # no cascade: these steps are the graph's
+            patch.setattr(cuda_graph.DecodeGraphRunner, "replay", counted)
+            engine = _engine(model_dir, tokenizer_path, attention_backend=backend, max_total_tokens=pool, **kwargs)
+            _greedy(engine, prompts[:1], max_new_tokens=2)  # the system prompt enters the tree
+            outputs = _greedy(engine, prompts[1:9], max_new_tokens=24) + _greedy(engine, prompts, max_new_tokens=24)
+            engine.core.check_invariants()
+            assert engine.core.cache.accounting()["protected"] == 0
+            _release(engine)
+        for output in outputs:
+            assert output["meta_info"]["finish_reason"]["type"] == "length", output["meta_info"]
+        return outputs, replayed
+
+    plain, _ = run(disable_cuda_graph=True, disable_overlap_schedule=True)
+    graphed, replayed = run(cuda_graph_max_bs=32)
+    assert max(replayed) > pool, replayed  # steps listing the pool more than once replayed
+    assert max(replayed) <= cuda_graph.CONTEXT_SLOTS_PER_POOL_SLOT * pool
+    _assert_same_up_to_near_ties(graphed, plain)
