@@ -12,7 +12,7 @@ Runs (--runs):
             --disable-radix-cache (another fresh engine); same requests, same seed.
   on        the cache-on half alone (diagnosis: a batch log with --log-steps; no speedup).
   policies  shared-prefix with --max-total-tokens too small to hold every prefix at once
-            (h100: 32768 tokens for 64 x 2048 prefix tokens), one engine per policy (lpm,
+            (h100: 65536 tokens for 64 x 2048 prefix tokens), one engine per policy (lpm,
             dfs-weight, fcfs).
 Reported: output and total tok/s, TTFT p50 / p95 (all requests sent at t = 0), hit rate =
 Σ cached / Σ prompt tokens next to the workload's maximum (tokens shared with an earlier

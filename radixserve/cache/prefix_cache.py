@@ -10,7 +10,7 @@ hands out or takes back.
 
 from __future__ import annotations
 
-from radixserve.cache.radix_tree import RadixTree
+from radixserve.cache.radix_tree import MatchHint, RadixTree
 from radixserve.cache.slot_allocator import SlotAllocator
 from radixserve.core.request import Request
 
@@ -35,8 +35,19 @@ class PrefixCache:
 
     def peek_match_len(self, request: Request) -> int:
         """Length of the cached prefix a fresh admission of ``request`` would get (capped at len - 1)."""
-        ids = request.all_ids
-        return len(self.tree.match_prefix(ids[: len(ids) - 1], request.extra_key).slots)
+        return self.peek_match(request).length
+
+    def peek_match(self, request: Request) -> MatchHint:
+        """The cached prefix a fresh admission of ``request`` would get (at most len - 1 tokens),
+        without taking it; resumed from the request's previous answer (``Request.prefix_hint``), so
+        a long waiting queue is looked up every step at the cost of what changed in the tree."""
+        key_len = len(request.prompt_ids) + len(request.output_ids) - 1
+
+        def key() -> list[int]:  # only when the tree must be walked; read up to key_len only
+            return request.all_ids if request.output_ids else request.prompt_ids
+
+        request.prefix_hint = self.tree.match_len(key_len, key, request.extra_key, request.prefix_hint)
+        return request.prefix_hint
 
     def match_and_lock(self, request: Request) -> int:
         """Attach the cached prefix (at most ``num_tokens - 1``) to a request holding no slots."""

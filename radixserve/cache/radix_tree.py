@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -62,6 +62,17 @@ class MatchResult:
     node: TreeNode  # deepest node of the match (the root when nothing matched): lock this one
 
 
+@dataclass
+class MatchHint:
+    """One key's cached-prefix length as of one tree state (``match_len``), to resume from later."""
+
+    length: int  # tokens matched, whole pages
+    node: TreeNode  # the node where the match ends (the root when nothing matched)
+    end: int  # how much of the key was looked at
+    epoch: int  # the tree's count of leaves added then
+    generation: int  # the tree's reset count then
+
+
 class RadixTree:
     def __init__(self, page_size: int = 1, disabled: bool = False):
         if page_size < 1:
@@ -75,6 +86,8 @@ class RadixTree:
         self._evictable = 0
         self._protected = 0
         self._clock = 0
+        self._epoch = 0  # leaves added: all that can lengthen a match (see match_len)
+        self._generation = getattr(self, "_generation", -1) + 1  # resets: hints older than one are void
         self._heap: list[tuple[int, int, TreeNode]] = []  # (last_access when queued, tiebreak, leaf)
         self._tiebreak = itertools.count()
 
@@ -113,6 +126,53 @@ class RadixTree:
         slots: list[int] = []
         node, _ = self._walk(token_ids, self.num_insertable(len(token_ids)), extra_key, slots)
         return MatchResult(slots, node)
+
+    def match_len(
+        self,
+        key_len: int,
+        token_ids: Callable[[], Sequence[int]],
+        extra_key: str | None = None,
+        hint: MatchHint | None = None,
+    ) -> MatchHint:
+        """``match_prefix(key)`` for a key of ``key_len`` tokens without collecting its slots (it
+        splits a node where the match ends inside it and touches the matched path for LRU all the
+        same), as a hint.
+
+        ``hint``, the previous answer for the same key (or the key before tokens were appended to
+        it), is resumed from: nothing is walked when no leaf was added since and the key has the
+        same length, only the part past the hint's node otherwise. (A match ends at its node, so
+        only a leaf added can lengthen it; evicting that node shortens it, seen as the node's
+        ``parent`` gone: the walk starts over. Nodes below it or elsewhere do not matter.) ``token_ids()`` gives the
+        key; it is called only when a walk is needed (building a long key costs more than a valid hint).
+        """
+        end = self.num_insertable(key_len)
+        stale = hint is None or hint.generation != self._generation
+        if stale or (hint.node is not self.root and hint.node.parent is None):  # evicted since
+            node, length = self.root, 0
+        elif hint.epoch == self._epoch and hint.end == end:
+            self._touch(hint.node)
+            return hint
+        else:
+            node, length = hint.node, hint.length
+        self._touch(node)
+        ids = token_ids()
+        while length < end:
+            child = node.children.get(self._child_key(node, ids, length, extra_key))
+            if child is None:
+                break
+            n = self._common_len(child.key, ids, length, end)
+            if n < len(child.key):
+                child = self._split(child, n)
+            child.last_access = self._clock
+            node, length = child, length + n
+        return MatchHint(length, node, end, self._epoch, self._generation)
+
+    def _touch(self, node: TreeNode) -> None:
+        """Stamp ``node`` and its ancestors as used now (one tick of the LRU clock)."""
+        self._clock += 1
+        while node is not self.root:
+            node.last_access = self._clock
+            node = node.parent
 
     def insert(self, token_ids: Sequence[int], slots: Sequence[int], extra_key: str | None = None) -> int:
         """Cache ``token_ids`` with their ``slots`` (one per token); return ``num_cached``.
@@ -174,6 +234,7 @@ class RadixTree:
         leaf = TreeNode(key, slots, parent, namespace)
         leaf.last_access = self._clock
         parent.children[self._child_key(parent, key, 0, namespace)] = leaf
+        self._epoch += 1
         self._evictable += len(key)
         self._queue(leaf)
 

@@ -59,6 +59,9 @@ class Request:
     slots_version: int = 0
     num_tree_slots: int = 0
     cache_node: object = None
+    # The PrefixCache's last answer to "how much of this request is cached" while it waits (a
+    # radix_tree.MatchHint): the next lookup resumes from it instead of walking the whole prompt.
+    prefix_hint: object = None
     # Tokens sampled by launched steps the host has not resolved yet (owned by the scheduler).
     num_inflight: int = 0
     # Reporting.

@@ -204,8 +204,10 @@ class Scheduler:
 
     def _admit(self, budget: int, planned: list[SequencePlan]) -> list[SequencePlan]:
         plans: list[SequencePlan] = []
-        if not self.waiting or budget <= 0:
+        if not self.waiting or budget <= 0 or len(self.running) >= self.config.max_running_requests:
             return plans
+        if self.cache.num_available <= sum(self._reserve(r) for r in self.running):
+            return plans  # no request fits (see _try_admit): spare the ordering of a long queue
         # waiting for a prefix being prefilled pays only when it will be a hit: not without the cache
         inflight = None if self.cache.tree.disabled else self._inflight_index(planned)
         for candidate in self._ordered_candidates():
@@ -229,16 +231,18 @@ class Scheduler:
         return plans
 
     def _ordered_candidates(self) -> list[Candidate]:
-        if policy.needs_match(self.config.schedule_policy, len(self.waiting)):
-            candidates = [self._match_candidate(r) for r in self.waiting]
-        else:
-            candidates = [Candidate(r) for r in self.waiting]
-        return policy.order(self.config.schedule_policy, candidates, self.step_count, self.config.aging_steps)
+        name = self.config.schedule_policy
+        if not policy.needs_match(name):
+            return policy.order(name, [Candidate(r) for r in self.waiting], self.step_count, self.config.aging_steps)
+        by_arrival = sorted(self.waiting, key=lambda r: r.arrival_step)  # stable: queue order within a step
+        window, rest = by_arrival[: policy.MATCH_WINDOW], by_arrival[policy.MATCH_WINDOW :]
+        candidates = [self._match_candidate(r) for r in window]
+        ordered = policy.order(name, candidates, self.step_count, self.config.aging_steps)
+        return ordered + [Candidate(r) for r in rest]
 
     def _match_candidate(self, request: Request) -> Candidate:
-        ids = request.all_ids
-        match = self.cache.tree.match_prefix(ids[: len(ids) - 1], request.extra_key)
-        return Candidate(request, len(match.slots), match.node)
+        match = self.cache.peek_match(request)
+        return Candidate(request, match.length, match.node)
 
     def _inflight_index(self, planned: list[SequencePlan]) -> RadixTree:
         """Token ids being prefilled right now (this step's chunks, unresolved steps' chunks and what is

@@ -117,11 +117,33 @@ class CacheModel:
         self.allocator = SlotAllocator(POOL)
         self.reference = ReferenceCache(page_size)
         self.requests: list[LiveRequest] = []
+        # waiting requests looked up step after step through their last hint: [tokens, namespace, hint]
+        self.waiters: list[list] = []
 
     # ---- operations ---------------------------------------------------------------------------
 
     def peek(self, tokens: list[int], namespace) -> None:
         assert self.tree.match_prefix(tokens, namespace).slots == self.reference.match(tokens, namespace)
+
+    def wait(self, tokens: list[int], namespace) -> None:
+        self.waiters.append([list(tokens), namespace, None])
+        self.look_up_waiter(len(self.waiters) - 1, [])
+
+    def look_up_waiter(self, index: int, new_tokens: list[int]) -> None:
+        """A waiting request's match resumed from its hint (after tokens were appended to it, as a
+        retracted request's outputs are) equals a fresh match, and its node spells the match."""
+        waiter = self.waiters[index % len(self.waiters)]
+        tokens, namespace, hint = waiter
+        tokens += new_tokens
+        hint = self.tree.match_len(len(tokens), lambda: tokens, namespace, hint)
+        assert hint.length == len(self.reference.match(tokens, namespace))
+        spelled, node = [], hint.node
+        while node is not self.tree.root:
+            assert node.parent is not None, "the hint's node was evicted"
+            spelled[:0] = node.key
+            node = node.parent
+        assert spelled == tokens[: hint.length]
+        waiter[2] = hint
 
     def arrive(self, tokens: list[int], namespace) -> None:
         match = self._match_and_lock(tokens, namespace)
@@ -255,8 +277,9 @@ def random_tokens(rng: random.Random, max_len: int = MAX_LEN) -> list[int]:
 
 
 def random_step(model: CacheModel, rng: random.Random) -> None:
-    op = rng.choices(["arrive", "decode", "checkpoint", "finish", "peek", "evict", "reset"], [6, 4, 2, 5, 2, 2, 0.2])
-    op = op[0]
+    op = rng.choices(
+        ["arrive", "decode", "checkpoint", "finish", "peek", "wait", "evict", "reset"], [6, 4, 2, 5, 2, 3, 2, 0.2]
+    )[0]
     if op in ("decode", "checkpoint", "finish") and not model.requests:
         op = "arrive"
     if op == "reset" and model.requests:
@@ -271,6 +294,13 @@ def random_step(model: CacheModel, rng: random.Random) -> None:
         model.finish(rng.randrange(100), keep=rng.random() < 0.8)
     elif op == "peek":
         model.peek(random_tokens(rng), rng.choice(NAMESPACES))
+    elif op == "wait":
+        if len(model.waiters) < 6 or rng.random() < 0.1:
+            model.wait(random_tokens(rng), rng.choice(NAMESPACES))
+        else:  # every waiter looked up again, one of them with tokens appended
+            grown = rng.randrange(len(model.waiters))
+            for index in range(len(model.waiters)):
+                model.look_up_waiter(index, random_tokens(rng, 2) if index == grown else [])
     elif op == "evict":
         model.evict(rng.randint(1, POOL // 2))
     else:
@@ -306,6 +336,15 @@ class CacheMachine(RuleBasedStateMachine):
     @rule(tokens=TOKENS, namespace=NAMESPACE)
     def peek(self, tokens, namespace):
         self.model.peek(tokens, namespace)
+
+    @rule(tokens=TOKENS, namespace=NAMESPACE)
+    def wait(self, tokens, namespace):
+        self.model.wait(tokens, namespace)
+
+    @precondition(lambda self: self.model.waiters)
+    @rule(index=INDEX, new_tokens=st.lists(st.integers(0, VOCAB - 1), max_size=2))
+    def look_up_waiter(self, index, new_tokens):
+        self.model.look_up_waiter(index, new_tokens)
 
     @precondition(lambda self: self.model.requests)
     @rule(index=INDEX, new_tokens=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=3))

@@ -147,6 +147,69 @@ def test_aging_prevents_starvation_under_lpm():
     assert admitted == "cold"
 
 
+@pytest.mark.parametrize("policy", ["lpm", "dfs-weight"])
+def test_a_cold_request_goes_before_hits_that_arrive_an_aging_period_after_it(policy):
+    """One request at a time; a hit arrives every step. The cold one waits out ``aging_steps`` and
+    then goes before every later arrival, however well they hit."""
+    h = Harness(max_running_requests=1, schedule_policy=policy, aging_steps=8)
+    h.add("warm", list(range(30)), max_new_tokens=1)
+    h.run()
+    cold = h.add("cold", [90, 91, 92, 93], max_new_tokens=1)
+    for i in range(40):
+        h.add(f"hit{i}", list(range(30)) + [100 + i], max_new_tokens=1)
+        h.step()
+        if cold.admitted:
+            break
+    # hits that arrived in its tier went first, until it was 8 steps older than any newcomer
+    assert cold.admitted and 1 <= i < 10, i
+
+
+def test_lpm_orders_a_queue_much_longer_than_128():
+    """300 cold requests arrive before one that hits the cache: lpm admits the hit first (a queue
+    past 128 used to fall back to arrival order)."""
+    h = Harness(max_running_requests=1)
+    h.add("warm", list(range(30)), max_new_tokens=1)
+    h.run()
+    for i in range(300):
+        h.add(f"cold{i}", [1000 + i, 7, 7], max_new_tokens=1)
+    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
+    assert [s.request_id for s in h.step().sequences] == ["hit"]
+
+
+def test_long_queue_lookups_resume_from_each_request_s_hint():
+    """A waiting request's cached prefix is looked up again only as far as the tree grew: while
+    nothing is added to the tree, no lookup reads its key."""
+    from radixserve.cache.radix_tree import RadixTree
+
+    h = Harness(pool_size=128, max_running_requests=4)
+    h.add("warm", list(range(30)), max_new_tokens=1)
+    h.run()
+    h.add("long", list(range(30)) + [60] * 20, max_new_tokens=30)
+    # each needs 80 slots of its own: none fits beside "long", all are looked up every step
+    waiting = [h.add(f"w{i}", list(range(30)) + [200 + i] * 80, max_new_tokens=1) for i in range(5)]
+    h.step()  # "long" is admitted and prefilled: its prompt goes into the tree
+    h.step()  # its first decode step: the waiting requests' hints walk on from the 30-token node
+    assert not any(r.admitted for r in waiting)
+    hints = [r.prefix_hint for r in waiting]
+    assert all(hint is not None and hint.length == 30 for hint in hints)
+    keys_read = []
+    original = RadixTree.match_len
+
+    def counted(self, key_len, token_ids, extra_key=None, hint=None):
+        def read():
+            keys_read.append(key_len)
+            return token_ids()
+
+        return original(self, key_len, read, extra_key, hint)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RadixTree, "match_len", counted)
+        h.step()  # a decode step of "long": nothing new in the tree
+    assert keys_read == [] and [r.prefix_hint for r in waiting] == hints
+    h.run()  # "long" finishes: its output goes into the tree, and the waiting requests run
+    assert all(r.num_cached_tokens == 30 for r in waiting)
+
+
 def test_dfs_weight_admits_the_heaviest_prefix_group_first():
     h = Harness(max_running_requests=2, schedule_policy="dfs-weight")
     h.add("x", [1] * 10, max_new_tokens=1)

@@ -1,0 +1,155 @@
+"""The scheduler on a GPU-sized workload, without a GPU: what a policy admits, hits and recomputes.
+
+The real ``Scheduler`` and ``PrefixCache`` (both pure Python) run the ``shared-prefix`` workload at
+the H100 preset's size with a constrained KV pool, one synchronous step at a time; each step's
+"device" is the roofline model of that step (Llama-3.1-8B in bf16 on the card whose bandwidth and
+FLOP/s are given: max(weights + KV read, FLOPs) per step), and every sampled token is token 7. Per
+policy it prints:
+
+- the hit rate (Σ cached / Σ prompt tokens at first admission) next to the workload's maximum;
+- the prompt tokens prefilled in all (a retracted or evicted prefix computed again counts again);
+- retractions and steps;
+- the modeled device time and the scheduler's own host time per step, measured here (mean, max);
+- the modeled run time (device + host, one after the other) and output tok/s from it.
+
+It answers in seconds what a 10-minute GPU run would, apart from the kernels' own efficiency: how
+much a policy recomputes, and whether its host time per step stays below the device's.
+
+  python -m bench.schedule_sim                          # 64 x 16 x (2048 + 128), 256 out, pool 65,536
+  python -m bench.schedule_sim --pool-tokens 32768 --policies lpm,fcfs
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench.harness import workloads
+from bench.harness.roofline import DeviceSpeed, ModelShape
+from bench.harness.table import print_table
+from radixserve.cache.prefix_cache import PrefixCache
+from radixserve.config import SchedulerConfig
+from radixserve.core.plan import SequenceResult, StepPlan, StepResult
+from radixserve.core.request import Request
+from radixserve.core.sampling_params import SamplingParams
+from radixserve.scheduler.scheduler import Scheduler
+
+LLAMA_8B = Path(__file__).parent / "models" / "llama-3.1-8b"
+COLUMNS = [
+    ("policy", "policy"),
+    ("hit_rate", "hit rate"),
+    ("max_hit_rate", "max hit"),
+    ("prefilled", "prefilled"),
+    ("retractions", "retractions"),
+    ("steps", "steps"),
+    ("device_s", "device s"),
+    ("host_ms_per_step", "host ms/step"),
+    ("host_max_ms", "host max ms"),
+    ("run_s", "run s"),
+    ("output_tok_s", "out tok/s"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", default="lpm,dfs-weight,fcfs")
+    parser.add_argument("--pool-tokens", type=int, default=65536, help="KV pool (default: the GPU policies run's)")
+    parser.add_argument("--num-groups", type=int, default=64)
+    parser.add_argument("--prompts-per-group", type=int, default=16)
+    parser.add_argument("--system-len", type=int, default=2048)
+    parser.add_argument("--question-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--max-running-requests", type=int, default=1024)
+    parser.add_argument("--chunked-prefill-size", type=int, default=8192)
+    parser.add_argument("--copy-gb-s", type=float, default=4245.0, help="device bandwidth (default: the H200 runs)")
+    parser.add_argument("--matmul-tflop-s", type=float, default=783.36, help="bf16 GEMM rate (default: the H200 runs)")
+    parser.add_argument("--new-token-ratio", type=float, default=SchedulerConfig.new_token_ratio)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    shape = ModelShape.from_config_dir(LLAMA_8B, dtype_bytes=2)
+    speed = DeviceSpeed("modeled", args.copy_gb_s * 1e9, args.matmul_tflop_s * 1e12, "bf16")
+    requests = workloads.shared_prefix(
+        args.num_groups,
+        args.prompts_per_group,
+        args.system_len,
+        args.question_len,
+        args.output_len,
+        shape.vocab_size,
+        args.seed,
+    )
+    max_hit = 1 - (args.num_groups * args.system_len + len(requests) * args.question_len) / sum(
+        r.prompt_len for r in requests
+    )
+    rows = []
+    for name in [p.strip() for p in args.policies.split(",") if p.strip()]:
+        config = SchedulerConfig(
+            max_running_requests=args.max_running_requests,
+            chunked_prefill_size=args.chunked_prefill_size,
+            schedule_policy=name,
+            new_token_ratio=args.new_token_ratio,
+            context_length=args.system_len + args.question_len + args.output_len + 1,
+        )
+        row = simulate(name, config, args.pool_tokens, requests, shape, speed)
+        rows.append({**row, "max_hit_rate": max_hit})
+        print(f"{name}: {row['run_s']:.1f} s modelled", flush=True)
+    print(
+        f"\nscheduler simulation: shared-prefix {args.num_groups}x{args.prompts_per_group}, S {args.system_len}, "
+        f"Q {args.question_len}, O {args.output_len}; pool {args.pool_tokens:,} tokens; device modeled as "
+        f"Llama-3.1-8B bf16 at {args.copy_gb_s:.0f} GB/s, {args.matmul_tflop_s:.0f} TFLOP/s"
+    )
+    print_table(rows, COLUMNS)
+
+
+def simulate(name, config, pool_tokens, requests, shape: ModelShape, speed: DeviceSpeed) -> dict:
+    scheduler = Scheduler(config, PrefixCache(pool_tokens))
+    for i, bench_request in enumerate(requests):
+        sampling = SamplingParams(max_new_tokens=bench_request.output_len, ignore_eos=True)
+        scheduler.add_request(Request(f"r{i}", list(bench_request.prompt_ids), sampling))
+    steps = prefilled = 0
+    device_s = host_s = host_max = 0.0
+    while scheduler.has_work:
+        started = time.perf_counter()
+        plan = scheduler.schedule()
+        host = time.perf_counter() - started
+        tokens = {s.request_id: SequenceResult(s.request_id, 7) for s in plan.sequences if s.sample}
+        started = time.perf_counter()
+        scheduler.update(plan, StepResult(tokens))
+        host += time.perf_counter() - started
+        steps += 1
+        host_s += host
+        host_max = max(host_max, host)
+        device_s += step_seconds(plan, shape, speed)
+        prefilled += sum(len(s.input_ids) for s in plan.sequences if len(s.input_ids) > 1)
+    cache = scheduler.cache
+    total_s = device_s + host_s
+    return {
+        "policy": name,
+        "hit_rate": cache.num_hit_tokens / cache.num_query_tokens,
+        "prefilled": prefilled,
+        "retractions": scheduler.num_retractions,
+        "steps": steps,
+        "device_s": device_s,
+        "host_ms_per_step": 1e3 * host_s / steps,
+        "host_max_ms": 1e3 * host_max,
+        "run_s": total_s,
+        "output_tok_s": sum(r.output_len for r in requests) / total_s,
+    }
+
+
+def step_seconds(plan: StepPlan, shape: ModelShape, speed: DeviceSpeed) -> float:
+    """The step at its roofline: every weight read once, each context's K/V read once (no shared-prefix
+    attention), FLOPs of every new token's projections and its attention over its context."""
+    tokens = plan.num_tokens
+    context = sum(s.seq_len for s in plan.sequences)
+    pairs = sum(
+        len(s.input_ids) * s.prefix_len + len(s.input_ids) * (len(s.input_ids) + 1) // 2 for s in plan.sequences
+    )
+    bytes_read = shape.weight_bytes + context * shape.kv_bytes_per_token
+    flops = 2 * shape.linear_params * tokens + shape.attention_flops_per_pair * pairs
+    return max(bytes_read / speed.copy_bytes_s, flops / speed.matmul_flop_s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""bench.schedule_sim at a tiny size: the real scheduler reaches the workload's maximum hit rate
+under a pool that holds a few prefixes, and each step is charged its roofline."""
+
+from __future__ import annotations
+
+from bench import schedule_sim
+from bench.harness import workloads
+from bench.harness.roofline import DeviceSpeed, ModelShape
+from radixserve.config import SchedulerConfig
+
+SHAPE = ModelShape(2, 64, 128, 4, 2, 16, 1000, dtype_bytes=2)
+SPEED = DeviceSpeed("modeled", 1e12, 1e14, "bf16")
+
+
+def _run(policy: str) -> dict:
+    requests = workloads.shared_prefix(8, 6, 40, 4, 4, SHAPE.vocab_size, seed=0)
+    config = SchedulerConfig(max_running_requests=64, chunked_prefill_size=256, schedule_policy=policy)
+    return schedule_sim.simulate(policy, config, 200, requests, SHAPE, SPEED)
+
+
+def test_lpm_reaches_the_maximum_hit_rate_and_fcfs_does_not():
+    maximum = 1 - (8 * 40 + 48 * 4) / (48 * 44)
+    lpm, fcfs = _run("lpm"), _run("fcfs")
+    assert lpm["hit_rate"] >= 0.95 * maximum, lpm  # retracted requests may come back to an evicted prefix
+    assert fcfs["hit_rate"] < lpm["hit_rate"] - 0.1, fcfs
+    assert lpm["prefilled"] < fcfs["prefilled"]
+
+
+def test_a_step_costs_its_weights_read_at_least():
+    lpm = _run("lpm")
+    assert lpm["device_s"] >= lpm["steps"] * SHAPE.weight_bytes / SPEED.copy_bytes_s
