@@ -8,6 +8,13 @@ the best kept) on each projection shape of the model at batch 1 (and 2, 4), each
 through enough copies to miss the L2 cache, and prints the bandwidth of each next to the card's
 copy bandwidth. No record: a GEMV path is built only if this says it pays.
 
+The first run (fifth session, H200): cuBLAS 2.7 TB/s on QKV but 1.26 on the output projection
+(26.6 µs for 33.6 MB), 3.7-4.3 on the rest; the Triton GEMV lost everywhere (its K loop reduced a
+[M, N, K] product every iteration). So it also times, at batch 1: cuBLAS on the weight stored
+transposed (``x @ w_t``, another kernel family), ``torch.mv``, and a Triton kernel for one row that
+accumulates ``[BLOCK_N, BLOCK_K]`` products and reduces once after the loop, with split-K for the
+short-N shapes (each split adds its float32 partial with an atomic).
+
   python -m bench.gemv_probe                 # Llama-3.1-8B shapes, batch 1, 2, 4
   python -m bench.gemv_probe --batches 1
 """
@@ -84,6 +91,63 @@ def _gemv_kernel(
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
+@triton.jit
+def _gemv_row_kernel(
+    x_ptr,  # [K]
+    w_ptr,  # [N, K], row-major
+    y_ptr,  # [N] float32, zeroed when SPLIT_K > 1
+    N,
+    K,
+    stride_w,
+    SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """``y = w @ x`` for one row: ``BLOCK_N`` rows of ``w`` per program over a 1/SPLIT_K share of K,
+    element products accumulated in a [BLOCK_N, BLOCK_K] tile and reduced once at the end."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_mask = offs_n < N
+    share = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_start = tl.program_id(1) * share
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for start in range(k_start, k_start + share, BLOCK_K):
+        k_mask = start + offs_k < K  # shares are whole blocks: only the last one ends past K
+        w = tl.load(
+            w_ptr + offs_n[:, None] * stride_w + (start + offs_k)[None, :],
+            mask=n_mask[:, None] & k_mask[None, :],
+            other=0.0,
+        )
+        x = tl.load(x_ptr + start + offs_k, mask=k_mask, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    y = tl.sum(acc, axis=1)
+    if SPLIT_K == 1:
+        tl.store(y_ptr + offs_n, y, mask=n_mask)
+    else:
+        tl.atomic_add(y_ptr + offs_n, y, mask=n_mask)
+
+
+ROW_CONFIGS = [  # (BLOCK_N, BLOCK_K, SPLIT_K, num_warps)
+    (4, 512, 1, 4),
+    (8, 512, 1, 4),
+    (16, 256, 1, 4),
+    (4, 512, 2, 4),
+    (8, 256, 4, 4),
+    (16, 512, 4, 8),
+]
+
+
+def gemv_row(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int] = ROW_CONFIGS[1]) -> torch.Tensor:
+    """``x @ w.T`` for ``x`` of one row ([1, K]), through ``_gemv_row_kernel``."""
+    block_n, block_k, split_k, num_warps = config
+    n, k = w.shape
+    y = (torch.zeros if split_k > 1 else torch.empty)(n, dtype=torch.float32, device=x.device)
+    _gemv_row_kernel[(triton.cdiv(n, block_n), split_k)](
+        x, w, y, n, k, w.stride(0), SPLIT_K=split_k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps
+    )
+    return y.to(x.dtype).view(1, n)
+
+
 def gemv(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int] = CONFIGS[2]) -> torch.Tensor:
     """``x @ w.T`` (``x``: [M, K] with M <= 8, ``w``: [N, K]; both last-dim contiguous)."""
     block_n, block_k, num_warps, num_stages = config
@@ -120,27 +184,28 @@ def probe(name: str, n: int, k: int, m: int, iters: int) -> dict:
     weights = [torch.randn(n, k, device=device, dtype=torch.bfloat16, generator=gen) * 0.02 for _ in range(copies)]
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16, generator=gen)
     want = torch.nn.functional.linear(x, weights[0]).float()
-    cublas = _time_us(lambda i: torch.nn.functional.linear(x, weights[i]), copies, iters)
-    best = None
-    for config in CONFIGS:
-        error = ((gemv(x, weights[0], config).float() - want).norm() / want.norm()).item()
+
+    def timed(fn) -> float:
+        error = ((fn(0).float() - want).norm() / want.norm()).item()
         if error > 1e-2:
-            raise AssertionError(f"{name} M={m} config {config}: relative error {error:.2e}")
-        us = _time_us(lambda i, c=config: gemv(x, weights[i], c), copies, iters)
-        if best is None or us < best[0]:
-            best = (us, config)
-    triton_us, config = best
-    return {
-        "shape": f"{name} {n}x{k}",
-        "batch": m,
-        "MB": round(weight_bytes / 1e6, 1),
-        "cublas_us": round(cublas, 1),
-        "cublas_tb_s": round(weight_bytes / cublas / 1e6, 2),
-        "triton_us": round(triton_us, 1),
-        "triton_tb_s": round(weight_bytes / triton_us / 1e6, 2),
-        "config": "x".join(map(str, config)),
-        "speedup": round(cublas / triton_us, 2),
-    }
+            raise AssertionError(f"{name} M={m}: relative error {error:.2e}")
+        return _time_us(fn, copies, iters)
+
+    row = {"shape": f"{name} {n}x{k}", "batch": m, "MB": round(weight_bytes / 1e6, 1)}
+    row["cublas_us"] = timed(lambda i: torch.nn.functional.linear(x, weights[i]))
+    triton = [(timed(lambda i, c=c: gemv(x, weights[i], c)), "x".join(map(str, c))) for c in CONFIGS]
+    if m == 1:
+        transposed = [w.t().contiguous() for w in weights]
+        row["cublas_wt_us"] = timed(lambda i: x @ transposed[i])
+        row["cublas_mv_us"] = timed(lambda i: torch.mv(weights[i], x[0]).view(1, n))
+        triton += [
+            (timed(lambda i, c=c: gemv_row(x, weights[i], c)), "row " + "x".join(map(str, c))) for c in ROW_CONFIGS
+        ]
+    row["triton_us"], row["triton_config"] = min(triton)
+    fastest = min(value for key, value in row.items() if key.endswith("_us"))
+    row["cublas_tb_s"] = weight_bytes / row["cublas_us"] / 1e6
+    row["best_tb_s"] = weight_bytes / fastest / 1e6
+    return row
 
 
 def _copy_us(size: int) -> float:
@@ -163,10 +228,13 @@ def main(argv=None) -> None:
         for m in args.batches.split(",")
         for name, (n, k) in LLAMA_8B_SHAPES.items()
     ]
-    columns = [(key, key) for key in rows[0]]
+    columns = [(key, key) for key in dict.fromkeys(key for row in rows for key in row)]
     title = f"batch-1 projections, {torch.cuda.get_device_name()}: copy {2 * (1 << 30) / copy_us / 1e6:.2f} TB/s"
     print_table(rows, columns, title=title)
-    print("config: BLOCK_N x BLOCK_K x num_warps x num_stages; speedup: cuBLAS time / Triton time")
+    print(
+        "cublas: F.linear; cublas_wt: x @ w stored transposed; cublas_mv: torch.mv (batch 1); triton: the best "
+        "config (BLOCK_N x BLOCK_K x num_warps x num_stages; row: BLOCK_N x BLOCK_K x SPLIT_K x num_warps)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from dataclasses import dataclass
 
 from radixserve.config import ServerArgs
@@ -175,14 +176,16 @@ class EngineCore:
         launched, self._inflight = self._inflight, None
         if launched is None:
             return []
+        started = time.perf_counter()
         try:
             result = launched.pending.result()
         except Exception as exc:
             return self._fail_step(launched.plan, exc)
+        waited = time.perf_counter() - started
         touched = self.scheduler.update(launched.plan, result)  # finished requests included, KV released
         self.num_tokens_computed += result.num_tokens_computed
         self.num_steps += 1
-        self.step_log.record(launched.plan, self.scheduler, launched.admitted)
+        self.step_log.record(launched.plan, self.scheduler, launched.admitted, waited)
         for request in touched:
             reason = GrammarManager.advance(request)
             if reason is not None:

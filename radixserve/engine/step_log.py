@@ -1,7 +1,11 @@
 """SGLang-style batch log lines: one per prefill batch, one every ``decode_interval`` decode batches.
 
 Prefill batch. #new-seq: 3, #new-token: 812, #cached-token: 1536, token usage: 0.12, #running-req: 5, #queue-req: 0
-Decode batch. #running-req: 5, #token: 2410, token usage: 0.15, gen throughput (token/s): 210.4, #queue-req: 0
+Decode batch. #running-req: 5, #token: 2410, token usage: 0.15, gen throughput (token/s): 210.4, #queue-req: 0, step ms: 23.8, device wait ms: 17.9
+
+``step ms``: wall time per step since the last decode line; ``device wait ms``: of it, the time the
+loop spent blocked on the device's result (the rest is host work the device did not hide). A wait
+near zero means the device idled for the host: the step was host-bound.
 """
 
 from __future__ import annotations
@@ -20,10 +24,15 @@ class StepLog:
         self._decode_steps = 0
         self._decode_tokens = 0
         self._since = time.perf_counter()
+        self._steps = 0  # every step since the last decode line, and the time spent waiting on them
+        self._waited = 0.0
 
-    def record(self, plan: StepPlan, scheduler, admitted: list[int]) -> None:
+    def record(self, plan: StepPlan, scheduler, admitted: list[int], waited: float = 0.0) -> None:
         """Log a resolved step. ``admitted``: the prefix-hit lengths of the requests it admitted
-        (taken at launch: with the overlap schedule the scheduler has moved on by now)."""
+        (taken at launch: with the overlap schedule the scheduler has moved on by now); ``waited``:
+        seconds the loop blocked on the step's result."""
+        self._steps += 1
+        self._waited += waited
         decode_tokens = sum(1 for s in plan.sequences if len(s.input_ids) == 1 and _has_output(s))
         prefill_tokens = plan.num_tokens - decode_tokens
         self._decode_tokens += decode_tokens
@@ -57,19 +66,23 @@ class StepLog:
 
     def _log_decode(self, scheduler) -> None:
         now = time.perf_counter()
-        throughput = self._decode_tokens / max(now - self._since, 1e-9)
-        self._since, self._decode_tokens = now, 0
+        elapsed = max(now - self._since, 1e-9)
+        throughput = self._decode_tokens / elapsed
+        step_ms, wait_ms = 1e3 * elapsed / self._steps, 1e3 * self._waited / self._steps
+        self._since, self._decode_tokens, self._steps, self._waited = now, 0, 0, 0.0
         if not logger.isEnabledFor(logging.INFO):
             return
         used, usage = self._usage(scheduler)
         logger.info(
             "Decode batch. #running-req: %d, #token: %d, token usage: %.2f, gen throughput (token/s): %.1f, "
-            "#queue-req: %d",
+            "#queue-req: %d, step ms: %.1f, device wait ms: %.1f",
             len(scheduler.running),
             used,
             usage,
             throughput,
             len(scheduler.waiting),
+            step_ms,
+            wait_ms,
         )
 
 

@@ -179,6 +179,26 @@ def test_batch_log_counts_the_requests_each_prefill_step_admitted(engine, caplog
     assert lines[1].startswith("Prefill batch. #new-seq: 3, #new-token: 43, #cached-token: 160,")
 
 
+def test_decode_log_line_splits_each_step_into_host_and_device_wait(engine, caplog):
+    """Every decode line says how long a step took and how much of it the loop waited on the device
+    (on CPU the forward runs inside the launch, so the wait is small but the step is not)."""
+    import re
+
+    core = engine.core
+    interval, core.step_log.decode_interval = core.step_log.decode_interval, 4
+    try:
+        params = {"temperature": 0.0, "max_new_tokens": 12, "ignore_eos": True}
+        with caplog.at_level(logging.INFO, logger="radixserve.engine"):
+            engine.generate(input_ids=[list(range(100, 120)), list(range(200, 230))], sampling_params=params)
+    finally:
+        core.step_log.decode_interval = interval
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Decode batch.")]
+    assert lines, [r.getMessage() for r in caplog.records]
+    for line in lines:
+        step_ms, wait_ms = map(float, re.search(r"step ms: ([\d.]+), device wait ms: ([\d.]+)$", line).groups())
+        assert 0 <= wait_ms <= step_ms and step_ms > 0, line
+
+
 def test_startup_objects_are_frozen_out_of_the_garbage_collector(engine):
     """A full collection would walk every object alive after startup on the loop's time."""
     import gc
