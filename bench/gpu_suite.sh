@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline serving latency latency-split latency-ragged profiles gemv-probe (issue 5); profile-cascade prefix prefix-nomix prefix-variants policies sweep
+# Parts: offline offline-split serving latency latency-split latency-ragged profiles gemv-probe (issue 5); profile-cascade prefix prefix-nomix prefix-variants policies sweep
 # multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
@@ -63,6 +63,10 @@ part() {
         # waves of the 256-request batch) to stay inside the time budget; HF on the subsets.
         run_part offline bench.offline_throughput --random-requests 512 \
             --notes "suite: random-1024 scaled to 512 requests" ;;
+    offline-split)
+        # (a) with and without mixed steps' decodes on the decode kernels (FlashInfer), one run
+        run_part offline-split bench.offline_throughput --workload sharegpt --skip-hf \
+            --variant "--mixed-decode-split 64" ;;
     serving) run_part serving bench.serving --rates 4,8,16 --num-requests 200 ;;
     latency) run_part latency bench.latency ;;
     latency-split)
@@ -106,7 +110,7 @@ part() {
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \
             --steps 5 --top 14 ;;
-    *) echo "unknown part $1 (offline serving latency latency-split latency-ragged profiles gemv-probe profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-ragged profiles gemv-probe profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 

@@ -14,6 +14,8 @@ bench/results/<workload>.jsonl.
   python -m bench.offline_throughput --preset h100                     # Llama-3.1-8B dummy, GPU
   python -m bench.offline_throughput --preset cpu                      # embedded model, tiny
   python -m bench.offline_throughput --workload sharegpt --sharegpt-requests 500 --skip-hf
+  python -m bench.offline_throughput --workload sharegpt --skip-hf --variant "--mixed-decode-split 64"
+                                       # the plain engine and the variant side by side, one run
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def build_parser():
     parser.add_argument("--hf-sharegpt", help="HF subset for sharegpt: BATCHxINxOUT (h100: 256x220x200)")
     parser.add_argument("--hf-random", help="HF subset for random-1024: BATCHxINxOUT (h100: 64x1024x256)")
     cli.add_engine_flags(parser)
+    cli.add_variant_flag(parser)
     return parser
 
 
@@ -101,38 +104,46 @@ def main(argv=None) -> None:
                 hf_output_tok_s, str(setup.config_dir), setup.dtype_name, subsets[name], setup.vocab_limit, pretrained
             )
             print(f"HF generate, {name} subset {hf[name]['subset']}: {hf[name]['output_tok_s']:.1f} out tok/s")
-    cases = [EngineCase(name, reqs) for name, reqs in requests.items()]
-    cases += [
-        EngineCase(f"{name}-hf-subset", _subset_requests(subsets[name], setup.vocab_limit, args.seed)) for name in hf
-    ]
-    run = run_isolated(run_engine_cases, setup.engine_kwargs, cases)
-    shape = ModelShape.from_config_dir(setup.config_dir, 4 if setup.dtype_name == "float32" else 2)
-    print(
-        f"model: {setup.label}: {shape.describe()}; KV pool {run.pool_tokens} tokens, batch <= {run.max_running_requests}"
-    )
-    print(ASSUMPTIONS)
     reporter = Reporter.from_args(args, setup.label, speed.card)
+    shape = ModelShape.from_config_dir(setup.config_dir, 4 if setup.dtype_name == "float32" else 2)
     rows = []
-    for name, reqs in requests.items():
-        hits = prefix_hits([r.prompt_ids for r in reqs])
-        bound = workload_roofline(shape, speed, reqs, hits, run.max_running_requests, run.pool_tokens)
-        summary = offline_summary(run.cases[name], bound)
-        prompt, output = workloads.total_tokens(reqs)
-        extra = {"mean_input_len": round(prompt / len(reqs), 1), "mean_output_len": round(output / len(reqs), 1)}
-        if name in hf:
-            subset = offline_summary(run.cases[f"{name}-hf-subset"])
-            extra.update(
-                hf_output_tok_s=hf[name]["output_tok_s"],
-                hf_subset=hf[name]["subset"],
-                engine_subset_output_tok_s=subset["output_tok_s"],
-                vs_hf=round(subset["output_tok_s"] / hf[name]["output_tok_s"], 2),
+    for variant, engine_kwargs in cli.variants(args, setup.engine_kwargs):
+        cases = [EngineCase(name, reqs) for name, reqs in requests.items()]
+        if not variant:  # HF's subsets only for the plain engine
+            cases += [
+                EngineCase(f"{name}-hf-subset", _subset_requests(subsets[name], setup.vocab_limit, args.seed))
+                for name in hf
+            ]
+        run = run_isolated(run_engine_cases, engine_kwargs, cases)
+        print(
+            f"model: {setup.label}{f' ({variant})' if variant else ''}: {shape.describe()}; "
+            f"KV pool {run.pool_tokens} tokens, batch <= {run.max_running_requests}"
+        )
+        for name, reqs in requests.items():
+            hits = prefix_hits([r.prompt_ids for r in reqs])
+            bound = workload_roofline(shape, speed, reqs, hits, run.max_running_requests, run.pool_tokens)
+            summary = offline_summary(run.cases[name], bound)
+            prompt, output = workloads.total_tokens(reqs)
+            extra = {"mean_input_len": round(prompt / len(reqs), 1), "mean_output_len": round(output / len(reqs), 1)}
+            if name in hf and not variant:
+                subset = offline_summary(run.cases[f"{name}-hf-subset"])
+                extra.update(
+                    hf_output_tok_s=hf[name]["output_tok_s"],
+                    hf_subset=hf[name]["subset"],
+                    engine_subset_output_tok_s=subset["output_tok_s"],
+                    vs_hf=round(subset["output_tok_s"] / hf[name]["output_tok_s"], 2),
+                )
+            notes = f"variant {variant}" if variant else ""
+            record = reporter.record(
+                name, summary, notes, device_speed=speed.describe(), engine_args=engine_kwargs, **extra
             )
-        record = reporter.record(name, summary, device_speed=speed.describe(), engine_args=setup.engine_kwargs, **extra)
-        rows.append(record)
+            rows.append({**record, "variant": variant or "-"})
+    print(ASSUMPTIONS)
     print_table(
         rows,
         [
             ("workload", "workload"),
+            ("variant", "variant"),
             ("num_requests", "requests"),
             ("output_tok_s", "out tok/s"),
             ("total_tok_s", "total tok/s"),
