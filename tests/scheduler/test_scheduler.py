@@ -176,6 +176,29 @@ def test_lpm_orders_a_queue_much_longer_than_128():
     assert [s.request_id for s in h.step().sequences] == ["hit"]
 
 
+def test_requests_past_the_match_window_follow_in_arrival_order(monkeypatch):
+    """Only the ``MATCH_WINDOW`` longest-waiting requests are looked up and ordered by lpm: a hit
+    beyond it waits behind the window until the queue shrinks to let it in, then goes first."""
+    from radixserve.scheduler import policy
+
+    monkeypatch.setattr(policy, "MATCH_WINDOW", 2)
+    h = Harness(max_running_requests=1)
+    h.add("warm", list(range(30)), max_new_tokens=1)
+    h.run()
+    for i in range(3):
+        h.add(f"cold{i}", [1000 + i, 7, 7], max_new_tokens=1)
+    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
+    admitted = []
+    while h.scheduler.has_work:
+        admitted += [s.request_id for s in h.step().sequences if s.prefix_len == 0 or s.request_id == "hit"]
+    assert admitted[:4] == ["cold0", "cold1", "hit", "cold2"]
+    assert h.finished["hit"].num_cached_tokens == 30
+    monkeypatch.setattr(policy, "MATCH_WINDOW", 8)
+    h.add("cold3", [2000, 7, 7], max_new_tokens=1)
+    h.add("hit2", list(range(30)) + [6], max_new_tokens=1)
+    assert [s.request_id for s in h.step().sequences] == ["hit2"]
+
+
 def test_long_queue_lookups_resume_from_each_request_s_hint():
     """A waiting request's cached prefix is looked up again only as far as the tree grew: while
     nothing is added to the tree, no lookup reads its key."""
