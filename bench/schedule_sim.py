@@ -3,11 +3,12 @@
 The real ``Scheduler`` and ``PrefixCache`` (both pure Python) run the ``shared-prefix`` workload at
 the H100 preset's size with a constrained KV pool, one synchronous step at a time; each step's
 "device" is the roofline model of that step (Llama-3.1-8B in bf16 on the card whose bandwidth and
-FLOP/s are given: max(weights + KV read, FLOPs) per step), and every sampled token is token 7. Per
-policy it prints:
+FLOP/s are given: max(weights + KV read, FLOPs) per step), and the sampled tokens are arbitrary
+(distinct per request). Per policy it prints:
 
 - the hit rate (Σ cached / Σ prompt tokens at first admission) next to the workload's maximum;
-- the prompt tokens prefilled in all (a retracted or evicted prefix computed again counts again);
+- the tokens prefilled in all (a retracted or evicted prefix computed again counts again, and so
+  do a retracted request's outputs);
 - retractions and steps;
 - the modeled device time and the scheduler's own host time per step, measured here (mean, max);
 - the modeled run time (device + host, one after the other) and output tok/s from it.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import zlib
 from pathlib import Path
 
 from bench.harness import workloads
@@ -113,7 +115,12 @@ def simulate(name, config, pool_tokens, requests, shape: ModelShape, speed: Devi
         started = time.perf_counter()
         plan = scheduler.schedule()
         host = time.perf_counter() - started
-        tokens = {s.request_id: SequenceResult(s.request_id, 7) for s in plan.sequences if s.sample}
+        # a token of its own for every request and step, so that outputs share no cache nodes
+        tokens = {
+            s.request_id: SequenceResult(s.request_id, 100 + (zlib.crc32(s.request_id.encode()) + s.seq_len) % 40000)
+            for s in plan.sequences
+            if s.sample
+        }
         started = time.perf_counter()
         scheduler.update(plan, StepResult(tokens))
         host += time.perf_counter() - started
@@ -121,7 +128,7 @@ def simulate(name, config, pool_tokens, requests, shape: ModelShape, speed: Devi
         host_s += host
         host_max = max(host_max, host)
         device_s += step_seconds(plan, shape, speed)
-        prefilled += sum(len(s.input_ids) for s in plan.sequences if len(s.input_ids) > 1)
+        prefilled += sum(len(s.input_ids) for s in plan.sequences if not _is_decode(s))
     cache = scheduler.cache
     total_s = device_s + host_s
     return {
@@ -136,6 +143,11 @@ def simulate(name, config, pool_tokens, requests, shape: ModelShape, speed: Devi
         "run_s": total_s,
         "output_tok_s": sum(r.output_len for r in requests) / total_s,
     }
+
+
+def _is_decode(sequence) -> bool:
+    """One new token past the prompt: a decode (a retracted request's recomputed outputs are not)."""
+    return len(sequence.input_ids) == 1 and sequence.prefix_len >= len(sequence.prompt_ids)
 
 
 def step_seconds(plan: StepPlan, shape: ModelShape, speed: DeviceSpeed) -> float:

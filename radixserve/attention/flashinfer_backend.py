@@ -187,9 +187,10 @@ class FlashInferBackend(AttentionBackend):
             self.shared_prefix.forget()
         size = batch.batch_size
         device = self.workspace.device
-        if self._graph_indices is None or self._graph_indices.numel() < batch.kv_slots.numel():
+        if self._graph_indices is None:  # as long as the graph runner's static slot list, which never changes
             self._graph_indices = torch.zeros(batch.kv_slots.numel(), dtype=torch.int32, device=device)
-            self._graph_wrappers.clear()  # each held the shorter list
+        elif self._graph_indices.numel() < batch.kv_slots.numel():
+            raise RuntimeError("the decode graphs' slot list grew after capture: its wrappers hold the old one")
         wrapper = self._graph_wrappers.get(size)
         if wrapper is None:
             wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(

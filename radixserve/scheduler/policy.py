@@ -11,16 +11,20 @@
 Starvation: a waiting request's *tier* grows by one every ``aging_steps`` steps it waits, and
 higher tiers go first; the policy orders each tier. A request with no cache hit therefore goes
 before every request that arrived ``aging_steps`` or more after it, however well those hit. Requests
-that arrived together (an offline batch, a burst) stay in one tier as they age, so their
-cache-aware order holds however long they wait: aging them into arrival order, as a plain
-"aged first, FCFS" rule would, throws the policy away exactly when a long queue needs it.
+that arrived in the same step (an offline batch) stay in one tier as they age, and requests a few
+steps apart (a burst) share one but for the few steps each period when a tier boundary falls
+between them, so their cache-aware order holds however long they wait: aging them into arrival
+order, as a plain "aged first, FCFS" rule would, throws the policy away exactly when a long queue
+needs it.
 ``aging_steps <= 0``: arrival order throughout.
 
 Long queues: the cache-aware policies look up and order the ``MATCH_WINDOW`` longest-waiting
 requests; any beyond follow in arrival order. A lookup resumes from the request's last one
-(``PrefixCache.peek_match``), so a step costs what changed in the tree, not the queue's length in
-tokens: on a 2-core CPU, 1,024 waiting 2,176-token prompts cost ~1.5 ms a step
-(``python -m bench.schedule_sim``). (Before, ``lpm`` fell back to FCFS past 128 waiting requests, as
+(``PrefixCache.peek_match``), so the lookups of a step cost what changed in the tree, not the
+queue's length in tokens: on a 2-core CPU, lpm over 1,024 waiting 2,176-token prompts costs
+~1–1.7 ms a step (``python -m bench.schedule_sim``). ``dfs-weight`` still reads every candidate's
+uncached tail into its tries at each ordering, so on a long queue it costs several times lpm's host
+time. (Before, ``lpm`` fell back to FCFS past 128 waiting requests, as
 SGLang's does, and lost its hits exactly in the offline batches and bursts that fill a queue.)
 """
 

@@ -278,6 +278,7 @@ class Scheduler:
         slots = self.cache.allocate(chunk)
         assert slots is not None
         self.cache.extend(request, slots)
+        request.prefix_hint = None  # running now: the hint would only keep its node alive
         self.last_admitted.append((request, match_len))
         if not request.admitted:
             request.admitted = True

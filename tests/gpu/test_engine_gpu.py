@@ -360,17 +360,24 @@ def test_decode_graphs_replay_contexts_that_list_the_pool_many_times_over(backen
     # 8 requests list ~6,000 slots (past the pool, within the capacity), 16 list ~12,000 (past it)
     assert pool < 8 * 760 < cuda_graph.CONTEXT_SLOTS_PER_POOL_SLOT * pool < 16 * 720
 
-    def run(**kwargs) -> tuple[list, list[int]]:
-        replayed = []
-        original = cuda_graph.DecodeGraphRunner.replay
+    def run(**kwargs) -> tuple[list, list[int], list[int]]:
+        replayed, refused = [], []  # slots listed by the decode steps replayed, and by those run without
+        original_replay, original_can_run = cuda_graph.DecodeGraphRunner.replay, cuda_graph.DecodeGraphRunner.can_run
 
         def counted(self, batch):
             replayed.append(sum(batch.seq_lens))
-            return original(self, batch)
+            return original_replay(self, batch)
+
+        def checked(self, batch):
+            fits = original_can_run(self, batch)
+            if batch.is_decode and not fits:
+                refused.append(sum(batch.seq_lens))
+            return fits
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(shared_prefix, "MIN_SAVED_BYTES", 1 << 60)  # no cascade: these steps are the graph's
             patch.setattr(cuda_graph.DecodeGraphRunner, "replay", counted)
+            patch.setattr(cuda_graph.DecodeGraphRunner, "can_run", checked)
             engine = _engine(model_dir, tokenizer_path, attention_backend=backend, max_total_tokens=pool, **kwargs)
             _greedy(engine, prompts[:1], max_new_tokens=2)  # the system prompt enters the tree
             outputs = _greedy(engine, prompts[1:9], max_new_tokens=24) + _greedy(engine, prompts, max_new_tokens=24)
@@ -379,10 +386,11 @@ def test_decode_graphs_replay_contexts_that_list_the_pool_many_times_over(backen
             _release(engine)
         for output in outputs:
             assert output["meta_info"]["finish_reason"]["type"] == "length", output["meta_info"]
-        return outputs, replayed
+        return outputs, replayed, refused
 
-    plain, _ = run(disable_cuda_graph=True, disable_overlap_schedule=True)
-    graphed, replayed = run(cuda_graph_max_bs=32)
+    plain, _, _ = run(disable_cuda_graph=True, disable_overlap_schedule=True)
+    graphed, replayed, refused = run(cuda_graph_max_bs=32)
+    capacity = cuda_graph.CONTEXT_SLOTS_PER_POOL_SLOT * pool
     assert max(replayed) > pool, replayed  # steps listing the pool more than once replayed
-    assert max(replayed) <= cuda_graph.CONTEXT_SLOTS_PER_POOL_SLOT * pool
+    assert refused and min(refused) > capacity, refused  # the 16-request steps ran without the graph
     _assert_same_up_to_near_ties(graphed, plain)

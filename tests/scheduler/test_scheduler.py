@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from radixserve.core.request import Request
 from radixserve.core.sampling_params import InvalidParamError
 from tests.scheduler.harness import Harness
 from tests.scheduler.kv_oracle import reference_output
@@ -162,6 +163,22 @@ def test_a_cold_request_goes_before_hits_that_arrive_an_aging_period_after_it(po
             break
     # hits that arrived in its tier went first, until it was 8 steps older than any newcomer
     assert cold.admitted and 1 <= i < 10, i
+
+
+def test_waiting_tiers_keep_a_batch_in_cache_aware_order_and_put_older_arrivals_first():
+    """Tiers of ``aging_steps``: requests that arrived together keep lpm's order however long they
+    wait; one that arrived a tier earlier goes before them with no hit at all, one a tier later after."""
+    from radixserve.core.sampling_params import SamplingParams
+    from radixserve.scheduler.policy import Candidate, order
+
+    def candidate(name: str, arrival: int, match_len: int) -> Candidate:
+        return Candidate(Request(name, [1], SamplingParams(), arrival_step=arrival), match_len)
+
+    batch = [candidate(f"b{i}", 100, match) for i, match in enumerate([0, 40, 10, 40])]
+    early, late = candidate("early", 89, 0), candidate("late", 111, 50)
+    for now in (105, 1_000, 10_000):  # the batch aged once, and a hundred times over
+        names = [c.request.request_id for c in order("lpm", [late, *batch, early], now, aging_steps=10)]
+        assert names == ["early", "b1", "b3", "b2", "b0", "late"], (now, names)
 
 
 def test_lpm_orders_a_queue_much_longer_than_128():
