@@ -55,19 +55,28 @@ def main(argv=None) -> None:
         help="time the phases with wall-clock timers around them instead of cProfile (whose per-call cost"
         " inflates Python-heavy phases)",
     )
+    parser.add_argument(
+        "--whole-text",
+        action="store_true",
+        help="requests that want their text whole at the end (offline, non-streaming: no detokenizing per"
+        " step) instead of streamed deltas",
+    )
     args = parser.parse_args(argv)
     tokenizer = args.tokenizer_path or str(model_files.default_tokenizer_dir())
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
     for frozen in (True, False):  # one engine (one child process) each
         top = args.top if frozen and not args.timers else 0
-        measured = run_isolated(measure_all, tokenizer, sizes, args.steps, args.input_len, frozen, top, args.timers)
+        measured = run_isolated(
+            measure_all, tokenizer, sizes, args.steps, args.input_len, frozen, top, args.timers, not args.whole_text
+        )
         for batch, times in measured:
             rows.append({"batch": batch, "gc": "frozen" if frozen else "collected", **times})
     rows.sort(key=lambda row: row["batch"])
     columns = [("batch", "batch"), ("gc", "startup objects")]
     columns += [(name, f"{name} ms") for name in ("host", "schedule", "build", "resolve", "detok", "step", "full_gc")]
     how = "wall-clock timers" if args.timers else "cProfile"
+    how += ", text whole at the end" if args.whole_text else ", text streamed"
     print_table(
         rows, columns, f"engine host ms per decode step (CPU, one-layer dummy Llama, {args.steps} steps, {how})"
     )
@@ -76,7 +85,14 @@ def main(argv=None) -> None:
 
 
 def measure_all(
-    tokenizer: str, sizes: list[int], steps: int, input_len: int, frozen: bool, top: int = 0, timers: bool = False
+    tokenizer: str,
+    sizes: list[int],
+    steps: int,
+    input_len: int,
+    frozen: bool,
+    top: int = 0,
+    timers: bool = False,
+    stream_text: bool = True,
 ) -> list:
     """In a child process: one engine; ``frozen=False`` skips its startup freeze (the behaviour
     before it), so the collector walks every startup object in its full collections."""
@@ -96,7 +112,7 @@ def measure_all(
         context_length=context,
         max_total_tokens=max(sizes) * context + 1,
     )
-    results = [(batch, measure(engine, batch, steps, input_len, top, timers)) for batch in sizes]
+    results = [(batch, measure(engine, batch, steps, input_len, top, timers, stream_text)) for batch in sizes]
     started = time.perf_counter()
     gc.collect()  # one full collection with the engine alive: what each one costs the loop
     full_collection_ms = (time.perf_counter() - started) * 1e3
@@ -104,13 +120,15 @@ def measure_all(
     return [(batch, {**times, "full_gc": full_collection_ms}) for batch, times in results]
 
 
-def measure(engine, batch: int, steps: int, input_len: int, top: int = 0, timers: bool = False) -> dict:
+def measure(
+    engine, batch: int, steps: int, input_len: int, top: int = 0, timers: bool = False, stream_text: bool = True
+) -> dict:
     from radixserve.core.sampling_params import SamplingParams
 
     core = engine.core
     params = SamplingParams.from_dict({"max_new_tokens": 3 * steps + 8, "temperature": 0.0, "ignore_eos": True})
     for number, request in enumerate(workloads.fixed_random(batch, input_len, 1, 40000, seed=batch)):
-        core.add_request(f"host-{batch}-{number}", request.prompt_ids, params)
+        core.add_request(f"host-{batch}-{number}", request.prompt_ids, params, stream=stream_text)
     decoding: set[str] = set()
     while len(decoding) < batch:
         decoding.update(o.request_id for o in core.step() if o.new_token_ids)

@@ -80,7 +80,8 @@ def drive(core, requests: list[BenchRequest], tag: str) -> list[RequestTiming]:
     for number, request in enumerate(requests):
         params = {"max_new_tokens": request.output_len, "temperature": 0.0, "ignore_eos": True}
         request_id = f"{tag}-{number}"
-        core.add_request(request_id, request.prompt_ids, SamplingParams.from_dict(params))
+        # an offline user reads the text once it is whole (Engine.generate): no detokenizing per step
+        core.add_request(request_id, request.prompt_ids, SamplingParams.from_dict(params), stream=False)
         timing = RequestTiming(request.prompt_len, start)
         by_id[request_id] = timing
         timings.append(timing)

@@ -69,6 +69,9 @@ class Request:
     num_retractions: int = 0
     admitted: bool = False
     grammar: object = None  # the request's grammar matcher (engine-owned), when output is constrained
+    # Text deltas at every step (a streaming client); False: the whole text once, in the finishing
+    # output (nothing reads it before), which spares a detokenizer call per request per step.
+    stream_text: bool = True
     finish_reason: FinishReason | None = None
 
     @property

@@ -106,16 +106,22 @@ class EngineClient:
             self._conn.send(message)
 
     async def generate(
-        self, request_id: str, prompt_ids: list[int], sampling: dict, extra_key: str | None = None
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        sampling: dict,
+        extra_key: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs until it finishes. Leaving early (disconnect) aborts it."""
+        """Yield the request's outputs until it finishes. Leaving early (disconnect) aborts it.
+        ``stream=False``: the text comes whole in the last output (``Request.stream_text``)."""
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
         finished = rejected = False
         if self.observer is not None:
             self.observer.on_submit(request_id)
         try:
-            self._send(("add", request_id, prompt_ids, sampling, extra_key))
+            self._send(("add", request_id, prompt_ids, sampling, extra_key, stream))
             while True:
                 item = await queue.get()
                 if isinstance(item, Exception):

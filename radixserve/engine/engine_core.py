@@ -85,9 +85,15 @@ class EngineCore:
     # ---- requests ---------------------------------------------------------------------------
 
     def add_request(
-        self, request_id: str, prompt_ids: list[int], sampling: SamplingParams, extra_key: str | None = None
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        extra_key: str | None = None,
+        stream: bool = True,
     ) -> None:
-        """Queue a request, or raise ``InvalidParamError`` if it can never run."""
+        """Queue a request, or raise ``InvalidParamError`` if it can never run. ``stream``: text deltas
+        at every step; False when only the whole text is wanted (``Request.stream_text``)."""
         if request_id in self.requests:
             raise InvalidParamError(f"duplicate request id {request_id!r}", "rid")
         sampling.validate(self.vocab_size)
@@ -96,7 +102,9 @@ class EngineCore:
             raise InvalidParamError(f"prompt token ids must be in [0, {vocab})", "input_ids")
         eos = () if sampling.ignore_eos else tuple(self.tokenizer.eos_token_ids)
         stop_ids = tuple(dict.fromkeys(eos + tuple(sampling.stop_token_ids)))
-        request = Request(request_id, list(prompt_ids), sampling, extra_key=extra_key, stop_token_ids=stop_ids)
+        request = Request(
+            request_id, list(prompt_ids), sampling, extra_key=extra_key, stop_token_ids=stop_ids, stream_text=stream
+        )
         if sampling.grammar is None:
             self.scheduler.add_request(request)
         else:

@@ -68,7 +68,7 @@ class Engine:
                 for child in range(sampling.n):
                     child_params = _child_sampling(sampling, child)
                     request_id = f"offline-{next(self._ids)}"
-                    self.core.add_request(request_id, ids, child_params, extra_key)
+                    self.core.add_request(request_id, ids, child_params, extra_key, stream=False)
                     jobs.append((request_id, child_params))
         except InvalidParamError:
             for request_id, _ in jobs:

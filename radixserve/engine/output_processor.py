@@ -40,6 +40,9 @@ class _RequestStream:
         )
         self.matcher = StopStringMatcher(params.stop, params.no_stop_trim) if params.stop else None
         self.num_sent = 0  # output tokens already reported
+        self.num_decoded = 0  # output tokens fed to the detokenizer
+        # stop strings are matched in the text as it grows: those requests decode every step
+        self.incremental = request.stream_text or self.matcher is not None
 
 
 class OutputProcessor:
@@ -54,14 +57,19 @@ class OutputProcessor:
         """Detokenize the request's new tokens. Returns the output and the stop string that matched, if any.
 
         The caller finishes the request when a stop string matched; the output already carries
-        ``finish_reason`` then.
+        ``finish_reason`` then. A request without ``stream_text`` (and without stop strings) gets
+        its whole text in its finishing output and empty deltas before: the same text, decoded once.
         """
         stream = self.streams[request.request_id]
         new_ids = request.output_ids[stream.num_sent :]
         first = stream.num_sent
         stream.num_sent = len(request.output_ids)
-        text = stream.detokenizer.step(new_ids) if new_ids else ""
         ending = request.finish_reason is not None
+        text = ""
+        if stream.incremental or ending:
+            undecoded = request.output_ids[stream.num_decoded :]
+            stream.num_decoded = len(request.output_ids)
+            text = stream.detokenizer.step(undecoded) if undecoded else ""
         if ending:
             text += stream.detokenizer.flush()
         matched = None

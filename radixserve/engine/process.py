@@ -1,7 +1,7 @@
 """The engine in its own process: messages in, batched outputs out, over one duplex pipe.
 
 Protocol (tuples, pickled by multiprocessing):
-    to the engine:   ("add", request_id, prompt_ids, sampling_dict, extra_key)
+    to the engine:   ("add", request_id, prompt_ids, sampling_dict, extra_key, stream)
                      ("abort", request_id) | ("call", token, method_name)
     from the engine: ("ready", info_dict) | ("outputs", [RequestOutput, ...])
                      ("rejected", request_id, param, message) | ("reply", token, value) | ("fatal", message)
@@ -85,9 +85,9 @@ def _loop(core, conn: Connection) -> None:
 def _handle(core, conn: Connection, message: tuple) -> None:
     kind = message[0]
     if kind == "add":
-        _, request_id, prompt_ids, sampling_dict, extra_key = message
+        _, request_id, prompt_ids, sampling_dict, extra_key, stream = message
         try:
-            core.add_request(request_id, prompt_ids, SamplingParams.from_dict(sampling_dict), extra_key)
+            core.add_request(request_id, prompt_ids, SamplingParams.from_dict(sampling_dict), extra_key, stream)
         except InvalidParamError as exc:
             conn.send(("rejected", request_id, exc.param, str(exc)))
     elif kind == "abort":

@@ -38,9 +38,10 @@ def new_id(prefix: str) -> str:
 
 
 async def stream_choices(
-    client, prompt_ids: list[int], sampling: dict, prompt_param: str, first_index: int = 0
+    client, prompt_ids: list[int], sampling: dict, prompt_param: str, first_index: int = 0, stream: bool = True
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Yield (choice index, output) as any of the n choices produces tokens."""
+    """Yield (choice index, output) as any of the n choices produces tokens (``stream=False``: the
+    text whole in each choice's last output)."""
     n = sampling.get("n", 1)
     base_id = new_id("req")
     queue: asyncio.Queue = asyncio.Queue()
@@ -50,7 +51,7 @@ async def stream_choices(
         if params.get("seed") is not None:
             params["seed"] = child_seed(params["seed"], i)
         try:
-            async for output in client.generate(f"{base_id}-{i}", prompt_ids, params):
+            async for output in client.generate(f"{base_id}-{i}", prompt_ids, params, stream=stream):
                 await queue.put((first_index + i, output))
         except Exception as exc:
             await queue.put(exc)
@@ -80,7 +81,8 @@ async def collect_choices(
 ) -> list[Choice]:
     n = sampling.get("n", 1)
     choices = [Choice(first_index + i) for i in range(n)]
-    async with contextlib.aclosing(stream_choices(client, prompt_ids, sampling, prompt_param, first_index)) as stream:
+    outputs = stream_choices(client, prompt_ids, sampling, prompt_param, first_index, stream=False)
+    async with contextlib.aclosing(outputs) as stream:
         async for index, output in stream:
             choices[index - first_index].add(output)
     return choices

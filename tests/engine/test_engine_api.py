@@ -199,6 +199,37 @@ def test_decode_log_line_splits_each_step_into_host_and_device_wait(engine, capl
         assert 0 <= wait_ms <= step_ms and step_ms > 0, line
 
 
+@pytest.mark.parametrize("stop", [None, ["."]])
+def test_a_request_that_wants_its_text_whole_gets_the_streamed_text_at_once(engine, stop):
+    """``stream=False``: empty deltas, then the whole text in the finishing output, equal to what a
+    streaming request's deltas join to; with stop strings it still decodes as it goes (to find them)."""
+    from radixserve.core.sampling_params import SamplingParams
+
+    core = engine.core
+    prompt = engine.tokenizer.encode_chat([{"role": "user", "content": "Describe a quiet harbour town."}])
+    params = {"temperature": 0.0, "max_new_tokens": 40, "stop": stop}
+    deltas: dict[str, list[str]] = {"streamed": [], "whole": []}
+    core.add_request("streamed", prompt, SamplingParams.from_dict(params))
+    core.add_request("whole", prompt, SamplingParams.from_dict(params), stream=False)
+    finished = {}
+    while len(finished) < 2:
+        for output in core.step():
+            deltas[output.request_id].append(output.text_delta)
+            if output.finished:
+                finished[output.request_id] = output
+    while core.has_work:
+        core.step()
+    streamed, whole = "".join(deltas["streamed"]), "".join(deltas["whole"])
+    assert whole == streamed and len(streamed) > 10, (whole, streamed)
+    assert finished["whole"].finish_reason == finished["streamed"].finish_reason
+    if stop is None:
+        assert all(delta == "" for delta in deltas["whole"][:-1]) and deltas["whole"][-1] == whole
+        assert sum(1 for delta in deltas["streamed"] if delta) > 3  # the other one did stream
+    else:
+        assert finished["whole"].finish_reason.kind == "stop", finished["whole"]
+    _assert_idle(engine)
+
+
 def test_startup_objects_are_frozen_out_of_the_garbage_collector(engine):
     """A full collection would walk every object alive after startup on the loop's time."""
     import gc
