@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline offline-split serving latency latency-split latency-ragged profiles gemv-probe (issue 5); profile-cascade prefix prefix-nomix prefix-variants policies sweep
+# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe (issue 5); profile-cascade prefix prefix-nomix prefix-variants policies sweep
 # multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
@@ -73,6 +73,9 @@ part() {
         # the latency part, and side by side in the same run the decode batches FlashInfer would
         # run on its CUDA-core kernels on the Triton decode kernels instead
         run_part latency-split bench.latency --variant "--triton-decode-max-bs 63" ;;
+    latency-tuning)
+        # batch-1 projections in the forms timed fastest at startup, side by side with F.linear throughout
+        run_part latency-tuning bench.latency --skip-hf --variant=--disable-one-row-tuning ;;
     latency-ragged)
         # prefill from an empty context through FlashInfer's ragged kernel, side by side with the paged one
         run_part latency-ragged bench.latency --skip-hf --variant=--ragged-prefill ;;
@@ -110,7 +113,7 @@ part() {
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \
             --steps 5 --top 14 ;;
-    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-ragged profiles gemv-probe profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 

@@ -83,6 +83,11 @@ class ServerArgs:
         " replay the model from CUDA graphs in pieces, attention eager between them (0: eager)",
     )
     disable_cuda_graph: bool = _opt(False, "run every step eagerly on CUDA (no decode or piecewise graphs)")
+    disable_one_row_tuning: bool = _opt(
+        False,
+        "CUDA: one-row (batch-1) projections through F.linear, instead of the form (F.linear, torch.mv or a"
+        " swapped GEMM) that timed fastest for each weight shape at startup",
+    )
     disable_overlap_schedule: bool = _opt(
         False, "detokenize a step's output before launching the next one instead of while the device runs"
     )

@@ -12,7 +12,8 @@ import torch
 from radixserve.attention import available_gpu_backend, create_backend
 from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.config import ServerArgs
-from radixserve.model.layers import prepack_cpu_linears
+from radixserve.model.layers import Linear, prepack_cpu_linears
+from radixserve.model.linear_tuning import tune_one_row_linears
 from radixserve.model.loader import load_model, resolve_model_path
 from radixserve.model.model_config import ModelConfig
 from radixserve.runner.cuda_graph import DecodeGraphRunner, kv_slot_capacity
@@ -68,6 +69,8 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     model, model_config = load_model(model_path, load_format=args.load_format, dtype=dtype, device=device)
     if device.type == "cpu":
         prepack_cpu_linears(model)
+    elif device.type == "cuda" and not args.disable_one_row_tuning:
+        tune_one_row_linears(model, Linear)  # before any graph captures the projections
     tokenizer = load_tokenizer(args, model_path)
     context_length = args.context_length or model_config.max_position_embeddings
     # captured before the KV pool is sized, so that the pool gets what the pieces leave

@@ -394,3 +394,17 @@ def test_decode_graphs_replay_contexts_that_list_the_pool_many_times_over(backen
     assert max(replayed) > pool, replayed  # steps listing the pool more than once replayed
     assert refused and min(refused) > capacity, refused  # the 16-request steps ran without the graph
     _assert_same_up_to_near_ties(graphed, plain)
+
+
+def test_batch_one_decode_with_tuned_projections_matches_f_linear(model_dir, tokenizer_path):
+    """Whatever forms the startup timing chose for one-row projections, batch-1 greedy decoding
+    agrees with the engine that runs every projection through F.linear (but for near-ties)."""
+    pytest.importorskip("flashinfer")
+    prompts = _prompts(3, seed=4)
+    plain = _engine(model_dir, tokenizer_path, disable_one_row_tuning=True)
+    expected = [_greedy(plain, [prompt], max_new_tokens=32)[0] for prompt in prompts]
+    _release(plain)
+    tuned = _engine(model_dir, tokenizer_path)
+    got = [_greedy(tuned, [prompt], max_new_tokens=32)[0] for prompt in prompts]
+    _release(tuned)
+    _assert_same_up_to_near_ties(got, expected)

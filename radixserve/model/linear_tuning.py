@@ -1,0 +1,92 @@
+"""One-row projections on CUDA: pick, per weight shape, the fastest of a few equivalent calls.
+
+A batch-1 decode step is the weight read, and cuBLAS does not read every shape at the card's
+bandwidth through ``F.linear``: ``bench.gemv_probe`` measured Llama-3.1-8B's output projection
+(4096 x 4096) at 1.26 TB/s on an H200 against 3.7-4.3 for the MLP and the LM head. The same product
+can be asked of cuBLAS in other forms, which it serves with other kernels:
+
+- ``linear``: ``F.linear(x, W)`` (the default);
+- ``mv``: ``torch.mv(W, x[0])``, a matrix-vector product (cuBLAS gemv);
+- ``mm_t``: ``(W @ x.T).T``, the GEMM with the operands swapped (a tall-skinny product).
+
+``tune_one_row_linears`` times each form on every distinct weight shape of a model at startup,
+cycling through all the model's weights of that shape (a 32-layer model reads 32 different
+matrices, so the timing misses the L2 cache as a real step does), and sets each ``Linear``'s
+``one_row`` form where one beats ``linear`` by ``MIN_GAIN``. ``Linear.forward`` uses it for inputs
+of exactly one row (a batch-1 decode step, CUDA-graph captured or not); every other input takes
+``F.linear``. The forms compute the same dot products; only the summation order may differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# A form replaces F.linear only if it takes at most this share of F.linear's time.
+MIN_GAIN = 0.95
+ITERATIONS = 20  # timed passes over all the weights of a shape
+
+
+def one_row_forms() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """``name -> f(x [1, K], W [N, K]) -> [1, N]``: the candidate forms of ``x @ W.T``."""
+    return {
+        "linear": lambda x, w: F.linear(x, w),
+        "mv": lambda x, w: torch.mv(w, x[0]).unsqueeze(0),
+        "mm_t": lambda x, w: torch.mm(w, x.t()).t(),
+    }
+
+
+def choose(times_us: dict[str, float], min_gain: float = MIN_GAIN) -> str:
+    """The fastest form, unless it saves less than ``1 - min_gain`` of ``linear``'s time."""
+    best = min(times_us, key=times_us.get)
+    return best if times_us[best] <= min_gain * times_us["linear"] else "linear"
+
+
+def tune_one_row_linears(model: nn.Module, linear_type: type) -> dict[tuple[int, int], dict[str, float]]:
+    """Time every form on every distinct bias-free weight shape of ``model``'s CUDA ``linear_type``
+    modules, set their ``one_row`` form, and return ``{(N, K): {form: µs}}``."""
+    groups: dict[tuple, list[nn.Module]] = {}
+    for module in model.modules():
+        if isinstance(module, linear_type) and module.bias is None and module.weight.is_cuda:
+            groups.setdefault((tuple(module.weight.shape), module.weight.dtype), []).append(module)
+    forms = one_row_forms()
+    results = {}
+    for (shape, dtype), modules in groups.items():
+        weights = [m.weight.detach() for m in modules]
+        x = torch.randn(1, shape[1], dtype=dtype, device=weights[0].device)
+        times = {name: _time_us(form, x, weights) for name, form in forms.items()}
+        chosen = choose(times)
+        for module in modules:
+            module.one_row = None if chosen == "linear" else forms[chosen]
+        results[shape] = times
+        logger.info(
+            "one-row projections %dx%d (%d weights): %s; using %s",
+            shape[0],
+            shape[1],
+            len(modules),
+            ", ".join(f"{name} {us:.1f} us" for name, us in times.items()),
+            chosen,
+        )
+    return results
+
+
+@torch.inference_mode()
+def _time_us(form, x: torch.Tensor, weights: list[torch.Tensor]) -> float:
+    """Mean µs of one call, the weights taken in turn."""
+    for w in weights[:2]:  # warm-up: cuBLAS handles, heuristics
+        form(x, w)
+    torch.cuda.synchronize(x.device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(ITERATIONS):
+        for w in weights:
+            form(x, w)
+    end.record()
+    torch.cuda.synchronize(x.device)
+    return start.elapsed_time(end) * 1e3 / (ITERATIONS * len(weights))

@@ -1,0 +1,42 @@
+"""Which one-row form a timing picks, and that every form computes the same product (on CPU: the
+forms are plain torch; the startup timing itself runs on CUDA, tests/gpu/test_linear_tuning_gpu.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from radixserve.model.layers import Linear
+from radixserve.model.linear_tuning import choose, one_row_forms
+
+
+def test_a_form_must_beat_linear_by_the_margin():
+    assert choose({"linear": 26.6, "mv": 9.1, "mm_t": 12.0}) == "mv"
+    assert choose({"linear": 10.0, "mv": 9.8, "mm_t": 9.9}) == "linear"  # within 5%: not worth a change
+    assert choose({"linear": 8.0, "mv": 9.0, "mm_t": 12.0}) == "linear"
+
+
+@pytest.mark.parametrize("name", list(one_row_forms()))
+def test_every_form_is_x_times_w_transposed(name):
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 96, generator=gen), torch.randn(40, 96, generator=gen)
+    got = one_row_forms()[name](x, w)
+    assert got.shape == (1, 40)
+    torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_a_linear_uses_its_one_row_form_for_one_row_only():
+    layer = Linear(8, 4, bias=False, dtype=torch.float32)
+    layer.weight.data.copy_(torch.arange(32, dtype=torch.float32).view(4, 8) / 10)
+    calls = []
+
+    def form(x, w):
+        calls.append(x.shape)
+        return one_row_forms()["mv"](x, w)
+
+    layer.one_row = form
+    one, three = torch.ones(1, 8), torch.ones(3, 8)
+    torch.testing.assert_close(layer(one), F.linear(one, layer.weight))
+    torch.testing.assert_close(layer(three), F.linear(three, layer.weight))
+    assert calls == [torch.Size([1, 8])]
