@@ -14,9 +14,11 @@ Two trees take part, one inside the other:
 Siblings go heaviest first (most waiting candidates under them); ties go to the subtree whose
 earliest candidate comes first in the input. Candidates ending at one node keep their input order.
 
-Cost: the tail tries are rebuilt at every ordering, one pass (list comparisons in C) over each
-waiting request's uncached tokens: the same order of work as the cache match that the scheduler
-already does for every waiting request under this policy.
+Cost: the tail tries are rebuilt at every ordering, one pass (list comparisons in C) over the first
+``TAIL_TOKENS`` uncached tokens of each waiting request (prompts that share that many tokens are
+grouped; a longer shared run is found by the in-batch check at admission anyway). On the GPU
+constrained-pool workload (1,024 waiting 2,176-token prompts) that is ~1.9 ms a step on a 2-core CPU
+against lpm's ~1 ms (``python -m bench.schedule_sim``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from radixserve.scheduler.token_trie import TokenTrie
+
+# Uncached tokens of each candidate grouped by: prompts sharing this many uncached tokens are one
+# group (computing the rest once more costs less than reading every waiting prompt whole each step).
+TAIL_TOKENS = 256
 
 if TYPE_CHECKING:
     from radixserve.scheduler.policy import Candidate
@@ -44,8 +50,10 @@ def _by_uncached_tail(candidates: list[Candidate]) -> list[Candidate]:
     tries: dict[str | None, TokenTrie] = {}
     placed = []
     for candidate in candidates:
-        ids = candidate.request.all_ids
-        tail = ids[candidate.match_len : len(ids) - 1]  # the cache match stops at len - 1 too
+        request = candidate.request
+        ids = request.all_ids if request.output_ids else request.prompt_ids
+        # the cache match stops at len - 1 too; groups show in a tail's first tokens: read no more
+        tail = ids[candidate.match_len : min(len(ids) - 1, candidate.match_len + TAIL_TOKENS)]
         trie = tries.get(candidate.request.extra_key)
         if trie is None:
             trie = tries[candidate.request.extra_key] = TokenTrie()

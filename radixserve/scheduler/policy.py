@@ -22,9 +22,9 @@ Long queues: the cache-aware policies look up and order the ``MATCH_WINDOW`` lon
 requests; any beyond follow in arrival order. A lookup resumes from the request's last one
 (``PrefixCache.peek_match``), so the lookups of a step cost what changed in the tree, not the
 queue's length in tokens: on a 2-core CPU, lpm over 1,024 waiting 2,176-token prompts costs
-~1–1.7 ms a step (``python -m bench.schedule_sim``). ``dfs-weight`` still reads every candidate's
-uncached tail into its tries at each ordering, so on a long queue it costs several times lpm's host
-time. (Before, ``lpm`` fell back to FCFS past 128 waiting requests, as
+~1–1.7 ms a step (``python -m bench.schedule_sim``). ``dfs-weight`` also reads the first
+``dfs_weight.TAIL_TOKENS`` uncached tokens of every candidate into its tries at each ordering: ~1.5×
+lpm's host time on that queue. (Before, ``lpm`` fell back to FCFS past 128 waiting requests, as
 SGLang's does, and lost its hits exactly in the offline batches and bursts that fill a queue.)
 """
 
