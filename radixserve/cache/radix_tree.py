@@ -142,8 +142,9 @@ class RadixTree:
         it), is resumed from: nothing is walked when no leaf was added since and the key has the
         same length, only the part past the hint's node otherwise. (A match ends at its node, so
         only a leaf added can lengthen it; evicting that node shortens it, seen as the node's
-        ``parent`` gone: the walk starts over. Nodes below it or elsewhere do not matter.) ``token_ids()`` gives the
-        key; it is called only when a walk is needed (building a long key costs more than a valid hint).
+        ``parent`` gone: the walk starts over. Nodes below it or elsewhere do not matter.)
+        ``token_ids()`` gives the key; it is called only when a walk is needed (building a long key
+        costs more than a valid hint).
         """
         end = self.num_insertable(key_len)
         stale = hint is None or hint.generation != self._generation
@@ -154,17 +155,7 @@ class RadixTree:
             return hint
         else:
             node, length = hint.node, hint.length
-        self._touch(node)
-        ids = token_ids()
-        while length < end:
-            child = node.children.get(self._child_key(node, ids, length, extra_key))
-            if child is None:
-                break
-            n = self._common_len(child.key, ids, length, end)
-            if n < len(child.key):
-                child = self._split(child, n)
-            child.last_access = self._clock
-            node, length = child, length + n
+        node, length = self._walk(token_ids(), end, extra_key, None, node, length)
         return MatchHint(length, node, end, self._epoch, self._generation)
 
     def _touch(self, node: TreeNode) -> None:
@@ -199,13 +190,20 @@ class RadixTree:
         return num_cached
 
     def _walk(
-        self, token_ids: Sequence[int], end: int, extra_key: str | None, matched_slots: list[int] | None
+        self,
+        token_ids: Sequence[int],
+        end: int,
+        extra_key: str | None,
+        matched_slots: list[int] | None,
+        node: TreeNode | None = None,
+        pos: int = 0,
     ) -> tuple[TreeNode, int]:
-        """Follow ``token_ids[:end]`` down the tree, splitting where it diverges inside a node and
-        stamping every node passed. Returns the deepest node reached and the matched length."""
-        self._clock += 1
+        """Follow ``token_ids[pos:end]`` down the tree from ``node`` (the root, or a node ``pos``
+        tokens deep on the key's path), splitting where it diverges inside a node and stamping every
+        node passed, and ``node``'s own path. Returns the deepest node reached and the matched length."""
+        node = self.root if node is None else node
+        self._touch(node)
         now = self._clock
-        node, pos = self.root, 0
         while pos < end:
             child = node.children.get(self._child_key(node, token_ids, pos, extra_key))
             if child is None:
