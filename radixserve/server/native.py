@@ -61,7 +61,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     outputs = [SampleOutput(s, state.tokenizer, parsed.return_text_in_logprobs, arrived) for s in parsed.samples]
     if parsed.stream:
         return await _stream_generate(request, state, parsed, outputs)
-    async with aclosing(run_samples(state.client, parsed.samples, parsed.prompt_param)) as stream:
+    samples = run_samples(state.client, parsed.samples, parsed.prompt_param, stream=False)
+    async with aclosing(samples) as stream:
         async for index, output in stream:
             outputs[index].add(output)
     bodies = [o.to_dict() for o in outputs]
@@ -89,8 +90,11 @@ async def _stream_generate(
     return await writer.done()
 
 
-async def run_samples(client, samples: list[Sample], prompt_param: str) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Run every sample concurrently; yield ``(sample index, output)`` as outputs arrive.
+async def run_samples(
+    client, samples: list[Sample], prompt_param: str, stream: bool = True
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Run every sample concurrently; yield ``(sample index, output)`` as outputs arrive
+    (``stream=False``: each sample's text whole in its last output).
 
     Ends when every sample has finished. A rejected sample raises APIError (400 naming the
     parameter; ``prompt_param`` for the prompt) and, like leaving early, aborts the others.
@@ -99,7 +103,7 @@ async def run_samples(client, samples: list[Sample], prompt_param: str) -> Async
 
     async def pump(sample: Sample) -> None:
         try:
-            async for output in client.generate(sample.request_id, sample.prompt_ids, sample.sampling):
+            async for output in client.generate(sample.request_id, sample.prompt_ids, sample.sampling, stream=stream):
                 await queue.put((sample.index, output))
         except Exception as exc:
             await queue.put(exc)
