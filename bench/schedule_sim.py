@@ -18,6 +18,8 @@ much a policy recomputes, and whether its host time per step stays below the dev
 
   python -m bench.schedule_sim                          # 64 x 16 x (2048 + 128), 256 out, pool 65,536
   python -m bench.schedule_sim --pool-tokens 32768 --policies lpm,fcfs
+  python -m bench.schedule_sim --workload sharegpt --pool-tokens 828013 --policies lpm
+                                   # workload (a), against its roofline: what the schedule itself costs
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import zlib
 from pathlib import Path
 
 from bench.harness import workloads
-from bench.harness.roofline import DeviceSpeed, ModelShape
+from bench.harness.prefix_index import prefix_hits
+from bench.harness.roofline import DeviceSpeed, ModelShape, workload_roofline
 from bench.harness.table import print_table
 from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.config import SchedulerConfig
@@ -50,12 +53,16 @@ COLUMNS = [
     ("host_max_ms", "host max ms"),
     ("run_s", "run s"),
     ("output_tok_s", "out tok/s"),
+    ("device_pct_roof", "device % roof"),
 ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policies", default="lpm,dfs-weight,fcfs")
+    parser.add_argument("--workload", default="shared-prefix", choices=("shared-prefix", "sharegpt"))
+    parser.add_argument("--sharegpt-requests", type=int, default=1000)
+    parser.add_argument("--disable-mixed-chunk", action="store_true", help="prefill chunks in steps of their own")
     parser.add_argument("--pool-tokens", type=int, default=65536, help="KV pool (default: the GPU policies run's)")
     parser.add_argument("--num-groups", type=int, default=64)
     parser.add_argument("--prompts-per-group", type=int, default=16)
@@ -72,18 +79,22 @@ def main() -> None:
 
     shape = ModelShape.from_config_dir(LLAMA_8B, dtype_bytes=2)
     speed = DeviceSpeed("modeled", args.copy_gb_s * 1e9, args.matmul_tflop_s * 1e12, "bf16")
-    requests = workloads.shared_prefix(
-        args.num_groups,
-        args.prompts_per_group,
-        args.system_len,
-        args.question_len,
-        args.output_len,
-        shape.vocab_size,
-        args.seed,
-    )
-    max_hit = 1 - (args.num_groups * args.system_len + len(requests) * args.question_len) / sum(
-        r.prompt_len for r in requests
-    )
+    if args.workload == "sharegpt":
+        requests = workloads.sharegpt(args.sharegpt_requests, shape.vocab_size, args.seed)
+    else:
+        requests = workloads.shared_prefix(
+            args.num_groups,
+            args.prompts_per_group,
+            args.system_len,
+            args.question_len,
+            args.output_len,
+            shape.vocab_size,
+            args.seed,
+        )
+    hits = prefix_hits([r.prompt_ids for r in requests])
+    max_hit = sum(hits) / sum(r.prompt_len for r in requests)
+    bound = workload_roofline(shape, speed, requests, hits, args.max_running_requests, args.pool_tokens)
+    context_length = max(r.prompt_len + r.output_len for r in requests) + 1
     rows = []
     for name in [p.strip() for p in args.policies.split(",") if p.strip()]:
         config = SchedulerConfig(
@@ -91,15 +102,23 @@ def main() -> None:
             chunked_prefill_size=args.chunked_prefill_size,
             schedule_policy=name,
             new_token_ratio=args.new_token_ratio,
-            context_length=args.system_len + args.question_len + args.output_len + 1,
+            context_length=context_length,
+            mixed_chunk=not args.disable_mixed_chunk,
         )
         row = simulate(name, config, args.pool_tokens, requests, shape, speed)
-        rows.append({**row, "max_hit_rate": max_hit})
+        device_tok_s = sum(r.output_len for r in requests) / row["device_s"]
+        rows.append({**row, "max_hit_rate": max_hit, "device_pct_roof": 100 * device_tok_s / bound.output_tok_s})
         print(f"{name}: {row['run_s']:.1f} s modelled", flush=True)
+    shape_text = (
+        f"shared-prefix {args.num_groups}x{args.prompts_per_group}, S {args.system_len}, Q {args.question_len}, "
+        f"O {args.output_len}"
+        if args.workload == "shared-prefix"
+        else f"sharegpt x {len(requests)}"
+    )
     print(
-        f"\nscheduler simulation: shared-prefix {args.num_groups}x{args.prompts_per_group}, S {args.system_len}, "
-        f"Q {args.question_len}, O {args.output_len}; pool {args.pool_tokens:,} tokens; device modeled as "
-        f"Llama-3.1-8B bf16 at {args.copy_gb_s:.0f} GB/s, {args.matmul_tflop_s:.0f} TFLOP/s"
+        f"\nscheduler simulation: {shape_text}; pool {args.pool_tokens:,} tokens; device modeled as Llama-3.1-8B "
+        f"bf16 at {args.copy_gb_s:.0f} GB/s, {args.matmul_tflop_s:.0f} TFLOP/s; the workload's roofline "
+        f"{bound.output_tok_s:,.0f} out tok/s ({bound.seconds:.1f} s)"
     )
     print_table(rows, COLUMNS)
 
