@@ -1,5 +1,5 @@
 """Randomised workload: arrivals over time, shared prefixes, tiny pool, retraction, aborts, stop ids,
-failed steps.
+failed steps, short aging periods and a small match window.
 
 Every request's output must equal the same request run alone, and the KV accounting identity
 must hold after every step. A failed step leaves garbage in its slots: a request that is not
@@ -21,9 +21,15 @@ from tests.scheduler.kv_oracle import VOCAB, reference_output
 @pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("policy", ["lpm", "fcfs", "dfs-weight"])
-def test_random_workload_matches_isolated_runs(seed, policy, overlap):
+def test_random_workload_matches_isolated_runs(seed, policy, overlap, monkeypatch):
+    from radixserve.scheduler import policy as policies
+
     rng = random.Random(seed)
+    # a match window of 2 and short aging periods: waiting tiers, the unordered rest of the queue
+    # and hints resumed across evictions, all under the oracle
+    monkeypatch.setattr(policies, "MATCH_WINDOW", rng.choice([2, policies.MATCH_WINDOW]))
     h = Harness(
+        aging_steps=rng.choice([2, 8, 256]),
         pool_size=rng.choice([40, 64, 128]),
         chunked_prefill_size=rng.choice([3, 8, 64]),
         max_running_requests=rng.choice([2, 4, 16]),
