@@ -49,6 +49,20 @@ class PrefixCache:
         request.prefix_hint = self.tree.match_len(key_len, key, request.extra_key, request.prefix_hint)
         return request.prefix_hint
 
+    def touch_waiting(self, requests: list[Request]) -> None:
+        """Mark the cached prefixes ``requests`` (waiting ones) need as used now, so that eviction
+        under pressure takes prefixes nobody waits for first: each request's hint node once (a
+        request never looked up is matched now, once)."""
+        seen = set()
+        for request in requests:
+            if request.prefix_hint is None:
+                self.peek_match(request)  # touches its path
+                continue
+            node = request.prefix_hint.node
+            if id(node) not in seen:
+                seen.add(id(node))
+                self.tree.touch(node)
+
     def match_and_lock(self, request: Request) -> int:
         """Attach the cached prefix (at most ``num_tokens - 1``) to a request holding no slots."""
         assert not request.slots and request.cache_node is None

@@ -158,6 +158,11 @@ class RadixTree:
         node, length = self._walk(token_ids(), end, extra_key, None, node, length)
         return MatchHint(length, node, end, self._epoch, self._generation)
 
+    def touch(self, node: TreeNode) -> None:
+        """Mark ``node``'s path as used now (LRU), unless it was evicted."""
+        if node is self.root or node.parent is not None:
+            self._touch(node)
+
     def _touch(self, node: TreeNode) -> None:
         """Stamp ``node`` and its ancestors as used now (one tick of the LRU clock)."""
         self._clock += 1

@@ -204,10 +204,14 @@ class Scheduler:
 
     def _admit(self, budget: int, planned: list[SequencePlan]) -> list[SequencePlan]:
         plans: list[SequencePlan] = []
-        if not self.waiting or budget <= 0 or len(self.running) >= self.config.max_running_requests:
+        if not self.waiting or budget <= 0:
             return plans
-        if self.cache.num_available <= sum(self._reserve(r) for r in self.running):
-            return plans  # no request fits (see _try_admit): spare the ordering of a long queue
+        full = len(self.running) >= self.config.max_running_requests
+        if full or self.cache.num_available <= sum(self._reserve(r) for r in self.running):
+            # no request fits (see _try_admit): spare the ordering of a long queue, but keep the
+            # prefixes the queue waits for fresher than those nobody wants (as its lookups would)
+            self.cache.touch_waiting(self.waiting)
+            return plans
         # waiting for a prefix being prefilled pays only when it will be a hit: not without the cache
         inflight = None if self.cache.tree.disabled else self._inflight_index(planned)
         for candidate in self._ordered_candidates():

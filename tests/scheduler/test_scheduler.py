@@ -216,6 +216,22 @@ def test_requests_past_the_match_window_follow_in_arrival_order(monkeypatch):
     assert [s.request_id for s in h.step().sequences] == ["hit2"]
 
 
+def test_a_prefix_a_waiting_request_needs_outlives_a_newer_one_nobody_needs():
+    """While a request waits (the running limit is reached), eviction under pressure takes the
+    cached prompt nobody waits for, though it is newer, and keeps the one the waiting request hits."""
+    h = Harness(pool_size=48, max_running_requests=1, new_token_ratio=0.0)
+    needed, unneeded = list(range(100, 120)), list(range(200, 212))
+    h.add("warm", needed, max_new_tokens=1)
+    h.run()
+    h.add("other", unneeded, max_new_tokens=1)
+    h.run()  # 20 + 12 tokens cached, the 12 more recently used
+    h.add("hog", list(range(300, 310)), max_new_tokens=15)
+    h.step()  # running alone from now on: its decodes need 15 slots, 6 are free
+    waiting = h.add("waiting", needed + [7], max_new_tokens=1)
+    h.run()
+    assert h.finished["hog"].output_ids and waiting.num_cached_tokens == 20
+
+
 def test_long_queue_lookups_resume_from_each_request_s_hint():
     """A waiting request's cached prefix is looked up again only as far as the tree grew: while
     nothing is added to the tree, no lookup reads its key."""
