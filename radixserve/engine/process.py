@@ -7,7 +7,9 @@ Protocol (tuples, pickled by multiprocessing):
                      ("rejected", request_id, param, message) | ("reply", token, value) | ("fatal", message)
 
 All messages waiting in the pipe are drained before each step, and every output of a step goes
-back as one message, so the IPC cost is one round trip per step, not per request.
+back as one message, so the IPC cost is one round trip per step, not per request. A request added
+with ``stream`` false sends its first output with tokens and then only its finishing one, which
+carries everything since (``output_coalescing.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from radixserve.config import ServerArgs
 from radixserve.core.sampling_params import InvalidParamError, SamplingParams
+from radixserve.engine.output_coalescing import OutputCoalescer
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +74,19 @@ def generation_defaults(model_path: Path) -> dict:
 
 
 def _loop(core, conn: Connection) -> None:
+    coalescer = OutputCoalescer()
     while True:
         if not core.has_work:
             conn.poll(None)  # idle: block until a message arrives
         while conn.poll(0):
-            _handle(core, conn, conn.recv())
+            _handle(core, conn, conn.recv(), coalescer)
         if core.has_work:
-            outputs = core.step()
+            outputs = coalescer.filter(core.step())
             if outputs:
                 conn.send(("outputs", outputs))
 
 
-def _handle(core, conn: Connection, message: tuple) -> None:
+def _handle(core, conn: Connection, message: tuple, coalescer: OutputCoalescer) -> None:
     kind = message[0]
     if kind == "add":
         _, request_id, prompt_ids, sampling_dict, extra_key, stream = message
@@ -90,10 +94,13 @@ def _handle(core, conn: Connection, message: tuple) -> None:
             core.add_request(request_id, prompt_ids, SamplingParams.from_dict(sampling_dict), extra_key, stream)
         except InvalidParamError as exc:
             conn.send(("rejected", request_id, exc.param, str(exc)))
+            return
+        if not stream:
+            coalescer.hold(request_id)
     elif kind == "abort":
         output = core.abort(message[1])
         if output is not None:
-            conn.send(("outputs", [output]))
+            conn.send(("outputs", coalescer.filter([output])))
     elif kind == "call":
         _, token, method = message
         conn.send(("reply", token, _call(core, method)))
