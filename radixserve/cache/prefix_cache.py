@@ -50,18 +50,18 @@ class PrefixCache:
         return request.prefix_hint
 
     def touch_waiting(self, requests: list[Request]) -> None:
-        """Mark the cached prefixes ``requests`` (waiting ones) need as used now, so that eviction
-        under pressure takes prefixes nobody waits for first: each request's hint node once (a
-        request never looked up is matched now, once)."""
+        """Mark the cached prefixes ``requests`` (waiting ones, first to be admitted first) need as
+        used now, so that eviction under pressure takes prefixes nobody waits for first, and among
+        the wanted ones those wanted last. Each request's hint node once; a request never looked
+        up, or whose hint's node was evicted, is looked up (and so touched) now."""
         seen = set()
-        for request in requests:
-            if request.prefix_hint is None:
-                self.peek_match(request)  # touches its path
+        for request in reversed(requests):  # the LRU clock ticks per touch: the queue's head last
+            hint = request.prefix_hint
+            if hint is not None and id(hint.node) in seen:
                 continue
-            node = request.prefix_hint.node
-            if id(node) not in seen:
-                seen.add(id(node))
-                self.tree.touch(node)
+            if hint is None or not self.tree.touch(hint.node):
+                hint = self.peek_match(request)  # walks from the root: touches its path
+            seen.add(id(hint.node))
 
     def match_and_lock(self, request: Request) -> int:
         """Attach the cached prefix (at most ``num_tokens - 1``) to a request holding no slots."""

@@ -158,10 +158,12 @@ class RadixTree:
         node, length = self._walk(token_ids(), end, extra_key, None, node, length)
         return MatchHint(length, node, end, self._epoch, self._generation)
 
-    def touch(self, node: TreeNode) -> None:
-        """Mark ``node``'s path as used now (LRU), unless it was evicted."""
-        if node is self.root or node.parent is not None:
-            self._touch(node)
+    def touch(self, node: TreeNode) -> bool:
+        """Mark ``node``'s path as used now (LRU); False (nothing done) if it was evicted."""
+        if node is not self.root and node.parent is None:
+            return False
+        self._touch(node)
+        return True
 
     def _touch(self, node: TreeNode) -> None:
         """Stamp ``node`` and its ancestors as used now (one tick of the LRU clock)."""

@@ -9,52 +9,59 @@ merges its outputs until the finishing one, which leaves with everything since.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from radixserve.engine.output_processor import RequestOutput
+
+
+@dataclass
+class _Held:
+    """What a held request produced since its last output sent (appended to, never copied)."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list = field(default_factory=list)
+    top_logprobs: list = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    first_sent: bool = False
 
 
 class OutputCoalescer:
     def __init__(self) -> None:
-        # request id -> outputs merged since the last one sent (None: nothing held; absent: not held)
-        self._held: dict[str, RequestOutput | None] = {}
-        self._first_sent: set[str] = set()
+        self._held: dict[str, _Held] = {}
 
     def hold(self, request_id: str) -> None:
         """Merge this request's outputs after its first one with tokens, until it finishes."""
-        self._held[request_id] = None
+        self._held[request_id] = _Held()
 
     def filter(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
-        """The outputs to send now, in the order given."""
+        """The outputs to send now, in the order given. Costs O(new tokens) per held output."""
         sent = []
         for output in outputs:
-            request_id = output.request_id
-            if request_id not in self._held:
+            held = self._held.get(output.request_id)
+            if held is None:
                 sent.append(output)
                 continue
-            merged = self._held[request_id]
-            if merged is not None:
-                output = merge(merged, output)
-            if output.finished or (request_id not in self._first_sent and output.new_token_ids):
-                sent.append(output)
-                self._first_sent.add(request_id)
-                self._held[request_id] = None
-                if output.finished:
-                    del self._held[request_id]
-                    self._first_sent.discard(request_id)
+            held.token_ids += output.new_token_ids
+            held.logprobs += output.new_logprobs
+            held.top_logprobs += output.new_top_logprobs
+            held.text.append(output.text_delta)
+            if not (output.finished or (not held.first_sent and held.token_ids)):
+                continue
+            sent.append(
+                RequestOutput(
+                    request_id=output.request_id,
+                    new_token_ids=held.token_ids,
+                    text_delta="".join(held.text),
+                    new_logprobs=held.logprobs,
+                    new_top_logprobs=held.top_logprobs,
+                    finish_reason=output.finish_reason,
+                    prompt_tokens=output.prompt_tokens,
+                    cached_tokens=output.cached_tokens,
+                    completion_tokens=output.completion_tokens,
+                )
+            )
+            if output.finished:
+                del self._held[output.request_id]
             else:
-                self._held[request_id] = output
+                self._held[output.request_id] = _Held(first_sent=True)
         return sent
-
-
-def merge(earlier: RequestOutput, later: RequestOutput) -> RequestOutput:
-    """One output carrying ``earlier``'s then ``later``'s new tokens and text; the rest ``later``'s."""
-    return RequestOutput(
-        request_id=later.request_id,
-        new_token_ids=earlier.new_token_ids + later.new_token_ids,
-        text_delta=earlier.text_delta + later.text_delta,
-        new_logprobs=earlier.new_logprobs + later.new_logprobs,
-        new_top_logprobs=earlier.new_top_logprobs + later.new_top_logprobs,
-        finish_reason=later.finish_reason,
-        prompt_tokens=later.prompt_tokens,
-        cached_tokens=later.cached_tokens,
-        completion_tokens=later.completion_tokens,
-    )

@@ -210,7 +210,8 @@ class Scheduler:
         if full or self.cache.num_available <= sum(self._reserve(r) for r in self.running):
             # no request fits (see _try_admit): spare the ordering of a long queue, but keep the
             # prefixes the queue waits for fresher than those nobody wants (as its lookups would)
-            self.cache.touch_waiting(self.waiting)
+            if policy.needs_match(self.config.schedule_policy):
+                self.cache.touch_waiting(self.waiting[: policy.MATCH_WINDOW])
             return plans
         # waiting for a prefix being prefilled pays only when it will be a hit: not without the cache
         inflight = None if self.cache.tree.disabled else self._inflight_index(planned)

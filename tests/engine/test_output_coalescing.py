@@ -52,3 +52,14 @@ def test_a_held_request_finishing_on_its_first_tokens_sends_one_output():
     coalescer.hold("one")
     (output,) = coalescer.filter([_output("one", [5], "x", finished=True)])
     assert output.finished and output.new_token_ids == [5] and output.new_logprobs == [-0.5]
+
+
+def test_a_long_held_request_finishes_with_every_token_in_order():
+    coalescer = OutputCoalescer()
+    coalescer.hold("long")
+    sent = []
+    for step in range(2000):
+        sent += coalescer.filter([_output("long", [step], str(step % 10), finished=step == 1999)])
+    assert [o.new_token_ids for o in sent] == [[0], list(range(1, 2000))]
+    assert sent[1].text_delta == "".join(str(step % 10) for step in range(1, 2000))
+    assert len(sent[1].new_logprobs) == 1999

@@ -232,6 +232,25 @@ def test_a_prefix_a_waiting_request_needs_outlives_a_newer_one_nobody_needs():
     assert h.finished["hog"].output_ids and waiting.num_cached_tokens == 20
 
 
+def test_waiting_prefixes_are_kept_in_queue_order_the_head_s_longest():
+    """Four cached prompts, each wanted by one waiting request: after ``touch_waiting`` eviction
+    takes the prefix wanted by the request at the back of the queue first, the head's last."""
+    from radixserve.cache.prefix_cache import PrefixCache
+    from radixserve.core.sampling_params import SamplingParams
+
+    cache = PrefixCache(pool_size=64)
+    prompts = [list(range(100 * k, 100 * k + 10)) for k in range(4)]
+    slots = {}
+    for k, prompt in enumerate(prompts):
+        slots[k] = cache.allocator.alloc(10)
+        cache.tree.insert(prompt, slots[k])
+    order = [2, 0, 3, 1]  # the waiting queue, head first
+    waiting = [Request(f"w{k}", prompts[k] + [7], SamplingParams()) for k in order]
+    cache.touch_waiting(waiting)
+    evicted = [sorted(cache.tree.evict(1)) for _ in order]
+    assert evicted == [sorted(slots[k]) for k in reversed(order)]
+
+
 def test_long_queue_lookups_resume_from_each_request_s_hint():
     """A waiting request's cached prefix is looked up again only as far as the tree grew: while
     nothing is added to the tree, no lookup reads its key."""
