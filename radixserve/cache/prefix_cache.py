@@ -44,7 +44,7 @@ class PrefixCache:
         key_len = len(request.prompt_ids) + len(request.output_ids) - 1
 
         def key() -> list[int]:  # only when the tree must be walked; read up to key_len only
-            return request.all_ids if request.output_ids else request.prompt_ids
+            return request.ids_to_read
 
         request.prefix_hint = self.tree.match_len(key_len, key, request.extra_key, request.prefix_hint)
         return request.prefix_hint

@@ -78,6 +78,11 @@ class Request:
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    @property
+    def ids_to_read(self) -> list[int]:
+        """``all_ids`` without the copy while there is no output yet (a waiting prompt): read only."""
+        return self.all_ids if self.output_ids else self.prompt_ids
+
     def ids_between(self, start: int, end: int) -> list[int]:
         """Token ids of positions ``start:end`` without building ``all_ids``; ``FUTURE_TOKEN`` for
         positions past the resolved tokens (sampled by a step still in flight)."""

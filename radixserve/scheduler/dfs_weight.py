@@ -51,7 +51,7 @@ def _by_uncached_tail(candidates: list[Candidate]) -> list[Candidate]:
     placed = []
     for candidate in candidates:
         request = candidate.request
-        ids = request.all_ids if request.output_ids else request.prompt_ids
+        ids = request.ids_to_read
         # the cache match stops at len - 1 too; groups show in a tail's first tokens: read no more
         tail = ids[candidate.match_len : min(len(ids) - 1, candidate.match_len + TAIL_TOKENS)]
         trie = tries.get(candidate.request.extra_key)

@@ -207,7 +207,8 @@ class Scheduler:
         if not self.waiting or budget <= 0:
             return plans
         full = len(self.running) >= self.config.max_running_requests
-        if full or self.cache.num_available <= sum(self._reserve(r) for r in self.running):
+        reserved = sum(self._reserve(r) for r in self.running)  # kept up to date as requests are admitted
+        if full or self.cache.num_available <= reserved:
             # no request fits (see _try_admit): spare the ordering of a long queue, but keep the
             # prefixes the queue waits for fresher than those nobody wants (as its lookups would)
             if policy.needs_match(self.config.schedule_policy):
@@ -223,7 +224,7 @@ class Scheduler:
                 continue
             if inflight is not None and self._defer_for_inflight(candidate, inflight):
                 continue
-            chunk = self._try_admit(request, budget)
+            chunk = self._try_admit(request, budget, reserved)
             if chunk is None:
                 break  # admit in order: a large request is not overtaken forever
             self.waiting.remove(request)
@@ -232,6 +233,7 @@ class Scheduler:
                 ids = request.all_ids
                 inflight.insert(ids, [0] * len(ids), request.extra_key)
             plans.append(self._plan_allocated(request, chunk))
+            reserved += self._reserve(request)
             budget -= chunk
         return plans
 
@@ -272,10 +274,11 @@ class Scheduler:
         gain = shared - match_len
         return gain > 0 and gain >= min(self.config.in_batch_prefix_threshold, len(ids) - 1 - match_len)
 
-    def _try_admit(self, request: Request, budget: int) -> int | None:
-        """Lock the request's cached prefix and allocate its first chunk; None (nothing held) if KV is short."""
+    def _try_admit(self, request: Request, budget: int, reserved: int) -> int | None:
+        """Lock the request's cached prefix and allocate its first chunk; None (nothing held) if KV is
+        short. ``reserved``: what the running requests keep free for their outputs (``_reserve``)."""
         match_len = self.cache.match_and_lock(request)
-        reserve = sum(self._reserve(r) for r in self.running) + self._reserve(request)
+        reserve = reserved + self._reserve(request)
         chunk = min(request.num_pending, budget)
         if self.cache.num_available < request.num_pending + reserve:
             self.cache.release(request, keep=False)

@@ -396,15 +396,23 @@ def test_decode_graphs_replay_contexts_that_list_the_pool_many_times_over(backen
     _assert_same_up_to_near_ties(graphed, plain)
 
 
-def test_batch_one_decode_with_tuned_projections_matches_f_linear(model_dir, tokenizer_path):
-    """Whatever forms the startup timing chose for one-row projections, batch-1 greedy decoding
-    agrees with the engine that runs every projection through F.linear (but for near-ties)."""
+@pytest.mark.parametrize("form", ["mv", "mm_t"])
+def test_batch_one_decode_with_tuned_projections_matches_f_linear(form, model_dir, tokenizer_path):
+    """Every one-row projection in the given form (the startup timing's choice forced, captured
+    in the decode graphs): batch-1 greedy decoding agrees with the engine that runs every
+    projection through F.linear (but for near-ties)."""
     pytest.importorskip("flashinfer")
+    from radixserve.model import linear_tuning
+
     prompts = _prompts(3, seed=4)
     plain = _engine(model_dir, tokenizer_path, disable_one_row_tuning=True)
     expected = [_greedy(plain, [prompt], max_new_tokens=32)[0] for prompt in prompts]
     _release(plain)
-    tuned = _engine(model_dir, tokenizer_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(linear_tuning, "choose", lambda times, min_gain=linear_tuning.MIN_GAIN: form)
+        tuned = _engine(model_dir, tokenizer_path)
+    layers = [m for m in tuned.core.runner.model.modules() if getattr(m, "one_row", None) is not None]
+    assert layers, "no projection took the forced form"
     got = [_greedy(tuned, [prompt], max_new_tokens=32)[0] for prompt in prompts]
     _release(tuned)
     _assert_same_up_to_near_ties(got, expected)
