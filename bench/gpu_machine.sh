@@ -57,7 +57,9 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
 fi
 # hand FlashInfer's JIT cache back (a fresh machine rebuilds it in ~2 min): unpack it into .gpu/fi
 # next time with `cat fi.tgz.* | tar xzf - -C .gpu` (files back from $OUT are at most 16 MiB each);
-# and Triton's: `cat triton.tgz.* > .gpu/triton.tgz`
+# and Triton's: `cat triton.tgz.* > .gpu/triton.tgz`. RETURN_CACHES=0 skips both (what $OUT
+# returns is limited in size: leave room for logs when the caches you carried are complete)
+if [ "${RETURN_CACHES:-1}" = 0 ]; then exit $status; fi
 if [ -n "${OUT:-}" ] && [ -d "$FLASHINFER_WORKSPACE_BASE" ]; then
     tar czf - -C "$(dirname "$FLASHINFER_WORKSPACE_BASE")" "$(basename "$FLASHINFER_WORKSPACE_BASE")" |
         split -b 15M - "$OUT/fi.tgz."

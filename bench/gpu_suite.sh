@@ -65,7 +65,7 @@ part() {
             --notes "suite: random-1024 scaled to 512 requests" ;;
     offline-split)
         # (a) with and without mixed steps' decodes on the decode kernels (FlashInfer), one run
-        run_part offline-split bench.offline_throughput --workload sharegpt --skip-hf \
+        run_part offline-split bench.offline_throughput --workload sharegpt --skip-hf --log-steps \
             --variant "--mixed-decode-split 64" ;;
     serving) run_part serving bench.serving --rates 4,8,16 --num-requests 200 ;;
     latency) run_part latency bench.latency ;;
