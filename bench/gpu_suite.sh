@@ -66,7 +66,7 @@ part() {
     offline-split)
         # (a) with and without mixed steps' decodes on the decode kernels (FlashInfer), one run
         run_part offline-split bench.offline_throughput --workload sharegpt --skip-hf --log-steps \
-            --variant "--mixed-decode-split 64" ;;
+            --variant "--mixed-decode-split 0" ;;
     serving) run_part serving bench.serving --rates 4,8,16 --num-requests 200 ;;
     latency) run_part latency bench.latency ;;
     latency-split)
@@ -88,10 +88,10 @@ part() {
         run_part prefix-nomix bench.prefix_reuse --runs on-off --workload shared-prefix \
             --variant=--disable-mixed-chunk ;;
     prefix-variants)
-        # shared-prefix with the cache on only (~1 min each): the default, mixed steps with their
-        # decodes split off (FlashInfer), and prefill chunks in steps of their own, in one run
+        # shared-prefix with the cache on only (~1 min each): the default (FlashInfer: a mixed step's
+        # decodes split off), mixed steps without the split, and prefill chunks in steps of their own
         run_part prefix-variants bench.prefix_reuse --runs on --workload shared-prefix --log-steps \
-            --variant "--mixed-decode-split 64" --variant=--disable-mixed-chunk ;;
+            --variant "--mixed-decode-split 0" --variant=--disable-mixed-chunk ;;
     policies) run_part policies bench.prefix_reuse --runs policies ;;
     sweep) run_part sweep bench.prefix_sweep --png "$RESULTS/prefix_sweep_h100.png" ;;
     multiturn) run_part multiturn bench.multiturn_rag ;;

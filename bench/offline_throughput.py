@@ -14,7 +14,7 @@ bench/results/<workload>.jsonl.
   python -m bench.offline_throughput --preset h100                     # Llama-3.1-8B dummy, GPU
   python -m bench.offline_throughput --preset cpu                      # embedded model, tiny
   python -m bench.offline_throughput --workload sharegpt --sharegpt-requests 500 --skip-hf
-  python -m bench.offline_throughput --workload sharegpt --skip-hf --variant "--mixed-decode-split 64"
+  python -m bench.offline_throughput --workload sharegpt --skip-hf --variant "--mixed-decode-split 0"
                                        # the plain engine and the variant side by side, one run
 """
 

@@ -3,12 +3,14 @@
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 
 __all__ = [
+    "AUTO_MIXED_DECODE_SPLIT",
     "AUTO_TRITON_DECODE_MAX_BS",
     "BACKENDS",
     "AttentionBackend",
     "ForwardBatch",
     "available_gpu_backend",
     "create_backend",
+    "resolve_mixed_decode_split",
     "resolve_triton_decode_max_bs",
 ]
 
@@ -21,6 +23,12 @@ BACKENDS = ("torch_native", "flashinfer", "triton")
 # contexts, one run side by side): batch 1 4.84 vs 5.15 ms/step, batch 32 6.43 vs 6.74, batch 256 17.42
 # vs 17.43 (docs/benchmarks.md); the largest CUDA-graph size at or below it is 56.
 AUTO_TRITON_DECODE_MAX_BS = 63
+
+# --mixed-decode-split -1: on FlashInfer, a mixed step with this many or more decodes runs them on the
+# decode kernels (the shared-prefix cascade where it pays). Measured on an H200 (Llama-3.1-8B dummy,
+# one run side by side, commit 1461b47): workload (a) 11,465 -> 11,894 output tok/s; shared-prefix with
+# the cache on 105,036 -> 133,175 total tok/s (docs/benchmarks.md, sixth session).
+AUTO_MIXED_DECODE_SPLIT = 64
 
 
 def resolve_triton_decode_max_bs(name: str, triton_decode_max_bs: int) -> int:
@@ -39,6 +47,19 @@ def resolve_triton_decode_max_bs(name: str, triton_decode_max_bs: int) -> int:
     return triton_decode_max_bs
 
 
+def resolve_mixed_decode_split(name: str, mixed_decode_split: int) -> int:
+    """The mixed-step decode split for backend ``name``: -1 (auto) is ``AUTO_MIXED_DECODE_SPLIT`` on
+    flashinfer, else 0 (off); any other value is checked and kept."""
+    if mixed_decode_split == -1:
+        return AUTO_MIXED_DECODE_SPLIT if name == "flashinfer" else 0
+    if mixed_decode_split < 0 or (mixed_decode_split and name != "flashinfer"):
+        raise ValueError(
+            f"--mixed-decode-split {mixed_decode_split}: a count >= 0 (or -1: auto), and only with the flashinfer"
+            f" backend (this one: {name})"
+        )
+    return mixed_decode_split
+
+
 def create_backend(
     name: str,
     kv_pool,
@@ -51,16 +72,12 @@ def create_backend(
     ``triton_decode_max_bs`` > 0 (flashinfer only): decode batches of at most that many sequences
     run the Triton decode kernels instead (see ``small_decode.py``); -1: the measured default.
     ``mixed_decode_split`` > 0 (flashinfer only): a mixed step's leading decodes, when at least that
-    many, run on the decode kernels; ``ragged_prefill`` (flashinfer only): prefills from an empty
+    many, run on the decode kernels; -1: the measured default; ``ragged_prefill`` (flashinfer only): prefills from an empty
     context attend over the new K/V directly (see ``flashinfer_backend.py``)."""
     if ragged_prefill and name != "flashinfer":
         raise ValueError(f"--ragged-prefill: only with the flashinfer backend (this one: {name})")
     triton_decode_max_bs = resolve_triton_decode_max_bs(name, triton_decode_max_bs)
-    if mixed_decode_split < 0 or (mixed_decode_split and name != "flashinfer"):
-        raise ValueError(
-            f"--mixed-decode-split {mixed_decode_split}: a count >= 0, and only with the flashinfer backend"
-            f" (this one: {name})"
-        )
+    mixed_decode_split = resolve_mixed_decode_split(name, mixed_decode_split)
     if name == "torch_native":
         from radixserve.attention.torch_native import TorchNativeBackend
 

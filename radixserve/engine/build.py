@@ -153,12 +153,12 @@ def _graph_runner(
 
 def _check_counts(args: ServerArgs) -> None:
     """Flag values that cannot work, refused before the weights load."""
-    for flag, value in (
-        ("--piecewise-cuda-graph-max-tokens", args.piecewise_cuda_graph_max_tokens),
-        ("--mixed-decode-split", args.mixed_decode_split),
-    ):
-        if value < 0:
-            raise ValueError(f"{flag} must be >= 0 (0: off), not {value}")
+    if args.piecewise_cuda_graph_max_tokens < 0:
+        raise ValueError(
+            f"--piecewise-cuda-graph-max-tokens must be >= 0 (0: off), not {args.piecewise_cuda_graph_max_tokens}"
+        )
+    if args.mixed_decode_split < -1:
+        raise ValueError(f"--mixed-decode-split must be >= 0 (0: off) or -1 (auto), not {args.mixed_decode_split}")
 
 
 def _piecewise_runner(args: ServerArgs, model, config: ModelConfig, dtype, device) -> PiecewiseGraphRunner | None:

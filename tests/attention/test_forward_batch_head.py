@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radixserve.attention import create_backend
+from radixserve.attention import AUTO_MIXED_DECODE_SPLIT, create_backend, resolve_mixed_decode_split
 from radixserve.attention.base import ForwardBatch
 from radixserve.attention.torch_native import TorchNativeBackend
 from radixserve.runner.kv_pool import KVPool
@@ -71,11 +71,17 @@ def test_the_head_batch_attends_exactly_like_its_rows_of_the_whole_step():
     torch.testing.assert_close(got, want[:3])
 
 
-@pytest.mark.parametrize("name, count", [("torch_native", 4), ("triton", 4), ("flashinfer", -1)])
+@pytest.mark.parametrize("name, count", [("torch_native", 4), ("triton", 4), ("flashinfer", -2)])
 def test_the_mixed_decode_split_flag_is_refused_where_it_cannot_apply(name, count):
     pool = KVPool(8, 1, HKV, D, torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="mixed-decode-split"):
         create_backend(name, pool, HQ, mixed_decode_split=count)
+
+
+@pytest.mark.parametrize("name, want", [("torch_native", 0), ("triton", 0), ("flashinfer", AUTO_MIXED_DECODE_SPLIT)])
+def test_the_mixed_decode_split_default_is_on_for_flashinfer_only(name, want):
+    assert resolve_mixed_decode_split(name, -1) == want
+    assert resolve_mixed_decode_split(name, 0) == 0
 
 
 @pytest.mark.parametrize("name", ["torch_native", "triton"])

@@ -23,16 +23,16 @@ def test_every_step_up_to_the_limit_has_a_bucket_at_most_twice_its_size(limit):
 
 
 @pytest.mark.parametrize(
-    "flag, field",
+    "flag, field, value",
     [
-        ("piecewise-cuda-graph-max-tokens", "piecewise_cuda_graph_max_tokens"),
-        ("mixed-decode-split", "mixed_decode_split"),
+        ("piecewise-cuda-graph-max-tokens", "piecewise_cuda_graph_max_tokens", -1),
+        ("mixed-decode-split", "mixed_decode_split", -2),  # -1 is auto
     ],
 )
-def test_a_negative_count_is_refused_before_the_model_loads(flag, field):
+def test_a_negative_count_is_refused_before_the_model_loads(flag, field, value):
     from radixserve.config import ServerArgs
     from radixserve.engine.build import build_engine_parts
 
-    args = ServerArgs(model_path="/nonexistent", **{field: -1})  # refused before the path is read
+    args = ServerArgs(model_path="/nonexistent", **{field: value})  # refused before the path is read
     with pytest.raises(ValueError, match=f"--{flag} must be >= 0"):
         build_engine_parts(args)
