@@ -90,6 +90,11 @@ class PrefixCache:
         """Record freshly allocated slots as the request's next positions."""
         request.slots.extend(slots)
 
+    def extend_each(self, requests: list[Request], slots: list[int]) -> None:
+        """Record one freshly allocated slot as each request's next position (a decode step)."""
+        for request, slot in zip(requests, slots, strict=True):
+            request.slots.append(slot)
+
     def truncate(self, request: Request, length: int) -> None:
         """Forget positions ``length:`` of a request (planned but never computed): free their slots."""
         assert length >= request.num_tree_slots, "cannot truncate into the locked prefix"

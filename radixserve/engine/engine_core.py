@@ -153,14 +153,18 @@ class EngineCore:
         outputs = self._admit_compiled()
         if self._inflight is not None and self._needs_exact_history():
             outputs += self._resolve()
+        started = time.perf_counter()
         plan = self.scheduler.schedule()
+        self.step_log.host("schedule", time.perf_counter() - started)
         if not plan:
             if self._inflight is not None:
                 return outputs + self._resolve()
             if self._grammar is not None and self._grammar.pending:
                 self._grammar.wait_any(timeout=0.005)  # nothing runnable yet: don't spin on the compile
             return outputs
+        started = time.perf_counter()
         launched, failed = self._launch(plan)
+        self.step_log.host("launch", time.perf_counter() - started)
         outputs += failed + self._resolve()
         self._inflight = launched
         if not self.overlap or not self.scheduler.has_work:  # no live request left to overlap with
@@ -189,7 +193,8 @@ class EngineCore:
             result = launched.pending.result()
         except Exception as exc:
             return self._fail_step(launched.plan, exc)
-        waited = time.perf_counter() - started
+        resumed = time.perf_counter()
+        waited = resumed - started
         touched = self.scheduler.update(launched.plan, result)  # finished requests included, KV released
         self.num_tokens_computed += result.num_tokens_computed
         self.num_steps += 1
@@ -198,7 +203,9 @@ class EngineCore:
             reason = GrammarManager.advance(request)
             if reason is not None:
                 self.scheduler.finish(request, reason)
-        return self._emit(touched)
+        outputs = self._emit(touched)
+        self.step_log.host("apply", time.perf_counter() - resumed)
+        return outputs
 
     def _emit(self, touched: list[Request]) -> list[RequestOutput]:
         """Detokenize the requests a step touched; finish those whose stop string matched."""

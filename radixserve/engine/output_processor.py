@@ -10,7 +10,7 @@ from radixserve.tokenizer.stop_strings import StopStringMatcher
 from radixserve.tokenizer.tokenizer import Tokenizer
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     """What a step produced for one request: the new tokens and text since the last output."""
 
@@ -61,10 +61,13 @@ class OutputProcessor:
         its whole text in its finishing output and empty deltas before: the same text, decoded once.
         """
         stream = self.streams[request.request_id]
-        new_ids = request.output_ids[stream.num_sent :]
+        output_ids = request.output_ids
         first = stream.num_sent
-        stream.num_sent = len(request.output_ids)
+        new_ids = output_ids[first:]
+        stream.num_sent = len(output_ids)
         ending = request.finish_reason is not None
+        if not (stream.incremental or ending):  # text whole at the end: nothing to decode or match yet
+            return self._output(request, new_ids, "", first, None), None
         text = ""
         if stream.incremental or ending:
             undecoded = request.output_ids[stream.num_decoded :]
@@ -81,18 +84,23 @@ class OutputProcessor:
         reason = FinishReason("stop", matched=matched) if matched is not None else request.finish_reason
         if reason is not None:
             del self.streams[request.request_id]
-        output = RequestOutput(
-            request_id=request.request_id,
-            new_token_ids=new_ids,
-            text_delta=text,
-            new_logprobs=request.output_logprobs[first:],
-            new_top_logprobs=request.output_top_logprobs[first:],
-            finish_reason=reason,
-            prompt_tokens=len(request.prompt_ids),
-            cached_tokens=request.num_cached_tokens,
-            completion_tokens=len(request.output_ids),
+        return self._output(request, new_ids, text, first, reason), matched
+
+    @staticmethod
+    def _output(
+        request: Request, new_ids: list[int], text: str, first: int, reason: FinishReason | None
+    ) -> RequestOutput:
+        return RequestOutput(
+            request.request_id,
+            new_ids,
+            text,
+            request.output_logprobs[first:],
+            request.output_top_logprobs[first:],
+            reason,
+            len(request.prompt_ids),
+            request.num_cached_tokens,
+            len(request.output_ids),
         )
-        return output, matched
 
     def drop(self, request_id: str) -> None:
         self.streams.pop(request_id, None)

@@ -1,11 +1,15 @@
 """SGLang-style batch log lines: one per prefill batch, one every ``decode_interval`` decode batches.
 
 Prefill batch. #new-seq: 3, #new-token: 812, #cached-token: 1536, token usage: 0.12, #running-req: 5, #queue-req: 0
-Decode batch. #running-req: 5, #token: 2410, token usage: 0.15, gen throughput (token/s): 210.4, #queue-req: 0, step ms: 23.8, device wait ms: 17.9
+Decode batch. #running-req: 5, #token: 2410, token usage: 0.15, gen throughput (token/s): 210.4, #queue-req: 0, step ms: 23.8, device wait ms: 17.9, schedule ms: 1.1, launch ms: 3.2, apply ms: 1.4
 
 ``step ms``: wall time per step since the last decode line; ``device wait ms``: of it, the time the
 loop spent blocked on the device's result (the rest is host work the device did not hide). A wait
-near zero means the device idled for the host: the step was host-bound.
+near zero means the device idled for the host: the step was host-bound. The host work, per step:
+``schedule ms`` (the scheduler's plan), ``launch ms`` (indices, attention plans, queueing the
+model's kernels and the sampling) and ``apply ms`` (after the wait: scheduler update, grammars,
+detokenizing, outputs); whatever the four leave of ``step ms`` is the loop's other work (admitting
+compiled grammars, the collector).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from radixserve.core.plan import StepPlan
 
 logger = logging.getLogger("radixserve.engine")
 
+HOST_PHASES = ("schedule", "launch", "apply")
+
 
 class StepLog:
     def __init__(self, decode_interval: int = 40):
@@ -26,6 +32,11 @@ class StepLog:
         self._since = time.perf_counter()
         self._steps = 0  # every step since the last decode line, and the time spent waiting on them
         self._waited = 0.0
+        self._host = dict.fromkeys(HOST_PHASES, 0.0)  # seconds per host phase since the last decode line
+
+    def host(self, phase: str, seconds: float) -> None:
+        """Add ``seconds`` of host work to ``phase`` (one of ``HOST_PHASES``)."""
+        self._host[phase] += seconds
 
     def record(self, plan: StepPlan, scheduler, admitted: list[int], waited: float = 0.0) -> None:
         """Log a resolved step. ``admitted``: the prefix-hit lengths of the requests it admitted
@@ -69,13 +80,15 @@ class StepLog:
         elapsed = max(now - self._since, 1e-9)
         throughput = self._decode_tokens / elapsed
         step_ms, wait_ms = 1e3 * elapsed / self._steps, 1e3 * self._waited / self._steps
+        host_ms = [1e3 * self._host[phase] / self._steps for phase in HOST_PHASES]
         self._since, self._decode_tokens, self._steps, self._waited = now, 0, 0, 0.0
+        self._host = dict.fromkeys(HOST_PHASES, 0.0)
         if not logger.isEnabledFor(logging.INFO):
             return
         used, usage = self._usage(scheduler)
         logger.info(
             "Decode batch. #running-req: %d, #token: %d, token usage: %.2f, gen throughput (token/s): %.1f, "
-            "#queue-req: %d, step ms: %.1f, device wait ms: %.1f",
+            "#queue-req: %d, step ms: %.1f, device wait ms: %.1f, schedule ms: %.1f, launch ms: %.1f, apply ms: %.1f",
             len(scheduler.running),
             used,
             usage,
@@ -83,6 +96,7 @@ class StepLog:
             len(scheduler.waiting),
             step_ms,
             wait_ms,
+            *host_ms,
         )
 
 

@@ -125,7 +125,10 @@ class Scheduler:
             if prefill:
                 return StepPlan(prefill)
         decoding = self._make_room_for_decode()
-        plans = [self._plan(request, 1) for request in decoding]
+        slots = self.cache.allocate(len(decoding))  # one slot each, in one call
+        assert slots is not None, "decode slots reserved by _make_room_for_decode"
+        self.cache.extend_each(decoding, slots)
+        plans = [self._plan_allocated(request, 1) for request in decoding]
         if self.config.mixed_chunk:
             plans += self._prefill_work(plans, max(0, self.config.chunked_prefill_size - len(decoding)))
         if not plans and any(not r.awaiting_resolution for r in self.running):
@@ -165,12 +168,6 @@ class Scheduler:
                 return decoding
             self._retract(self._newest_running())
 
-    def _plan(self, request: Request, num_tokens: int) -> SequencePlan:
-        slots = self.cache.allocate(num_tokens)
-        assert slots is not None, "decode slot reserved by _make_room_for_decode"
-        self.cache.extend(request, slots)
-        return self._plan_allocated(request, num_tokens)
-
     def _allocate_chunk(self, request: Request, budget: int) -> int:
         chunk = min(request.num_pending, budget)
         slots = self.cache.allocate(chunk)
@@ -181,22 +178,24 @@ class Scheduler:
 
     def _plan_allocated(self, request: Request, num_tokens: int) -> SequencePlan:
         """Plan the last ``num_tokens`` allocated positions of ``request``."""
-        end = request.num_computed
+        end = len(request.slots)  # num_computed
         start = end - num_tokens
+        num_output = len(request.output_ids) + request.num_inflight  # before this plan's token
+        sample = end == len(request.prompt_ids) + num_output  # num_tokens
         plan = SequencePlan(
             request_id=request.request_id,
             input_ids=request.ids_between(start, end),
             prefix_len=start,
             slots=request.slots,
-            sample=end == request.num_tokens,
+            sample=sample,
             sampling=request.sampling,
             prompt_ids=request.prompt_ids,
             output_ids=request.output_ids,
             stop_token_ids=request.stop_token_ids,
             slots_version=request.slots_version,
-            num_output=request.num_output,
+            num_output=num_output,
         )
-        if plan.sample:
+        if sample:
             request.num_inflight += 1
         return plan
 

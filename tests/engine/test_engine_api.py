@@ -181,7 +181,8 @@ def test_batch_log_counts_the_requests_each_prefill_step_admitted(engine, caplog
 
 def test_decode_log_line_splits_each_step_into_host_and_device_wait(engine, caplog):
     """Every decode line says how long a step took and how much of it the loop waited on the device
-    (on CPU the forward runs inside the launch, so the wait is small but the step is not)."""
+    (on CPU the forward runs inside the launch, so the wait is small but the step is not), and the
+    host phases (schedule, launch, apply) that with the wait add up to no more than the step."""
     import re
 
     core = engine.core
@@ -194,9 +195,11 @@ def test_decode_log_line_splits_each_step_into_host_and_device_wait(engine, capl
         core.step_log.decode_interval = interval
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Decode batch.")]
     assert lines, [r.getMessage() for r in caplog.records]
+    pattern = r"step ms: ([\d.]+), device wait ms: ([\d.]+), schedule ms: ([\d.]+), launch ms: ([\d.]+), apply ms: ([\d.]+)$"
     for line in lines:
-        step_ms, wait_ms = map(float, re.search(r"step ms: ([\d.]+), device wait ms: ([\d.]+)$", line).groups())
+        step_ms, wait_ms, *host_ms = map(float, re.search(pattern, line).groups())
         assert 0 <= wait_ms <= step_ms and step_ms > 0, line
+        assert host_ms[1] > 0 and wait_ms + sum(host_ms) <= step_ms + 0.3, line  # parts of the step (each rounded)
 
 
 @pytest.mark.parametrize("stop", [None, ["."]])
