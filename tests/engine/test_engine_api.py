@@ -195,7 +195,9 @@ def test_decode_log_line_splits_each_step_into_host_and_device_wait(engine, capl
         core.step_log.decode_interval = interval
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Decode batch.")]
     assert lines, [r.getMessage() for r in caplog.records]
-    pattern = r"step ms: ([\d.]+), device wait ms: ([\d.]+), schedule ms: ([\d.]+), launch ms: ([\d.]+), apply ms: ([\d.]+)$"
+    pattern = (
+        r"step ms: ([\d.]+), device wait ms: ([\d.]+), schedule ms: ([\d.]+), launch ms: ([\d.]+), apply ms: ([\d.]+)$"
+    )
     for line in lines:
         step_ms, wait_ms, *host_ms = map(float, re.search(pattern, line).groups())
         assert 0 <= wait_ms <= step_ms and step_ms > 0, line
