@@ -1,7 +1,7 @@
 """SGLang-style batch log lines: one per prefill batch, one every ``decode_interval`` decode batches.
 
 Prefill batch. #new-seq: 3, #new-token: 812, #cached-token: 1536, token usage: 0.12, #running-req: 5, #queue-req: 0
-Decode batch. #running-req: 5, #token: 2410, token usage: 0.15, gen throughput (token/s): 210.4, #queue-req: 0, step ms: 23.8, device wait ms: 17.9, schedule ms: 1.1, launch ms: 3.2, apply ms: 1.4
+Decode batch. #running-req: 5, #token: 2410, token usage: 0.15, gen throughput (token/s): 210.4, #queue-req: 0, step ms: 23.8, device wait ms: 17.9, schedule ms: 1.1, launch ms: 3.2, apply ms: 1.4, gc ms: 0.2
 
 ``step ms``: wall time per step since the last decode line; ``device wait ms``: of it, the time the
 loop spent blocked on the device's result (the rest is host work the device did not hide). A wait
@@ -9,11 +9,13 @@ near zero means the device idled for the host: the step was host-bound. The host
 ``schedule ms`` (the scheduler's plan), ``launch ms`` (indices, attention plans, queueing the
 model's kernels and the sampling) and ``apply ms`` (after the wait: scheduler update, grammars,
 detokenizing, outputs); whatever the four leave of ``step ms`` is the loop's other work (admitting
-compiled grammars, the collector).
+compiled grammars). ``gc ms``: the cyclic garbage collector's time per step, in this process,
+inside whichever phase triggered it (large batches allocate enough per step to trigger it often).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 
@@ -22,6 +24,25 @@ from radixserve.core.plan import StepPlan
 logger = logging.getLogger("radixserve.engine")
 
 HOST_PHASES = ("schedule", "launch", "apply")
+
+
+class _CollectorClock:
+    """Seconds the cyclic garbage collector has run in this process (a ``gc.callbacks`` entry,
+    installed once)."""
+
+    seconds = 0.0
+    _started = 0.0
+
+    @classmethod
+    def callback(cls, phase: str, info: dict) -> None:
+        if phase == "start":
+            cls._started = time.perf_counter()
+        else:
+            cls.seconds += time.perf_counter() - cls._started
+
+
+if _CollectorClock.callback not in gc.callbacks:
+    gc.callbacks.append(_CollectorClock.callback)
 
 
 class StepLog:
@@ -33,6 +54,7 @@ class StepLog:
         self._steps = 0  # every step since the last decode line, and the time spent waiting on them
         self._waited = 0.0
         self._host = dict.fromkeys(HOST_PHASES, 0.0)  # seconds per host phase since the last decode line
+        self._gc_mark = _CollectorClock.seconds
 
     def host(self, phase: str, seconds: float) -> None:
         """Add ``seconds`` of host work to ``phase`` (one of ``HOST_PHASES``)."""
@@ -81,14 +103,17 @@ class StepLog:
         throughput = self._decode_tokens / elapsed
         step_ms, wait_ms = 1e3 * elapsed / self._steps, 1e3 * self._waited / self._steps
         host_ms = [1e3 * self._host[phase] / self._steps for phase in HOST_PHASES]
+        gc_ms = 1e3 * (_CollectorClock.seconds - self._gc_mark) / self._steps
         self._since, self._decode_tokens, self._steps, self._waited = now, 0, 0, 0.0
         self._host = dict.fromkeys(HOST_PHASES, 0.0)
+        self._gc_mark = _CollectorClock.seconds
         if not logger.isEnabledFor(logging.INFO):
             return
         used, usage = self._usage(scheduler)
         logger.info(
             "Decode batch. #running-req: %d, #token: %d, token usage: %.2f, gen throughput (token/s): %.1f, "
-            "#queue-req: %d, step ms: %.1f, device wait ms: %.1f, schedule ms: %.1f, launch ms: %.1f, apply ms: %.1f",
+            "#queue-req: %d, step ms: %.1f, device wait ms: %.1f, schedule ms: %.1f, launch ms: %.1f, apply ms: %.1f"
+            ", gc ms: %.1f",
             len(scheduler.running),
             used,
             usage,
@@ -97,6 +122,7 @@ class StepLog:
             step_ms,
             wait_ms,
             *host_ms,
+            gc_ms,
         )
 
 

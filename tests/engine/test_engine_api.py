@@ -195,11 +195,10 @@ def test_decode_log_line_splits_each_step_into_host_and_device_wait(engine, capl
         core.step_log.decode_interval = interval
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Decode batch.")]
     assert lines, [r.getMessage() for r in caplog.records]
-    pattern = (
-        r"step ms: ([\d.]+), device wait ms: ([\d.]+), schedule ms: ([\d.]+), launch ms: ([\d.]+), apply ms: ([\d.]+)$"
-    )
+    pattern = r"step ms: ([\d.]+), device wait ms: ([\d.]+), schedule ms: ([\d.]+), launch ms: ([\d.]+), apply ms: ([\d.]+), gc ms: ([\d.]+)$"
     for line in lines:
-        step_ms, wait_ms, *host_ms = map(float, re.search(pattern, line).groups())
+        step_ms, wait_ms, *host_ms, gc_ms = map(float, re.search(pattern, line).groups())
+        assert gc_ms <= step_ms + 0.1, line
         assert 0 <= wait_ms <= step_ms and step_ms > 0, line
         assert host_ms[1] > 0 and wait_ms + sum(host_ms) <= step_ms + 0.3, line  # parts of the step (each rounded)
 
