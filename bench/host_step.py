@@ -6,9 +6,9 @@ checks). Whatever of it is not overlapped with the device adds to every step (an
 still waits for the GPU at each step, none of it is). This bench runs the real engine on CPU with
 a one-layer dummy Llama (``bench/models/tiny-llama``, so the model's own time is small), puts
 ``--batch-sizes`` requests into steady decode, and times ``--steps`` steps under cProfile: host ms per
-step by phase, the model's forward and sampling excluded. Each batch size runs twice: with the objects alive after startup frozen out of the garbage collector (the engine's
-default) and without that freeze (the behaviour before it), one engine each, so their difference
-is the collector's share.
+step by phase, the model's forward and sampling excluded. Each batch size runs twice: with the objects alive after startup frozen out of the garbage collector and its
+young threshold raised (the engine's default) and without either (the behaviour before them), one
+engine each, so their difference is the collector's share.
 
   python -m bench.host_step                       # batches 100, 400, 800
   python -m bench.host_step --batch-sizes 1024 --steps 20

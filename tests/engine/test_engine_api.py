@@ -203,6 +203,15 @@ def test_decode_log_line_splits_each_step_into_host_and_device_wait(engine, capl
         assert host_ms[1] > 0 and wait_ms + sum(host_ms) <= step_ms + 0.3, line  # parts of the step (each rounded)
 
 
+def test_the_engine_raises_the_collectors_young_threshold(engine):
+    """A large batch's per-step allocations must not run the cyclic collector several times a step."""
+    import gc
+
+    from radixserve.engine.engine_core import GC_GEN0_THRESHOLD
+
+    assert gc.get_threshold()[0] >= GC_GEN0_THRESHOLD
+
+
 @pytest.mark.parametrize("stop", [None, ["."]])
 def test_a_request_that_wants_its_text_whole_gets_the_streamed_text_at_once(engine, stop):
     """``stream=False``: empty deltas, then the whole text in the finishing output, equal to what a
