@@ -112,7 +112,7 @@ part() {
     profile-cascade)
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \
-            --steps 5 --top 14 ;;
+            --steps 5 --top 14 --host-profile 25 ;;
     *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }

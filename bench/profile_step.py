@@ -48,7 +48,8 @@ def build_parser():
         type=int,
         default=0,
         metavar="N",
-        help="prefill: also run the steps under cProfile and list the N Python functions with the most own time",
+        help="also run steps under cProfile (prefill: one more prefill; decode: 10 decode steps before the"
+        " profiled ones) and list the N Python functions with the most own time, then the most cumulative",
     )
     cli.add_engine_flags(parser)
     return parser
@@ -101,6 +102,8 @@ def main(argv=None) -> None:
         _until_first_tokens(core, len(batch))
         for _ in range(3):  # settle: graphs, allocator, the overlap pipeline
             core.step()
+        if args.host_profile:
+            _host_profile_decode(core, args.host_profile)
         steps, wall, prof = _profiled(core, activities, cuda, lambda steps, _: steps == args.steps)
     if args.trace:
         prof.export_chrome_trace(args.trace)
@@ -153,6 +156,27 @@ def _host_profile(engine, batch, top: int) -> None:
     steps = _prefill_once(engine, batch, "profile-host")
     profiler.disable()
     print(f"\nhost (cProfile) over {steps} prefill step(s), by own time, then by cumulative time:")
+    stats = pstats.Stats(profiler).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
+def _host_profile_decode(core, top: int, steps: int = 10) -> None:
+    """Where the host's time goes in decode steps: ``steps`` of them under cProfile (whose per-call
+    cost inflates Python-heavy functions; compare the functions with each other)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for _ in range(steps):
+        core.step()
+    profiler.disable()
+    wall_ms = (time.perf_counter() - started) * 1e3 / steps
+    print(
+        f"\nhost (cProfile) over {steps} decode steps ({wall_ms:.1f} ms a step under it), by own time, then cumulative:"
+    )
     stats = pstats.Stats(profiler).strip_dirs()
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
