@@ -55,6 +55,9 @@ def build_parser():
     return parser
 
 
+HOST_PROFILE_STEPS = 10  # decode steps under cProfile with --host-profile
+
+
 def prompts(args, vocab: int) -> list[list[int]]:
     if not args.groups:
         return [r.prompt_ids for r in workloads.fixed_random(args.batch, args.input_len, 1, vocab, args.seed)]
@@ -82,7 +85,11 @@ def main(argv=None) -> None:
     engine = Engine(**kwargs)
     core = engine.core
     params = SamplingParams.from_dict(
-        {"max_new_tokens": args.steps + 64, "temperature": 0.0, "ignore_eos": True}
+        {
+            "max_new_tokens": args.steps + 64 + (HOST_PROFILE_STEPS if args.host_profile else 0),
+            "temperature": 0.0,
+            "ignore_eos": True,
+        }
     )  # enough tokens to stay decoding through the profiled steps
     batch = prompts(args, setup.vocab_limit)
     cuda = torch.cuda.is_available()
@@ -161,7 +168,7 @@ def _host_profile(engine, batch, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
-def _host_profile_decode(core, top: int, steps: int = 10) -> None:
+def _host_profile_decode(core, top: int, steps: int = HOST_PROFILE_STEPS) -> None:
     """Where the host's time goes in decode steps: ``steps`` of them under cProfile (whose per-call
     cost inflates Python-heavy functions; compare the functions with each other)."""
     import cProfile

@@ -47,7 +47,8 @@ def _freeze_startup_objects() -> None:
     young collections a step at Python's default of 700, and their survivors trigger a full
     collection every ~10 steps. Measured with ``bench.host_step``'s timers at 1,024 x 200 tokens
     on this project's CPU machine: 2.7-4.0 ms of collector time a step at 700, none at 20,000
-    (the ``gc ms`` of the decode log lines)."""
+    (the ``gc ms`` of the decode log lines). Like the freeze, it holds for the whole process,
+    including an application that embeds the offline ``Engine``."""
     gc.collect()
     gc.freeze()
     threshold, *older = gc.get_threshold()
@@ -82,11 +83,11 @@ class EngineCore:
         self.num_tokens_computed = 0
         self.num_steps = 0
         self.vocab_size = parts.model_config.vocab_size
-        self.step_log = StepLog()
         self._grammar: GrammarManager | None = None  # built on the first constrained request
         self.overlap = not args.disable_overlap_schedule
         self._inflight: _Launched | None = None  # launched, not yet resolved (at most one between steps)
         _freeze_startup_objects()
+        self.step_log = StepLog()  # after the startup collection, which is not a step's
 
     @property
     def grammar(self) -> GrammarManager:

@@ -68,11 +68,9 @@ class OutputProcessor:
         ending = request.finish_reason is not None
         if not (stream.incremental or ending):  # text whole at the end: nothing to decode or match yet
             return self._output(request, new_ids, "", first, None), None
-        text = ""
-        if stream.incremental or ending:
-            undecoded = request.output_ids[stream.num_decoded :]
-            stream.num_decoded = len(request.output_ids)
-            text = stream.detokenizer.step(undecoded) if undecoded else ""
+        undecoded = output_ids[stream.num_decoded :]
+        stream.num_decoded = len(output_ids)
+        text = stream.detokenizer.step(undecoded) if undecoded else ""
         if ending:
             text += stream.detokenizer.flush()
         matched = None

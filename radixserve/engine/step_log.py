@@ -31,14 +31,15 @@ class _CollectorClock:
     installed once)."""
 
     seconds = 0.0
-    _started = 0.0
+    _started: float | None = None
 
     @classmethod
     def callback(cls, phase: str, info: dict) -> None:
         if phase == "start":
             cls._started = time.perf_counter()
-        else:
+        elif cls._started is not None:  # a stop without its start (installed mid-collection): skipped
             cls.seconds += time.perf_counter() - cls._started
+            cls._started = None
 
 
 if _CollectorClock.callback not in gc.callbacks:

@@ -125,7 +125,9 @@ class Scheduler:
             if prefill:
                 return StepPlan(prefill)
         decoding = self._make_room_for_decode()
-        slots = self.cache.allocate(len(decoding))  # one slot each, in one call
+        # one slot each, in one call (when it must evict, the evicted slots go out first: which slot
+        # a request gets does not matter)
+        slots = self.cache.allocate(len(decoding))
         assert slots is not None, "decode slots reserved by _make_room_for_decode"
         self.cache.extend_each(decoding, slots)
         plans = [self._plan_allocated(request, 1) for request in decoding]

@@ -47,3 +47,11 @@ def test_a_decode_line_reports_the_collections_of_its_steps(caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Decode batch.")]
     gc_ms = [float(line.rsplit("gc ms: ", 1)[1]) for line in lines]
     assert len(gc_ms) == 2 and gc_ms[0] > 0.5 and gc_ms[1] < gc_ms[0], lines
+
+
+def test_a_stop_without_its_start_adds_nothing():
+    """A callback installed during a collection sees its stop alone: no time from an unset start."""
+    gc.collect()  # any start is paired
+    before = _CollectorClock.seconds
+    _CollectorClock.callback("stop", {})
+    assert _CollectorClock.seconds == before
