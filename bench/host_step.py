@@ -13,6 +13,7 @@ engine each, so their difference is the collector's share.
   python -m bench.host_step                       # batches 100, 400, 800
   python -m bench.host_step --batch-sizes 1024 --steps 20
   python -m bench.host_step --batch-sizes 1024 --steps 20 --timers   # wall-clock phase timers
+  python -m bench.host_step --batch-sizes 1024 --steps 20 --timers --whole-text   # as offline runs
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ def main(argv=None) -> None:
         help="requests that want their text whole at the end (offline, non-streaming: no detokenizing per"
         " step) instead of streamed deltas",
     )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        metavar="N",
+        help="set the collector's young threshold to N after the engine starts (the engine raises it to"
+        " 20,000; 700 is Python's default), in both runs",
+    )
     args = parser.parse_args(argv)
     tokenizer = args.tokenizer_path or str(model_files.default_tokenizer_dir())
     sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -68,19 +76,32 @@ def main(argv=None) -> None:
     for frozen in (True, False):  # one engine (one child process) each
         top = args.top if frozen and not args.timers else 0
         measured = run_isolated(
-            measure_all, tokenizer, sizes, args.steps, args.input_len, frozen, top, args.timers, not args.whole_text
+            measure_all,
+            tokenizer,
+            sizes,
+            args.steps,
+            args.input_len,
+            frozen,
+            top,
+            args.timers,
+            not args.whole_text,
+            args.gc_threshold,
         )
         for batch, times in measured:
             rows.append({"batch": batch, "gc": "frozen" if frozen else "collected", **times})
     rows.sort(key=lambda row: row["batch"])
     columns = [("batch", "batch"), ("gc", "startup objects")]
-    columns += [(name, f"{name} ms") for name in ("host", "schedule", "build", "resolve", "detok", "step", "full_gc")]
+    columns += [(name, f"{name} ms") for name in ("host", "schedule", "build", "resolve", "detok", "step", "collector")]
+    columns += [("young_gcs", "young gcs"), ("full_gcs", "full gcs"), ("full_gc", "full_gc ms")]
     how = "wall-clock timers" if args.timers else "cProfile"
     how += ", text whole at the end" if args.whole_text else ", text streamed"
     print_table(
         rows, columns, f"engine host ms per decode step (CPU, one-layer dummy Llama, {args.steps} steps, {how})"
     )
     print("host = step - forward - sample: what a step costs besides the model, on one core;")
+    print(
+        f"gc = the cyclic collector's time per step (inside the phases); young / full gcs = its collections over the {args.steps} steps;"
+    )
     print("full_gc = one full garbage collection with the engine alive (after the runs)")
 
 
@@ -93,6 +114,7 @@ def measure_all(
     top: int = 0,
     timers: bool = False,
     stream_text: bool = True,
+    gc_threshold: int | None = None,
 ) -> list:
     """In a child process: one engine; ``frozen=False`` skips its startup freeze (the behaviour
     before it), so the collector walks every startup object in its full collections."""
@@ -112,6 +134,8 @@ def measure_all(
         context_length=context,
         max_total_tokens=max(sizes) * context + 1,
     )
+    if gc_threshold is not None:
+        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
     results = [(batch, measure(engine, batch, steps, input_len, top, timers, stream_text)) for batch in sizes]
     started = time.perf_counter()
     gc.collect()  # one full collection with the engine alive: what each one costs the loop
@@ -134,15 +158,25 @@ def measure(
         decoding.update(o.request_id for o in core.step() if o.new_token_ids)
     for _ in range(3):
         core.step()
+    from radixserve.engine.step_log import collector_seconds
+
+    collector_before, collections_before = collector_seconds(), _collections()
     if timers:
         times = _timed(core, steps)
     else:
         times = _profiled(core, steps, batch, top)
+    times["collector"] = (collector_seconds() - collector_before) * 1e3 / steps
+    times["young_gcs"], _, times["full_gcs"] = (n - b for n, b in zip(_collections(), collections_before))
     while core.has_work:
         core.step()
     engine.flush_cache()
     times["host"] = times["step"] - times["forward"] - times["sample"]
     return times
+
+
+def _collections() -> list[int]:
+    """Collections run so far by the cyclic garbage collector, per generation (young, middle, full)."""
+    return [generation["collections"] for generation in gc.get_stats()]
 
 
 def _timed(core, steps: int) -> dict:

@@ -120,12 +120,7 @@ class FlashInferBackend(AttentionBackend):
         if self.step_cascade is not None:
             return
         if batch.is_decode:
-            kv_indptr = self._host_indptr(batch.seq_lens)
-            wrapper = self.decode_wrappers[self._tensor_cores(batch.batch_size)]
-            self._plan_decode(
-                wrapper, kv_indptr, batch.kv_slots[: int(kv_indptr[-1])], self._host_ones(batch.batch_size)
-            )
-            self._active = wrapper
+            self._active = self._plan_batch_decode(batch)
             return
         if self.ragged_wrapper is not None and batch.seq_lens == batch.extend_lens:  # nothing cached, no decodes
             indptr = self._host_indptr(batch.extend_lens)
@@ -152,10 +147,14 @@ class FlashInferBackend(AttentionBackend):
         cascade = self.shared_prefix.take(head) if self.shared_prefix is not None else None
         if cascade is not None:
             return _MixedSplit(head, None, cascade)
-        kv_indptr = self._host_indptr(head.seq_lens)
-        wrapper = self.decode_wrappers[self._tensor_cores(head.batch_size)]
-        self._plan_decode(wrapper, kv_indptr, head.kv_slots[: int(kv_indptr[-1])], self._host_ones(head.batch_size))
-        return _MixedSplit(head, wrapper, None)
+        return _MixedSplit(head, self._plan_batch_decode(head), None)
+
+    def _plan_batch_decode(self, batch: ForwardBatch):
+        """Plan BatchDecode over every sequence of ``batch``; the wrapper planned."""
+        kv_indptr = self._host_indptr(batch.seq_lens)
+        wrapper = self.decode_wrappers[self._tensor_cores(batch.batch_size)]
+        self._plan_decode(wrapper, kv_indptr, batch.kv_slots[: int(kv_indptr[-1])], self._host_ones(batch.batch_size))
+        return wrapper
 
     def _plan_prefill(self, batch: ForwardBatch, skip: int) -> None:
         """Plan the prefill kernel over the batch's sequences after the first ``skip``."""

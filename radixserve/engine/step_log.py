@@ -46,6 +46,11 @@ if _CollectorClock.callback not in gc.callbacks:
     gc.callbacks.append(_CollectorClock.callback)
 
 
+def collector_seconds() -> float:
+    """Seconds the cyclic garbage collector has run in this process since this module loaded."""
+    return _CollectorClock.seconds
+
+
 class StepLog:
     def __init__(self, decode_interval: int = 40):
         self.decode_interval = decode_interval
@@ -55,7 +60,7 @@ class StepLog:
         self._steps = 0  # every step since the last decode line, and the time spent waiting on them
         self._waited = 0.0
         self._host = dict.fromkeys(HOST_PHASES, 0.0)  # seconds per host phase since the last decode line
-        self._gc_mark = _CollectorClock.seconds
+        self._gc_mark = collector_seconds()
 
     def host(self, phase: str, seconds: float) -> None:
         """Add ``seconds`` of host work to ``phase`` (one of ``HOST_PHASES``)."""
@@ -104,10 +109,10 @@ class StepLog:
         throughput = self._decode_tokens / elapsed
         step_ms, wait_ms = 1e3 * elapsed / self._steps, 1e3 * self._waited / self._steps
         host_ms = [1e3 * self._host[phase] / self._steps for phase in HOST_PHASES]
-        gc_ms = 1e3 * (_CollectorClock.seconds - self._gc_mark) / self._steps
+        gc_ms = 1e3 * (collector_seconds() - self._gc_mark) / self._steps
         self._since, self._decode_tokens, self._steps, self._waited = now, 0, 0, 0.0
         self._host = dict.fromkeys(HOST_PHASES, 0.0)
-        self._gc_mark = _CollectorClock.seconds
+        self._gc_mark = collector_seconds()
         if not logger.isEnabledFor(logging.INFO):
             return
         used, usage = self._usage(scheduler)
