@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe (issue 5); profile-cascade prefix prefix-nomix prefix-variants policies sweep
+# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe (issue 5); cascade-kernels profile-cascade prefix prefix-nomix prefix-variants policies sweep
 # multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
@@ -109,11 +109,16 @@ part() {
         # (a diagnostic of its own: none of the engine flags the other parts take)
         echo "=== gemv-probe"
         "${LIMIT[@]}" "$PY" -m bench.gemv_probe 2>&1 | tee "$RESULTS/logs/gemv-probe.log" || FAILED+=(gemv-probe) ;;
+    cascade-kernels)
+        # the decode kernels' launch configurations, part by part (a diagnostic: no engine flags)
+        echo "=== cascade-kernels"
+        "${LIMIT[@]}" "$PY" -m bench.cascade_kernels 2>&1 | tee "$RESULTS/logs/cascade-kernels.log" ||
+            FAILED+=(cascade-kernels) ;;
     profile-cascade)
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \
             --steps 5 --top 14 --host-profile 25 ;;
-    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe cascade-kernels profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 

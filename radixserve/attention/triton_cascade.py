@@ -249,6 +249,8 @@ class CascadePlan:
     num_prefix_splits: int = 1
     num_suffix_splits: int = 1
     merge_heads: int = 1  # heads per program of the merge (``merge_heads_per_program``)
+    prefix_config: triton_kernels.LaunchConfig | None = None  # default: ``prefix_config(block_m, head_dim)``
+    suffix_config: triton_kernels.LaunchConfig | None = None  # default: ``triton_kernels.decode_config``
 
     @property
     def num_tiles(self) -> int:
@@ -314,20 +316,7 @@ def cascade_decode_attention(
     scale: float,
 ) -> None:
     """Decode attention of every sequence over its whole context, shared prefixes read once per tile."""
-    num_q_heads, head_dim = q.shape[1], q.shape[2]
-    num_kv_heads = k_pool.shape[1]
-    batch_size, num_prefix = plan.batch_size, plan.num_prefix_splits
-    prefix_out = torch.empty(batch_size, num_q_heads, num_prefix, head_dim, dtype=torch.float32, device=q.device)
-    prefix_lse = torch.empty(batch_size, num_q_heads, num_prefix, dtype=torch.float32, device=q.device)
-    block_d = triton.next_power_of_2(head_dim)
-    if plan.num_tiles:
-        _shared_prefix_kernel[(plan.num_tiles, num_kv_heads, num_prefix)](
-            q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, plan.tiles, prefix_out, prefix_lse,
-            scale * triton_kernels.LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), num_prefix,
-            plan.tiles.stride(0), NUM_Q_HEADS=num_q_heads, GROUP=num_q_heads // num_kv_heads,
-            HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_D=block_d, BLOCK_N=triton_kernels.decode_block_n(head_dim),
-            num_warps=8 if plan.block_m * block_d >= 128 * 128 else 4, num_stages=2,
-        )  # fmt: skip
+    prefix_out, prefix_lse = prefix_partials(q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, plan, scale)
     suffix_out, suffix_lse = triton_kernels.decode_partials(
         q,
         k_pool,
@@ -336,11 +325,65 @@ def cascade_decode_attention(
         kv_indptr,
         kv_slots,
         None,
-        batch_size,
+        plan.batch_size,
         plan.num_suffix_splits,
         scale,
         kv_offsets=plan.shared_lens,
+        config=plan.suffix_config,
     )
+    merge_partials(prefix_out, prefix_lse, suffix_out, suffix_lse, out, qo_indptr, plan)
+
+
+def prefix_partials(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    qo_indptr: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_slots: torch.Tensor,
+    plan: CascadePlan,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B, Hq, num_prefix_splits, D], [B, Hq, num_prefix_splits]
+    """The prefix kernel's partials (written for grouped sequences only)."""
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_pool.shape[1]
+    batch_size, num_prefix = plan.batch_size, plan.num_prefix_splits
+    prefix_out = torch.empty(batch_size, num_q_heads, num_prefix, head_dim, dtype=torch.float32, device=q.device)
+    prefix_lse = torch.empty(batch_size, num_q_heads, num_prefix, dtype=torch.float32, device=q.device)
+    block_d = triton.next_power_of_2(head_dim)
+    config = plan.prefix_config or prefix_config(plan.block_m, head_dim)
+    if plan.num_tiles:
+        _shared_prefix_kernel[(plan.num_tiles, num_kv_heads, num_prefix)](
+            q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, plan.tiles, prefix_out, prefix_lse,
+            scale * triton_kernels.LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), num_prefix,
+            plan.tiles.stride(0), NUM_Q_HEADS=num_q_heads, GROUP=num_q_heads // num_kv_heads,
+            HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_D=block_d, BLOCK_N=config.block_n,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
+    return prefix_out, prefix_lse
+
+
+def prefix_config(block_m: int, head_dim: int) -> triton_kernels.LaunchConfig:
+    """The prefix kernel's launch for ``block_m`` query rows (``bench/cascade_kernels.py`` times
+    the alternatives)."""
+    block_d = triton.next_power_of_2(head_dim)
+    num_warps = 8 if block_m * block_d >= 128 * 128 else 4
+    return triton_kernels.LaunchConfig(triton_kernels.decode_block_n(head_dim), num_warps, num_stages=2)
+
+
+def merge_partials(
+    prefix_out: torch.Tensor,
+    prefix_lse: torch.Tensor,
+    suffix_out: torch.Tensor,
+    suffix_lse: torch.Tensor,
+    out: torch.Tensor,  # [B, Hq, D]
+    qo_indptr: torch.Tensor,
+    plan: CascadePlan,
+) -> None:
+    """Every sequence's prefix and suffix partials merged by log-sum-exp into ``out``."""
+    batch_size, num_prefix = plan.batch_size, plan.num_prefix_splits
+    num_q_heads, head_dim = out.shape[1], out.shape[2]
+    block_d = triton.next_power_of_2(head_dim)
     if plan.merge_heads > 1:
         _cascade_merge_heads_kernel[(batch_size, triton.cdiv(num_q_heads, plan.merge_heads))](
             prefix_out, prefix_lse, suffix_out, suffix_lse, plan.shared_lens, out, qo_indptr,

@@ -1,0 +1,259 @@
+"""Launch configurations of the decode kernels, timed one part at a time (GPU; one layer, Llama-3-8B shapes, bf16).
+
+For the shared-prefix cascade at the `shared-prefix` workload's decode shape (64 groups x 16
+requests, 2,048 shared tokens, each request's own tokens at several lengths), and for the plain
+Triton decode at small batches (what ``--triton-decode-max-bs`` routes to it), times with CUDA
+events (median of ``--iters``):
+
+* the prefix kernel (each group's prefix read once per tile) for every block width, warp count,
+  pipeline depth and split count of the grid;
+* the suffix kernel (each request's own tokens) for every block width, warp count and depth, and
+  FlashInfer's BatchDecode over the same own tokens (compacted index list; returns its
+  log-sum-exp too, as a cascade would need), with and without tensor cores;
+* the merge;
+* the plain decode (both stages) at batch 1 and 32 over 1,024-token contexts;
+
+and prints, per part, every configuration's time, its K/V read rate against the card's copy
+bandwidth measured in the same run, and its output error against the default configuration's
+(a configuration that breaks the kernel shows up there). The current defaults are marked.
+
+    python -m bench.cascade_kernels [--own 129,256,384] [--iters 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+from types import SimpleNamespace
+
+import torch
+
+from bench.harness.roofline import measure_device
+from bench.shared_prefix_attention import build_contexts, make_batch, time_us, with_identity
+from radixserve.attention import triton_cascade, triton_kernels
+from radixserve.attention.shared_prefix import SharedPrefixDecode, decode_splits, target_programs
+from radixserve.runner.kv_pool import KVPool
+
+NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
+LAYERS = 32  # the plain decode's graph: one layer over each of this many pools
+ROW_BYTES = NUM_KV_HEADS * HEAD_DIM * 2 * 2  # K and V of one token, one layer, bf16
+LaunchConfig = triton_kernels.LaunchConfig
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--groups", type=int, default=64)
+    parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--shared", type=int, default=2048)
+    parser.add_argument(
+        "--own", default="129,256,384", help="own tokens per request (incl. the new one), comma separated"
+    )
+    parser.add_argument("--small-batches", default="1,32", help="plain decode batch sizes, comma separated")
+    parser.add_argument("--small-context", type=int, default=1024)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="a smaller grid (a smoke run)")
+    parser.add_argument("--top", type=int, default=8, help="configurations printed per part (and the default)")
+    return parser.parse_args()
+
+
+def grid(quick: bool, warps: tuple[int, ...]) -> list[LaunchConfig]:
+    blocks, stages = ((64,), (2,)) if quick else ((32, 64, 128), (1, 2, 3, 4))
+    return [LaunchConfig(b, w, s) for b, w, s in itertools.product(blocks, warps[:1] if quick else warps, stages)]
+
+
+def rel_error(out: torch.Tensor, want: torch.Tensor) -> float:
+    out, want = out.float().nan_to_num(1e9), want.float()
+    return ((out - want).norm() / want.norm()).item()
+
+
+class Table:
+    def __init__(self, title: str, copy_bytes_s: float, top: int):
+        self.title, self.copy, self.top, self.rows = title, copy_bytes_s, top, []
+
+    def add(self, name: str, us: float, kv_bytes: int, error: float, default: bool = False) -> None:
+        self.rows.append((us, name + (" (default)" if default else ""), kv_bytes, error, default))
+
+    def print(self) -> None:
+        print(f"\n{self.title}")
+        print(f"{'configuration':<44} {'us':>9} {'GB/s':>7} {'% copy':>7} {'rel err':>9}")
+        ranked = sorted(self.rows, key=lambda row: row[0])
+        shown = ranked[: self.top] + [row for row in ranked[self.top :] if row[4]]
+        for us, name, kv_bytes, error, _ in shown:
+            rate = kv_bytes / us / 1e3
+            print(f"{name:<44} {us:9.1f} {rate:7.0f} {100 * rate * 1e9 / self.copy:6.1f}% {error:9.1e}")
+        if len(ranked) > len(shown):
+            print(f"({len(ranked) - len(shown)} slower configurations not shown)")
+
+
+def describe(config: LaunchConfig) -> str:
+    return f"block_n {config.block_n}, {config.num_warps} warps, {config.num_stages} stages"
+
+
+def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
+    shape = SimpleNamespace(
+        groups=args.groups, members=args.members, shared=args.shared, own=own, loners=0, shuffle=False
+    )
+    contexts = build_contexts(shape)
+    pool = KVPool(max(max(c) for c in contexts) + 1, 1, NUM_KV_HEADS, HEAD_DIM, torch.bfloat16, device)
+    for buffer in (*pool.k_buffers, *pool.v_buffers):
+        buffer.normal_()
+    k_pool, v_pool = pool.get(0)
+    batch = with_identity(make_batch(contexts, device), contexts)
+    planner = SharedPrefixDecode(pool, NUM_Q_HEADS, min_shared_prefix=256, min_saved_bytes=0)
+    plan = planner.plan(batch)
+    assert plan is not None, "the cascade did not plan this batch"
+    size = len(contexts)
+    gen = torch.Generator(device=device).manual_seed(1)
+    q = torch.randn(size, NUM_Q_HEADS, HEAD_DIM, generator=gen, device=device, dtype=torch.bfloat16)
+    scale = HEAD_DIM**-0.5
+    layout = (q, k_pool, v_pool, batch.qo_indptr, batch.kv_indptr, batch.kv_slots)
+    print(f"\n=== cascade, {args.groups} groups x {args.members} x ({args.shared} shared + {own} own): "
+          f"{plan.num_tiles} tiles, BLOCK_M {plan.block_m}, planned splits: prefix {plan.num_prefix_splits}, "
+          f"suffix {plan.num_suffix_splits}")  # fmt: skip
+
+    # the prefix kernel
+    prefix_bytes = sum(tile[0] for tile in plan.tiles.tolist()) * ROW_BYTES
+    default = triton_cascade.prefix_config(plan.block_m, HEAD_DIM)
+    want = triton_cascade.prefix_partials(*layout, plan, scale)
+    table = Table(f"prefix kernel ({prefix_bytes / 1e9:.3f} GB of K/V)", copy_bytes_s, args.top)
+    planned = plan.num_prefix_splits
+    warps = (4, 8) if plan.block_m * HEAD_DIM < 128 * 128 else (8, 4)
+    for config in dict.fromkeys([default, *grid(args.quick, warps)]):
+        for splits in sorted({planned, planned * 2, planned * 4, max(1, planned // 2)}):
+            plan.num_prefix_splits, plan.prefix_config = splits, config
+            us = time_us(lambda: triton_cascade.prefix_partials(*layout, plan, scale), args.iters, device)
+            error = _partials_error(triton_cascade.prefix_partials(*layout, plan, scale), want, plan.shared_lens)
+            table.add(
+                f"{describe(config)}, {splits} splits", us, prefix_bytes, error, config == default and splits == planned
+            )
+    plan.num_prefix_splits, plan.prefix_config = planned, None
+    table.print()
+
+    # the suffix kernel, and FlashInfer over the same keys
+    shared = plan.shared_lens.tolist()
+    suffix_bytes = sum(len(c) - s for c, s in zip(contexts, shared)) * ROW_BYTES
+    default = triton_kernels.decode_config(HEAD_DIM)
+    suffix = lambda config, splits: triton_kernels.decode_partials(  # noqa: E731
+        *layout, None, size, splits, scale, kv_offsets=plan.shared_lens, config=config
+    )
+    want = _merged(*suffix(default, plan.num_suffix_splits))
+    table = Table(f"suffix kernel ({suffix_bytes / 1e9:.3f} GB of K/V)", copy_bytes_s, args.top)
+    for config in dict.fromkeys([default, *grid(args.quick, (4, 2, 8))]):
+        for splits in sorted({plan.num_suffix_splits, 1, 2}):
+            us = time_us(lambda c=config, n=splits: suffix(c, n), args.iters, device)
+            error = rel_error(_merged(*suffix(config, splits)), want)
+            table.add(f"{describe(config)}, {splits} splits", us, suffix_bytes, error,
+                      config == default and splits == plan.num_suffix_splits)  # fmt: skip
+    for tensor_cores, us, out in _flashinfer_suffix(pool, contexts, shared, q, args.iters, device):
+        table.add(f"flashinfer BatchDecode, tensor cores {tensor_cores}", us, suffix_bytes, rel_error(out, want))
+    table.print()
+
+    # the merge
+    prefix = triton_cascade.prefix_partials(*layout, plan, scale)
+    suffix_parts = suffix(None, plan.num_suffix_splits)
+    out = torch.empty_like(q)
+    us = time_us(
+        lambda: triton_cascade.merge_partials(*prefix, *suffix_parts, out, batch.qo_indptr, plan), args.iters, device
+    )
+    partial_bytes = (prefix[0].numel() + suffix_parts[0].numel()) * 4
+    print(f"\nmerge ({plan.merge_heads} heads a program): {us:.1f} us, reads {partial_bytes / 1e9:.3f} GB of partials")
+
+
+def _merged(part_out: torch.Tensor, part_lse: torch.Tensor) -> torch.Tensor:
+    """Splits merged by log-sum-exp (torch): [B, Hq, D]."""
+    weights = torch.softmax(part_lse * 0.6931471805599453, dim=-1).nan_to_num(0.0)
+    return (part_out * weights[..., None]).sum(dim=2)
+
+
+def _partials_error(got, want, shared_lens) -> float:
+    grouped = shared_lens > 0
+    return rel_error(_merged(*got)[grouped], _merged(*want)[grouped])
+
+
+def _flashinfer_suffix(pool, contexts, shared, q, iters, device):
+    """(tensor cores, us, merged output) of FlashInfer's BatchDecode over each request's own keys."""
+    if importlib.util.find_spec("flashinfer") is None:
+        print("(flashinfer not installed: its rows are skipped)")
+        return []
+    import flashinfer
+
+    owns = [c[s:] for c, s in zip(contexts, shared)]
+    indptr = torch.tensor([0, *itertools.accumulate(len(o) for o in owns)], dtype=torch.int32)  # on the host,
+    indices = torch.tensor([slot for o in owns for slot in o], dtype=torch.int32, device=device)  # as the backend's
+    last = torch.ones(len(owns), dtype=torch.int32)
+    k_pool, v_pool = pool.get(0)
+    paged = (k_pool.view(-1, 1, NUM_KV_HEADS, HEAD_DIM), v_pool.view(-1, 1, NUM_KV_HEADS, HEAD_DIM))
+    workspace = torch.zeros(256 << 20, dtype=torch.uint8, device=device)
+    results = []
+    for tensor_cores in (True, False):
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
+        # (the default scale, 1 / sqrt(head_dim), is the model's)
+        wrapper.plan(indptr, indices, last, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, 1,
+                     q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)  # fmt: skip
+        us = time_us(lambda w=wrapper: w.run(q, paged, return_lse=True), iters, device)
+        results.append((tensor_cores, us, wrapper.run(q, paged)))
+    return results
+
+
+def plain_decode(args, device, copy_bytes_s: float) -> None:
+    """Each configuration runs a layer over each of ``LAYERS`` pools in one CUDA graph (as a
+    graph-captured decode step does; a batch's K/V then comes from memory, not from L2)."""
+    for batch_size in [int(b) for b in args.small_batches.split(",") if b]:
+        plain_decode_batch(args, batch_size, device, copy_bytes_s)
+
+
+def plain_decode_batch(args, batch_size: int, device, copy_bytes_s: float) -> None:
+    context = args.small_context
+    contexts = [list(range(1 + i * context, 1 + (i + 1) * context)) for i in range(batch_size)]
+    pool = KVPool(batch_size * context + 1, LAYERS, NUM_KV_HEADS, HEAD_DIM, torch.bfloat16, device)
+    for buffer in (*pool.k_buffers, *pool.v_buffers):
+        buffer.normal_()
+    batch = make_batch(contexts, device)
+    q = torch.randn(batch_size, NUM_Q_HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    out = torch.empty(LAYERS, *q.shape, device=device, dtype=q.dtype)
+    planned = decode_splits(target_programs(device), batch_size * NUM_KV_HEADS, context)
+    kv_bytes = batch_size * context * ROW_BYTES
+    default = triton_kernels.decode_config(HEAD_DIM)
+
+    def step(splits: int, config: LaunchConfig) -> None:
+        for layer in range(LAYERS):
+            k_pool, v_pool = pool.get(layer)
+            triton_kernels.decode_attention(
+                q, k_pool, v_pool, out[layer], batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
+                batch_size, splits, HEAD_DIM**-0.5, config=config,
+            )  # fmt: skip
+
+    step(planned, default)
+    want = out.clone()
+    title = f"=== plain decode, batch {batch_size} x {context} ({kv_bytes / 1e6:.1f} MB of K/V a layer)"
+    table = Table(title + f", {LAYERS} layers in a CUDA graph, per layer", copy_bytes_s, args.top)
+    for config in dict.fromkeys([default, *grid(args.quick, (4, 2, 8))]):
+        for splits in sorted({planned, planned * 2, max(1, planned // 2)}):
+            step(splits, config)  # compiles outside the capture
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step(splits, config)
+            us = time_us(graph.replay, args.iters, device) / LAYERS
+            error = rel_error(out, want)
+            table.add(
+                f"{describe(config)}, {splits} splits", us, kv_bytes, error, config == default and splits == planned
+            )
+    table.print()
+
+
+def main() -> None:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.cascade_kernels times GPU kernels: it needs CUDA")
+    device = torch.device("cuda")
+    speed = measure_device("bfloat16")
+    print(f"device: {speed.card}: {speed.describe()}")
+    for own in [int(o) for o in args.own.split(",") if o]:
+        cascade_parts(args, own, device, speed.copy_bytes_s)
+    plain_decode(args, device, speed.copy_bytes_s)
+
+
+if __name__ == "__main__":
+    main()
