@@ -11,7 +11,8 @@ events (median of ``--iters``):
   FlashInfer's BatchDecode over the same own tokens (compacted index list; returns its
   log-sum-exp too, as a cascade would need), with and without tensor cores;
 * the merge;
-* the plain decode (both stages) at batch 1 and 32 over 1,024-token contexts;
+* the plain decode (both stages) at batch 1 and 32 over 1,024-token contexts, 32 layers in a CUDA
+  graph (the default marked is a captured step's: ``TritonBackend``'s fixed split count);
 
 and prints, per part, every configuration's time, its K/V read rate against the card's copy
 bandwidth measured in the same run, and its output error against the default configuration's
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import itertools
 from types import SimpleNamespace
 
@@ -33,6 +35,7 @@ from bench.harness.roofline import measure_device
 from bench.shared_prefix_attention import build_contexts, make_batch, time_us, with_identity
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.shared_prefix import SharedPrefixDecode, decode_splits, target_programs
+from radixserve.attention.triton_backend import TritonBackend
 from radixserve.runner.kv_pool import KVPool
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
@@ -54,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="a smaller grid (a smoke run)")
     parser.add_argument("--top", type=int, default=8, help="configurations printed per part (and the default)")
+    parser.add_argument("--parts", default="cascade,plain", help="cascade, plain or both (comma separated)")
     return parser.parse_args()
 
 
@@ -133,7 +137,7 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
     # the suffix kernel, and FlashInfer over the same keys
     shared = plan.shared_lens.tolist()
     suffix_bytes = sum(len(c) - s for c, s in zip(contexts, shared)) * ROW_BYTES
-    default = triton_kernels.decode_config(HEAD_DIM)
+    default = triton_cascade.suffix_config(HEAD_DIM)
     suffix = lambda config, splits: triton_kernels.decode_partials(  # noqa: E731
         *layout, None, size, splits, scale, kv_offsets=plan.shared_lens, config=config
     )
@@ -213,6 +217,7 @@ def plain_decode_batch(args, batch_size: int, device, copy_bytes_s: float) -> No
     q = torch.randn(batch_size, NUM_Q_HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
     out = torch.empty(LAYERS, *q.shape, device=device, dtype=q.dtype)
     planned = decode_splits(target_programs(device), batch_size * NUM_KV_HEADS, context)
+    graph_splits = inspect.signature(TritonBackend).parameters["num_kv_splits"].default  # a captured step's
     kv_bytes = batch_size * context * ROW_BYTES
     default = triton_kernels.decode_config(HEAD_DIM)
 
@@ -224,12 +229,12 @@ def plain_decode_batch(args, batch_size: int, device, copy_bytes_s: float) -> No
                 batch_size, splits, HEAD_DIM**-0.5, config=config,
             )  # fmt: skip
 
-    step(planned, default)
+    step(graph_splits, default)
     want = out.clone()
     title = f"=== plain decode, batch {batch_size} x {context} ({kv_bytes / 1e6:.1f} MB of K/V a layer)"
     table = Table(title + f", {LAYERS} layers in a CUDA graph, per layer", copy_bytes_s, args.top)
     for config in dict.fromkeys([default, *grid(args.quick, (4, 2, 8))]):
-        for splits in sorted({planned, planned * 2, max(1, planned // 2)}):
+        for splits in sorted({graph_splits, planned, planned * 2, max(1, planned // 2)}):
             step(splits, config)  # compiles outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
@@ -238,7 +243,11 @@ def plain_decode_batch(args, batch_size: int, device, copy_bytes_s: float) -> No
             us = time_us(graph.replay, args.iters, device) / LAYERS
             error = rel_error(out, want)
             table.add(
-                f"{describe(config)}, {splits} splits", us, kv_bytes, error, config == default and splits == planned
+                f"{describe(config)}, {splits} splits",
+                us,
+                kv_bytes,
+                error,
+                config == default and splits == graph_splits,
             )
     table.print()
 
@@ -250,9 +259,11 @@ def main() -> None:
     device = torch.device("cuda")
     speed = measure_device("bfloat16")
     print(f"device: {speed.card}: {speed.describe()}")
-    for own in [int(o) for o in args.own.split(",") if o]:
+    parts = args.parts.split(",")
+    for own in [int(o) for o in args.own.split(",") if o and "cascade" in parts]:
         cascade_parts(args, own, device, speed.copy_bytes_s)
-    plain_decode(args, device, speed.copy_bytes_s)
+    if "plain" in parts:
+        plain_decode(args, device, speed.copy_bytes_s)
 
 
 if __name__ == "__main__":

@@ -83,15 +83,16 @@ class SharedPrefixDecode:
 
     def _layout(self, batch: ForwardBatch, groups) -> triton_cascade.CascadePlan:
         """Tiles and shared lengths (one upload), then split counts: the own suffixes split like a
-        plain decode; the prefix tiles until twice the usual program target (a prefix program's
-        slice is long and its tiles few), none shorter than ``MIN_PREFIX_SPLIT_LEN`` keys."""
+        plain decode; the prefix tiles until the usual program target, none shorter than
+        ``MIN_PREFIX_SPLIT_LEN`` keys (at 64 tiles x 8 KV heads on an H200 one split read the
+        prefixes in 203-206 us, two in 214-219: ``python -m bench.cascade_kernels``)."""
         gqa_group = self.num_q_heads // self.num_kv_heads
         device = batch.kv_slots.device
         plan = triton_cascade.plan_cascade(groups, batch.seq_lens, gqa_group, self.kv_pool.head_dim, device)
         plan.num_suffix_splits = decode_splits(
             self.target_programs, batch.batch_size * self.num_kv_heads, plan.max_suffix_len
         )
-        wanted = -(-2 * self.target_programs // (plan.num_tiles * self.num_kv_heads))
+        wanted = -(-self.target_programs // (plan.num_tiles * self.num_kv_heads))
         by_len = -(-plan.max_shared_len // MIN_PREFIX_SPLIT_LEN)
         plan.num_prefix_splits = pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
         plan.merge_heads = triton_cascade.merge_heads_per_program(
