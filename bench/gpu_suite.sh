@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe (issue 5); cascade-kernels profile-cascade prefix prefix-nomix prefix-variants policies sweep
+# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe (issue 5); cascade-kernels cascade-kernels-plain profile-cascade prefix prefix-nomix prefix-variants policies sweep
 # multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
@@ -114,11 +114,16 @@ part() {
         echo "=== cascade-kernels"
         "${LIMIT[@]}" "$PY" -m bench.cascade_kernels 2>&1 | tee "$RESULTS/logs/cascade-kernels.log" ||
             FAILED+=(cascade-kernels) ;;
+    cascade-kernels-plain)
+        # the plain decode's launches only, at the batch sizes of (d)
+        echo "=== cascade-kernels"
+        "${LIMIT[@]}" "$PY" -m bench.cascade_kernels --parts plain --small-batches 1,8,32 --top 10 2>&1 |
+            tee "$RESULTS/logs/cascade-kernels.log" || FAILED+=(cascade-kernels-plain) ;;
     profile-cascade)
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \
             --steps 5 --top 14 --host-profile 25 ;;
-    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe cascade-kernels profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe cascade-kernels cascade-kernels-plain profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 
