@@ -232,6 +232,6 @@ def test_captured_decode_splits_follow_the_batch_size():
     ``num_kv_splits`` ways (the counts measured fastest at batch 1, 8 and 32 on an H200)."""
     from radixserve.attention.triton_backend import graph_splits
 
-    assert [graph_splits(264, batch * 8, 16) for batch in (1, 8, 32, 64, 256)] == [16, 8, 2, 1, 1]
+    assert [graph_splits(264, batch * 8, 16) for batch in (1, 8, 32, 64, 256)] == [16, 8, 2, 2, 1]
     assert graph_splits(264, 8, 4) == 4  # never more than the most allowed
     assert graph_splits(64, 8, 16) == 16  # a small device still splits a single sequence
