@@ -12,13 +12,16 @@ events (median of ``--iters``):
   log-sum-exp too, as a cascade would need), with and without tensor cores;
 * the merge;
 * the plain decode (both stages) at batch 1 and 32 over 1,024-token contexts, 32 layers in a CUDA
-  graph (the default marked is a captured step's: ``TritonBackend``'s fixed split count);
+  graph (the default marked splits as a captured step does: ``triton_backend.graph_splits``);
+* with ``--parts large``, the same at large batches (``--large``, e.g. 768 x 256: workload (a)'s
+  decode steps) next to FlashInfer's BatchDecode with and without tensor cores (what the engine runs
+  there by default): which backend should take large decode batches of short contexts;
 
 and prints, per part, every configuration's time, its K/V read rate against the card's copy
 bandwidth measured in the same run, and its output error against the default configuration's
 (a configuration that breaks the kernel shows up there). The current defaults are marked.
 
-    python -m bench.cascade_kernels [--own 129,256,384] [--iters 20] [--quick]
+    python -m bench.cascade_kernels [--own 129,256,384] [--iters 20] [--quick] [--parts cascade,plain,large]
 """
 
 from __future__ import annotations
@@ -35,13 +38,17 @@ from bench.harness.roofline import measure_device
 from bench.shared_prefix_attention import build_contexts, make_batch, time_us, with_identity
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.shared_prefix import SharedPrefixDecode, decode_splits, target_programs
-from radixserve.attention.triton_backend import TritonBackend
+from radixserve.attention.triton_backend import TritonBackend, graph_splits
 from radixserve.runner.kv_pool import KVPool
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
 LAYERS = 32  # the plain decode's graph: one layer over each of this many pools
+LARGE_LAYERS = 4  # at large batches (each layer's K/V alone is far past L2)
 ROW_BYTES = NUM_KV_HEADS * HEAD_DIM * 2 * 2  # K and V of one token, one layer, bf16
 LaunchConfig = triton_kernels.LaunchConfig
+TRITON_GRAPH_SPLITS = (
+    inspect.signature(TritonBackend).parameters["num_kv_splits"].default
+)  # the most a captured step takes
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,10 +61,15 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--small-batches", default="1,32", help="plain decode batch sizes, comma separated")
     parser.add_argument("--small-context", type=int, default=1024)
+    parser.add_argument(
+        "--large",
+        default="256x1024,768x256,768x512,1024x256",
+        help="large decode shapes, BATCHxCONTEXT, comma separated",
+    )
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="a smaller grid (a smoke run)")
     parser.add_argument("--top", type=int, default=8, help="configurations printed per part (and the default)")
-    parser.add_argument("--parts", default="cascade,plain", help="cascade, plain or both (comma separated)")
+    parser.add_argument("--parts", default="cascade,plain", help="cascade, plain, large (comma separated)")
     return parser.parse_args()
 
 
@@ -204,52 +216,94 @@ def plain_decode(args, device, copy_bytes_s: float) -> None:
     """Each configuration runs a layer over each of ``LAYERS`` pools in one CUDA graph (as a
     graph-captured decode step does; a batch's K/V then comes from memory, not from L2)."""
     for batch_size in [int(b) for b in args.small_batches.split(",") if b]:
-        plain_decode_batch(args, batch_size, device, copy_bytes_s)
+        plain_decode_batch(args, batch_size, args.small_context, device, copy_bytes_s, flashinfer=False)
 
 
-def plain_decode_batch(args, batch_size: int, device, copy_bytes_s: float) -> None:
-    context = args.small_context
+def large_decode(args, device, copy_bytes_s: float) -> None:
+    """Large decode batches (FlashInfer's by default): the Triton decode, captured as above, next to
+    FlashInfer's BatchDecode with and without tensor cores (run eagerly, a layer over each pool in
+    turn: at these sizes each kernel outlasts its launch)."""
+    for shape in [s for s in args.large.split(",") if s]:
+        batch_size, context = (int(n) for n in shape.split("x"))
+        plain_decode_batch(args, batch_size, context, device, copy_bytes_s, flashinfer=True)
+
+
+def plain_decode_batch(args, batch_size: int, context: int, device, copy_bytes_s: float, flashinfer: bool) -> None:
+    layers = LAYERS if batch_size < 64 else LARGE_LAYERS
     contexts = [list(range(1 + i * context, 1 + (i + 1) * context)) for i in range(batch_size)]
-    pool = KVPool(batch_size * context + 1, LAYERS, NUM_KV_HEADS, HEAD_DIM, torch.bfloat16, device)
+    pool = KVPool(batch_size * context + 1, layers, NUM_KV_HEADS, HEAD_DIM, torch.bfloat16, device)
     for buffer in (*pool.k_buffers, *pool.v_buffers):
         buffer.normal_()
     batch = make_batch(contexts, device)
     q = torch.randn(batch_size, NUM_Q_HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
-    out = torch.empty(LAYERS, *q.shape, device=device, dtype=q.dtype)
+    out = torch.empty(layers, *q.shape, device=device, dtype=q.dtype)
     planned = decode_splits(target_programs(device), batch_size * NUM_KV_HEADS, context)
-    graph_splits = inspect.signature(TritonBackend).parameters["num_kv_splits"].default  # a captured step's
+    # a captured step's split count
+    captured = graph_splits(target_programs(device), batch_size * NUM_KV_HEADS, TRITON_GRAPH_SPLITS)
     kv_bytes = batch_size * context * ROW_BYTES
     default = triton_kernels.decode_config(HEAD_DIM)
 
     def step(splits: int, config: LaunchConfig) -> None:
-        for layer in range(LAYERS):
+        for layer in range(layers):
             k_pool, v_pool = pool.get(layer)
             triton_kernels.decode_attention(
                 q, k_pool, v_pool, out[layer], batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
                 batch_size, splits, HEAD_DIM**-0.5, config=config,
             )  # fmt: skip
 
-    step(graph_splits, default)
+    step(captured, default)
     want = out.clone()
     title = f"=== plain decode, batch {batch_size} x {context} ({kv_bytes / 1e6:.1f} MB of K/V a layer)"
-    table = Table(title + f", {LAYERS} layers in a CUDA graph, per layer", copy_bytes_s, args.top)
+    table = Table(title + f", {layers} layers in a CUDA graph, per layer", copy_bytes_s, args.top)
+    split_counts = {captured, planned, planned * 2, max(1, planned // 2)} if batch_size < 64 else {captured, 1, 2}
     for config in dict.fromkeys([default, *grid(args.quick, (4, 2, 8))]):
-        for splits in sorted({graph_splits, planned, planned * 2, max(1, planned // 2)}):
+        for splits in sorted(split_counts):
             step(splits, config)  # compiles outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 step(splits, config)
-            us = time_us(graph.replay, args.iters, device) / LAYERS
+            us = time_us(graph.replay, args.iters, device) / layers
             error = rel_error(out, want)
             table.add(
-                f"{describe(config)}, {splits} splits",
-                us,
-                kv_bytes,
-                error,
-                config == default and splits == graph_splits,
+                f"{describe(config)}, {splits} splits", us, kv_bytes, error, config == default and splits == captured
             )
+    if flashinfer:
+        for tensor_cores, us, got in _flashinfer_plain(pool, contexts, q, layers, args.iters, device):
+            table.add(f"flashinfer BatchDecode, tensor cores {tensor_cores}", us, kv_bytes, rel_error(got, want))
     table.print()
+
+
+def _flashinfer_plain(pool, contexts, q, layers, iters, device):
+    """(tensor cores, us a layer, output of every layer) of FlashInfer's BatchDecode, a layer over
+    each pool in turn."""
+    if importlib.util.find_spec("flashinfer") is None:
+        print("(flashinfer not installed: its rows are skipped)")
+        return []
+    import flashinfer
+
+    indptr = torch.tensor([0, *itertools.accumulate(len(c) for c in contexts)], dtype=torch.int32)
+    indices = torch.tensor([slot for c in contexts for slot in c], dtype=torch.int32, device=device)
+    last = torch.ones(len(contexts), dtype=torch.int32)
+    paged = [
+        (k.view(-1, 1, NUM_KV_HEADS, HEAD_DIM), v.view(-1, 1, NUM_KV_HEADS, HEAD_DIM))
+        for k, v in zip(pool.k_buffers, pool.v_buffers)
+    ]
+    workspace = torch.zeros(256 << 20, dtype=torch.uint8, device=device)
+    out = torch.empty(layers, *q.shape, device=device, dtype=q.dtype)
+    results = []
+    for tensor_cores in (True, False):
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
+        wrapper.plan(indptr, indices, last, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, 1,
+                     q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)  # fmt: skip
+
+        def run(w=wrapper):
+            for layer in range(layers):
+                w.run(q, paged[layer], out=out[layer])
+
+        us = time_us(run, iters, device) / layers
+        results.append((tensor_cores, us, out.clone()))
+    return results
 
 
 def main() -> None:
@@ -264,6 +318,8 @@ def main() -> None:
         cascade_parts(args, own, device, speed.copy_bytes_s)
     if "plain" in parts:
         plain_decode(args, device, speed.copy_bytes_s)
+    if "large" in parts:
+        large_decode(args, device, speed.copy_bytes_s)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe (issue 5); cascade-kernels cascade-kernels-plain profile-cascade prefix prefix-nomix prefix-variants policies sweep
+# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe offline-triton-decode (issue 5); cascade-kernels cascade-kernels-plain cascade-kernels-large profile-cascade prefix prefix-nomix prefix-variants policies sweep
 # multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
@@ -119,11 +119,20 @@ part() {
         echo "=== cascade-kernels"
         "${LIMIT[@]}" "$PY" -m bench.cascade_kernels --parts plain --small-batches 1,8,32 --top 10 2>&1 |
             tee "$RESULTS/logs/cascade-kernels.log" || FAILED+=(cascade-kernels-plain) ;;
+    cascade-kernels-large)
+        # large decode batches: the Triton decode against FlashInfer's (which runs them by default)
+        echo "=== cascade-kernels"
+        "${LIMIT[@]}" "$PY" -m bench.cascade_kernels --parts large --top 10 2>&1 |
+            tee "$RESULTS/logs/cascade-kernels.log" || FAILED+=(cascade-kernels-large) ;;
+    offline-triton-decode)
+        # workload (a) with every decode batch on the Triton decode kernels, side by side
+        run_part offline-triton-decode bench.offline_throughput --workload sharegpt --skip-hf --log-steps \
+            --variant "--triton-decode-max-bs 1024" ;;
     profile-cascade)
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \
             --steps 5 --top 14 --host-profile 25 ;;
-    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe cascade-kernels cascade-kernels-plain profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe cascade-kernels cascade-kernels-plain cascade-kernels-large offline-triton-decode profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 
