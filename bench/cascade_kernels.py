@@ -28,27 +28,22 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import itertools
 from types import SimpleNamespace
 
 import torch
 
 from bench.harness.roofline import measure_device
-from bench.shared_prefix_attention import build_contexts, make_batch, time_us, with_identity
-from radixserve.attention import triton_cascade, triton_kernels
-from radixserve.attention.shared_prefix import SharedPrefixDecode, decode_splits, target_programs
-from radixserve.attention.triton_backend import TritonBackend, graph_splits
+from bench.shared_prefix_attention import build_contexts, make_batch, rel_error, time_us, with_identity
+from radixserve.attention import launch_configs, triton_cascade, triton_kernels
+from radixserve.attention.launch_configs import LaunchConfig, decode_splits, graph_splits, target_programs
+from radixserve.attention.shared_prefix import SharedPrefixDecode
 from radixserve.runner.kv_pool import KVPool
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
 LAYERS = 32  # the plain decode's graph: one layer over each of this many pools
 LARGE_LAYERS = 4  # at large batches (each layer's K/V alone is far past L2)
 ROW_BYTES = NUM_KV_HEADS * HEAD_DIM * 2 * 2  # K and V of one token, one layer, bf16
-LaunchConfig = triton_kernels.LaunchConfig
-TRITON_GRAPH_SPLITS = (
-    inspect.signature(TritonBackend).parameters["num_kv_splits"].default
-)  # the most a captured step takes
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,11 +73,6 @@ def grid(quick: bool, warps: tuple[int, ...]) -> list[LaunchConfig]:
     return [LaunchConfig(b, w, s) for b, w, s in itertools.product(blocks, warps[:1] if quick else warps, stages)]
 
 
-def rel_error(out: torch.Tensor, want: torch.Tensor) -> float:
-    out, want = out.float().nan_to_num(1e9), want.float()
-    return ((out - want).norm() / want.norm()).item()
-
-
 class Table:
     def __init__(self, title: str, copy_bytes_s: float, top: int):
         self.title, self.copy, self.top, self.rows = title, copy_bytes_s, top, []
@@ -94,7 +84,8 @@ class Table:
         print(f"\n{self.title}")
         print(f"{'configuration':<44} {'us':>9} {'GB/s':>7} {'% copy':>7} {'rel err':>9}")
         ranked = sorted(self.rows, key=lambda row: row[0])
-        shown = ranked[: self.top] + [row for row in ranked[self.top :] if row[4]]
+        # the fastest, then the default and any launch that does not fit the card, wherever they rank
+        shown = ranked[: self.top] + [row for row in ranked[self.top :] if row[4] or row[0] == float("inf")]
         for us, name, kv_bytes, error, _ in shown:
             rate = kv_bytes / us / 1e3
             print(f"{name:<44} {us:9.1f} {rate:7.0f} {100 * rate * 1e9 / self.copy:6.1f}% {error:9.1e}")
@@ -115,7 +106,8 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
     for buffer in (*pool.k_buffers, *pool.v_buffers):
         buffer.normal_()
     k_pool, v_pool = pool.get(0)
-    batch = with_identity(make_batch(contexts, device), contexts)
+    batch = with_identity(_int32_slots(make_batch(contexts, device)), contexts)
+    is_tuned = launch_configs.tuned(device, torch.bfloat16)
     planner = SharedPrefixDecode(pool, NUM_Q_HEADS, min_shared_prefix=256, min_saved_bytes=0)
     plan = planner.plan(batch)
     assert plan is not None, "the cascade did not plan this batch"
@@ -130,7 +122,7 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
 
     # the prefix kernel
     prefix_bytes = sum(tile[0] for tile in plan.tiles.tolist()) * ROW_BYTES
-    default = triton_cascade.prefix_config(plan.block_m, HEAD_DIM)
+    default = launch_configs.prefix_config(plan.block_m, HEAD_DIM, is_tuned)
     want = triton_cascade.prefix_partials(*layout, plan, scale)
     table = Table(f"prefix kernel ({prefix_bytes / 1e9:.3f} GB of K/V)", copy_bytes_s, args.top)
     planned = plan.num_prefix_splits
@@ -138,18 +130,18 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
     for config in dict.fromkeys([default, *grid(args.quick, warps)]):
         for splits in sorted({planned, planned * 2, planned * 4, max(1, planned // 2)}):
             plan.num_prefix_splits, plan.prefix_config = splits, config
-            us = time_us(lambda: triton_cascade.prefix_partials(*layout, plan, scale), args.iters, device)
-            error = _partials_error(triton_cascade.prefix_partials(*layout, plan, scale), want, plan.shared_lens)
-            table.add(
-                f"{describe(config)}, {splits} splits", us, prefix_bytes, error, config == default and splits == planned
-            )
+            measure(
+                table, f"{describe(config)}, {splits} splits", prefix_bytes, config == default and splits == planned,
+                lambda: time_us(lambda: triton_cascade.prefix_partials(*layout, plan, scale), args.iters, device),
+                lambda: _partials_error(triton_cascade.prefix_partials(*layout, plan, scale), want, plan.shared_lens),
+            )  # fmt: skip
     plan.num_prefix_splits, plan.prefix_config = planned, None
     table.print()
 
     # the suffix kernel, and FlashInfer over the same keys
     shared = plan.shared_lens.tolist()
     suffix_bytes = sum(len(c) - s for c, s in zip(contexts, shared)) * ROW_BYTES
-    default = triton_cascade.suffix_config(HEAD_DIM)
+    default = launch_configs.suffix_config(HEAD_DIM, is_tuned)
     suffix = lambda config, splits: triton_kernels.decode_partials(  # noqa: E731
         *layout, None, size, splits, scale, kv_offsets=plan.shared_lens, config=config
     )
@@ -157,23 +149,55 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
     table = Table(f"suffix kernel ({suffix_bytes / 1e9:.3f} GB of K/V)", copy_bytes_s, args.top)
     for config in dict.fromkeys([default, *grid(args.quick, (4, 2, 8))]):
         for splits in sorted({plan.num_suffix_splits, 1, 2}):
-            us = time_us(lambda c=config, n=splits: suffix(c, n), args.iters, device)
-            error = rel_error(_merged(*suffix(config, splits)), want)
-            table.add(f"{describe(config)}, {splits} splits", us, suffix_bytes, error,
-                      config == default and splits == plan.num_suffix_splits)  # fmt: skip
+            measure(
+                table, f"{describe(config)}, {splits} splits", suffix_bytes,
+                config == default and splits == plan.num_suffix_splits,
+                lambda c=config, n=splits: time_us(lambda: suffix(c, n), args.iters, device),
+                lambda c=config, n=splits: rel_error(_merged(*suffix(c, n)), want),
+            )  # fmt: skip
     for tensor_cores, us, out in _flashinfer_suffix(pool, contexts, shared, q, args.iters, device):
         table.add(f"flashinfer BatchDecode, tensor cores {tensor_cores}", us, suffix_bytes, rel_error(out, want))
     table.print()
 
     # the merge
     prefix = triton_cascade.prefix_partials(*layout, plan, scale)
-    suffix_parts = suffix(None, plan.num_suffix_splits)
+    suffix_parts = suffix(default, plan.num_suffix_splits)
     out = torch.empty_like(q)
     us = time_us(
         lambda: triton_cascade.merge_partials(*prefix, *suffix_parts, out, batch.qo_indptr, plan), args.iters, device
     )
     partial_bytes = (prefix[0].numel() + suffix_parts[0].numel()) * 4
     print(f"\nmerge ({plan.merge_heads} heads a program): {us:.1f} us, reads {partial_bytes / 1e9:.3f} GB of partials")
+
+
+def measure(table: Table, name: str, kv_bytes: int, default: bool, timed, error) -> None:
+    """``table.add`` of ``timed()`` microseconds and ``error()``; a launch that does not fit the
+    card's shared memory (Triton's ``OutOfResources``) is listed as such instead of ending the sweep."""
+    try:
+        us = timed()
+    except Exception as exc:  # noqa: BLE001 (Triton's error class moves between versions)
+        if type(exc).__name__ != "OutOfResources":
+            raise
+        table.add(f"{name}: does not fit ({exc})"[:120], float("inf"), kv_bytes, float("nan"), default)
+        return
+    table.add(name, us, kv_bytes, error(), default)
+
+
+def _graph_time(step, splits: int, config: LaunchConfig, layers: int, iters: int, device) -> float:
+    """Microseconds a layer of ``step(splits, config)`` (every layer) replayed from a CUDA graph."""
+    step(splits, config)  # compiles outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(splits, config)
+    return time_us(graph.replay, iters, device) / layers
+
+
+def _int32_slots(batch):
+    """The engine's slot lists are int32 (the slot table, the graph runner): so are the sweep's,
+    or it would time other compiled variants."""
+    batch.kv_slots = batch.kv_slots.to(torch.int32)
+    return batch
 
 
 def _merged(part_out: torch.Tensor, part_lse: torch.Tensor) -> torch.Tensor:
@@ -234,14 +258,14 @@ def plain_decode_batch(args, batch_size: int, context: int, device, copy_bytes_s
     pool = KVPool(batch_size * context + 1, layers, NUM_KV_HEADS, HEAD_DIM, torch.bfloat16, device)
     for buffer in (*pool.k_buffers, *pool.v_buffers):
         buffer.normal_()
-    batch = make_batch(contexts, device)
+    batch = _int32_slots(make_batch(contexts, device))
     q = torch.randn(batch_size, NUM_Q_HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
     out = torch.empty(layers, *q.shape, device=device, dtype=q.dtype)
     planned = decode_splits(target_programs(device), batch_size * NUM_KV_HEADS, context)
     # a captured step's split count
-    captured = graph_splits(target_programs(device), batch_size * NUM_KV_HEADS, TRITON_GRAPH_SPLITS)
+    captured = graph_splits(target_programs(device), batch_size * NUM_KV_HEADS, launch_configs.MAX_GRAPH_SPLITS)
     kv_bytes = batch_size * context * ROW_BYTES
-    default = triton_kernels.decode_config(HEAD_DIM)
+    default = launch_configs.decode_config(HEAD_DIM, launch_configs.tuned(device, torch.bfloat16))
 
     def step(splits: int, config: LaunchConfig) -> None:
         for layer in range(layers):
@@ -258,16 +282,11 @@ def plain_decode_batch(args, batch_size: int, context: int, device, copy_bytes_s
     split_counts = {captured, planned, planned * 2, max(1, planned // 2)} if batch_size < 64 else {captured, 1, 2}
     for config in dict.fromkeys([default, *grid(args.quick, (4, 2, 8))]):
         for splits in sorted(split_counts):
-            step(splits, config)  # compiles outside the capture
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step(splits, config)
-            us = time_us(graph.replay, args.iters, device) / layers
-            error = rel_error(out, want)
-            table.add(
-                f"{describe(config)}, {splits} splits", us, kv_bytes, error, config == default and splits == captured
-            )
+            measure(
+                table, f"{describe(config)}, {splits} splits", kv_bytes, config == default and splits == captured,
+                lambda n=splits, c=config: _graph_time(step, n, c, layers, args.iters, device),
+                lambda: rel_error(out, want),
+            )  # fmt: skip
     if flashinfer:
         for tensor_cores, us, got in _flashinfer_plain(pool, contexts, q, layers, args.iters, device):
             table.add(f"flashinfer BatchDecode, tensor cores {tensor_cores}", us, kv_bytes, rel_error(got, want))

@@ -109,21 +109,16 @@ part() {
         # (a diagnostic of its own: none of the engine flags the other parts take)
         echo "=== gemv-probe"
         "${LIMIT[@]}" "$PY" -m bench.gemv_probe 2>&1 | tee "$RESULTS/logs/gemv-probe.log" || FAILED+=(gemv-probe) ;;
-    cascade-kernels)
-        # the decode kernels' launch configurations, part by part (a diagnostic: no engine flags)
-        echo "=== cascade-kernels"
-        "${LIMIT[@]}" "$PY" -m bench.cascade_kernels 2>&1 | tee "$RESULTS/logs/cascade-kernels.log" ||
-            FAILED+=(cascade-kernels) ;;
-    cascade-kernels-plain)
-        # the plain decode's launches only, at the batch sizes of (d)
-        echo "=== cascade-kernels"
-        "${LIMIT[@]}" "$PY" -m bench.cascade_kernels --parts plain --small-batches 1,8,32 --top 10 2>&1 |
-            tee "$RESULTS/logs/cascade-kernels.log" || FAILED+=(cascade-kernels-plain) ;;
-    cascade-kernels-large)
-        # large decode batches: the Triton decode against FlashInfer's (which runs them by default)
-        echo "=== cascade-kernels"
-        "${LIMIT[@]}" "$PY" -m bench.cascade_kernels --parts large --top 10 2>&1 |
-            tee "$RESULTS/logs/cascade-kernels.log" || FAILED+=(cascade-kernels-large) ;;
+    cascade-kernels | cascade-kernels-plain | cascade-kernels-large)
+        # the decode kernels' launch configurations, part by part (a diagnostic: no engine flags):
+        # all of them; the plain decode's alone at the batch sizes of (d); or large decode batches,
+        # the Triton decode against FlashInfer's (which runs them by default)
+        local args=()
+        [ "$1" = cascade-kernels-plain ] && args=(--parts plain --small-batches 1,8,32 --top 10)
+        [ "$1" = cascade-kernels-large ] && args=(--parts large --top 10)
+        echo "=== $1"
+        "${LIMIT[@]}" "$PY" -m bench.cascade_kernels "${args[@]}" 2>&1 | tee "$RESULTS/logs/$1.log" ||
+            FAILED+=("$1") ;;
     offline-triton-decode)
         # workload (a) with every decode batch on the Triton decode kernels, side by side
         run_part offline-triton-decode bench.offline_throughput --workload sharegpt --skip-hf --log-steps \

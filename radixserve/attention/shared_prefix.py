@@ -21,12 +21,11 @@ import torch
 from radixserve.attention import triton_cascade
 from radixserve.attention.base import ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
+from radixserve.attention.launch_configs import MAX_SPLITS, decode_splits, pow2_floor, target_programs
 from radixserve.attention.prefix_groups import MIN_SHARED_PREFIX, PrefixGrouper
 from radixserve.attention.upload import upload_aligned
 
-MIN_SPLIT_LEN = 128  # an eager decode split reads at least this many keys
 MIN_PREFIX_SPLIT_LEN = 256  # a split of a shared prefix reads at least this many keys
-MAX_SPLITS = 64
 # A cascade step costs extra launches and, above all, gives up CUDA-graph replay: it must save at
 # least this many bytes of K/V reads per layer (~15 us at 4 TB/s; a guess to tune with bench/).
 MIN_SAVED_BYTES = 64 << 20
@@ -84,8 +83,9 @@ class SharedPrefixDecode:
     def _layout(self, batch: ForwardBatch, groups) -> triton_cascade.CascadePlan:
         """Tiles and shared lengths (one upload), then split counts: the own suffixes split like a
         plain decode; the prefix tiles until the usual program target, none shorter than
-        ``MIN_PREFIX_SPLIT_LEN`` keys (at 64 tiles x 8 KV heads on an H200 one split read the
-        prefixes in 203-206 us, two in 214-219: ``python -m bench.cascade_kernels``)."""
+        ``MIN_PREFIX_SPLIT_LEN`` keys (at 64 tiles x 8 KV heads on an H200, with the tuned prefix
+        launch, one split read the prefixes in 203-206 us and two in 214-219: ``python -m
+        bench.cascade_kernels``)."""
         gqa_group = self.num_q_heads // self.num_kv_heads
         device = batch.kv_slots.device
         plan = triton_cascade.plan_cascade(groups, batch.seq_lens, gqa_group, self.kv_pool.head_dim, device)
@@ -149,23 +149,3 @@ class SharedPrefixDecode:
 def _some_share_a_first_slot(seq_slots: list[list[int]]) -> bool:
     """A cheap necessary condition for any group: without it the grouper's loop is skipped."""
     return len({slots[0] for slots in seq_slots if slots}) < len(seq_slots)
-
-
-def decode_splits(target: int, programs_per_split: int, max_len: int) -> int:
-    """Splits per context that fill the GPU (``target`` programs), none shorter than
-    ``MIN_SPLIT_LEN`` keys; a power of two, so that the kernels see few distinct split counts
-    (each compiles its own variant)."""
-    wanted = -(-target // max(programs_per_split, 1))
-    by_len = -(-max_len // MIN_SPLIT_LEN)
-    return pow2_floor(max(1, min(wanted, by_len, MAX_SPLITS)))
-
-
-def pow2_floor(n: int) -> int:
-    return 1 << (n.bit_length() - 1)
-
-
-def target_programs(device: torch.device) -> int:
-    """Decode programs that keep the device busy: two per SM (a fixed guess off CUDA)."""
-    if device.type != "cuda":
-        return 64
-    return 2 * torch.cuda.get_device_properties(device).multi_processor_count

@@ -29,7 +29,8 @@ import torch
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
-from radixserve.attention.shared_prefix import SharedPrefixDecode, decode_splits, pow2_floor
+from radixserve.attention.launch_configs import MAX_GRAPH_SPLITS, decode_splits, graph_splits, skewed
+from radixserve.attention.shared_prefix import SharedPrefixDecode
 from radixserve.attention.upload import upload_aligned
 
 
@@ -49,7 +50,7 @@ class TritonBackend(AttentionBackend):
     def __init__(
         self,
         kv_pool,
-        num_kv_splits: int = 16,
+        num_kv_splits: int = MAX_GRAPH_SPLITS,
         num_q_heads: int | None = None,
         min_shared_prefix: int | None = None,
         min_saved_bytes: int | None = None,
@@ -75,8 +76,12 @@ class TritonBackend(AttentionBackend):
 
     def wants_eager(self, batch: ForwardBatch) -> bool:
         """True when ``batch`` runs the shared-prefix cascade (eager only) rather than the plain
-        decode a CUDA graph would replay. The plan made here is reused by ``prepare(batch)``."""
-        return self.shared_prefix.plan(batch) is not None
+        decode a CUDA graph would replay (the plan made here is reused by ``prepare(batch)``), or
+        when the captured split count would leave a long context among short ones to a few programs
+        (``launch_configs.skewed``: the eager step splits for the longest context)."""
+        if self.shared_prefix.plan(batch) is not None:
+            return True
+        return batch.is_decode and skewed(batch.seq_lens, self._graph_splits(batch.batch_size))
 
     def prepare(self, batch: ForwardBatch) -> None:
         cascade = self.shared_prefix.take(batch)
@@ -105,10 +110,12 @@ class TritonBackend(AttentionBackend):
     def prepare_graph(self, batch: ForwardBatch) -> None:
         """Plan a padded decode batch held in static buffers; the forward after it is capturable."""
         self.shared_prefix.forget()
-        splits = graph_splits(
-            self.shared_prefix.target_programs, batch.batch_size * self.num_kv_heads, self.num_kv_splits
-        )
-        self._plan = _StepPlan(batch.batch_size, None, splits, None, None)
+        self._plan = _StepPlan(batch.batch_size, None, self._graph_splits(batch.batch_size), None, None)
+
+    def _graph_splits(self, batch_size: int) -> int:
+        """The split count of a captured decode step of ``batch_size`` (a padded size at capture;
+        asked with the real size before a replay, which pads to the same count or one more)."""
+        return graph_splits(self.shared_prefix.target_programs, batch_size * self.num_kv_heads, self.num_kv_splits)
 
     def _eager_splits(self, num_decodes: int, max_len: int) -> int:
         return decode_splits(self.shared_prefix.target_programs, num_decodes * self.num_kv_heads, max_len)
@@ -177,13 +184,3 @@ class TritonBackend(AttentionBackend):
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def graph_splits(target: int, programs_per_split: int, most: int) -> int:
-    """Splits per context of a captured decode step, whose contexts' lengths are unknown at capture:
-    enough for twice ``target`` programs, at most ``most``, a power of two. Over 1,024-token contexts
-    on an H200 (``python -m bench.cascade_kernels --parts plain --small-batches 1,8,32``, 2026-11-29,
-    target 264, 8 KV heads) this picks the fastest count measured at each batch: 16 at batch 1, 8 at
-    batch 8 (15.6 us a layer against 17.4 at 16 splits) and 2 at batch 32 (41.9 against 49.5)."""
-    wanted = -(-2 * target // max(programs_per_split, 1))
-    return pow2_floor(max(1, min(wanted, most)))

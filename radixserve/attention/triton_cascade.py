@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from radixserve.attention import triton_kernels
+from radixserve.attention import launch_configs, triton_kernels
+from radixserve.attention.launch_configs import LaunchConfig, tuned
 from radixserve.attention.prefix_groups import PrefixGroups
 from radixserve.attention.upload import upload_aligned
 
@@ -153,7 +154,7 @@ def _cascade_merge_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_prefix_splits", "num_suffix_splits"])  # one variant for any counts
 def _cascade_merge_heads_kernel(
     prefix_out_ptr,  # [B, Hq, num_prefix_splits, D] float32
     prefix_lse_ptr,  # [B, Hq, num_prefix_splits] float32
@@ -249,8 +250,8 @@ class CascadePlan:
     num_prefix_splits: int = 1
     num_suffix_splits: int = 1
     merge_heads: int = 1  # heads per program of the merge (``merge_heads_per_program``)
-    prefix_config: triton_kernels.LaunchConfig | None = None  # default: ``prefix_config(block_m, head_dim)``
-    suffix_config: triton_kernels.LaunchConfig | None = None  # default: ``suffix_config(head_dim)``
+    prefix_config: LaunchConfig | None = None  # default: ``launch_configs.prefix_config``
+    suffix_config: LaunchConfig | None = None  # default: ``launch_configs.suffix_config``
 
     @property
     def num_tiles(self) -> int:
@@ -329,7 +330,7 @@ def cascade_decode_attention(
         plan.num_suffix_splits,
         scale,
         kv_offsets=plan.shared_lens,
-        config=plan.suffix_config or suffix_config(q.shape[2]),
+        config=plan.suffix_config or launch_configs.suffix_config(q.shape[2], tuned(q.device, k_pool.dtype)),
     )
     merge_partials(prefix_out, prefix_lse, suffix_out, suffix_lse, out, qo_indptr, plan)
 
@@ -351,7 +352,7 @@ def prefix_partials(
     prefix_out = torch.empty(batch_size, num_q_heads, num_prefix, head_dim, dtype=torch.float32, device=q.device)
     prefix_lse = torch.empty(batch_size, num_q_heads, num_prefix, dtype=torch.float32, device=q.device)
     block_d = triton.next_power_of_2(head_dim)
-    config = plan.prefix_config or prefix_config(plan.block_m, head_dim)
+    config = plan.prefix_config or launch_configs.prefix_config(plan.block_m, head_dim, tuned(q.device, k_pool.dtype))
     if plan.num_tiles:
         _shared_prefix_kernel[(plan.num_tiles, num_kv_heads, num_prefix)](
             q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, plan.tiles, prefix_out, prefix_lse,
@@ -361,28 +362,6 @@ def prefix_partials(
             num_warps=config.num_warps, num_stages=config.num_stages,
         )  # fmt: skip
     return prefix_out, prefix_lse
-
-
-def prefix_config(block_m: int, head_dim: int) -> triton_kernels.LaunchConfig:
-    """The prefix kernel's launch for ``block_m`` query rows. ``python -m bench.cascade_kernels``
-    times the alternatives: on an H200 (64 groups x 16 sequences, GQA 4, head_dim 128: 64 rows) 128
-    keys a block without pipelining read a 2,048-token prefix layer in 203-206 us against 237-242 for
-    64 keys in two stages (2026-11-29). Shapes not measured keep the earlier launch."""
-    block_d = triton.next_power_of_2(head_dim)
-    if block_m <= 64 and head_dim <= 128:
-        return triton_kernels.LaunchConfig(128, num_warps=4, num_stages=1)
-    num_warps = 8 if block_m * block_d >= 128 * 128 else 4
-    return triton_kernels.LaunchConfig(triton_kernels.decode_block_n(head_dim), num_warps, num_stages=2)
-
-
-def suffix_config(head_dim: int) -> triton_kernels.LaunchConfig:
-    """The suffix decode's launch: many short ranges (a request's own tokens) at large batches.
-    On an H200 at head_dim 128, 32 keys a block, 2 warps and 4 stages took 1,024 suffixes of 129 /
-    256 / 384 tokens in 228 / 317 / 458 us against 247 / 341 / 476 for the plain decode's launch
-    (``python -m bench.cascade_kernels``, 2026-11-29)."""
-    if head_dim <= 128:
-        return triton_kernels.LaunchConfig(32, num_warps=2, num_stages=4)
-    return triton_kernels.decode_config(head_dim)
 
 
 def merge_partials(

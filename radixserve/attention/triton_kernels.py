@@ -22,24 +22,14 @@ scores) with float32 accumulators; inputs are bf16, fp16 or fp32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
+from radixserve.attention.launch_configs import LaunchConfig, decode_config, tuned
+
 LOG2_E = 1.4426950408889634
 MERGE_CHUNK = 16  # split partials a merge reads at a time (any split count: one compiled variant)
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """How a KV-streaming kernel is launched: keys per block, warps, software-pipeline stages.
-    Each distinct config compiles its own variant."""
-
-    block_n: int
-    num_warps: int
-    num_stages: int
 
 
 @triton.jit
@@ -387,7 +377,7 @@ def decode_attention(
     num_seqs: int,
     num_splits: int,
     scale: float,
-    config: LaunchConfig | None = None,  # stage 1's launch; default: ``decode_config(head_dim)``
+    config: LaunchConfig | None = None,  # stage 1's launch; default: ``launch_configs.decode_config``
 ) -> None:
     """Attention of one query row per sequence over its whole context (split ``num_splits`` ways)."""
     part_out, part_lse = decode_partials(
@@ -414,13 +404,13 @@ def decode_partials(
     num_splits: int,
     scale: float,
     kv_offsets: torch.Tensor | None = None,  # [B] attend context positions kv_offsets[s]..seq_len only
-    config: LaunchConfig | None = None,  # default: ``decode_config(head_dim)``
+    config: LaunchConfig | None = None,  # default: ``launch_configs.decode_config``
 ) -> tuple[torch.Tensor, torch.Tensor]:  # [num_seqs, Hq, num_splits, D], [num_seqs, Hq, num_splits]
     """Stage 1 of ``decode_attention``: per split, the normalized partial output (float32) and its
     log-sum-exp (float32, base 2; ``-inf`` for a split without keys). With ``kv_offsets`` every
     sequence must keep at least one key (``kv_offsets[s] < seq_len``): its split 0 is never empty.
     """
-    config = config or decode_config(q.shape[2])
+    config = config or decode_config(q.shape[2], tuned(q.device, k_pool.dtype))
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_pool.shape[1]
     group = num_q_heads // num_kv_heads
@@ -438,20 +428,6 @@ def decode_partials(
         HAS_OFFSET=has_offset, USE_DOT=use_dot, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return part_out, part_lse
-
-
-def decode_block_n(head_dim: int) -> int:
-    """Keys per block of the decode kernels (a split is a whole number of blocks)."""
-    return 64 if head_dim <= 128 else 32
-
-
-def decode_config(head_dim: int) -> LaunchConfig:
-    """The decode kernel's launch. ``python -m bench.cascade_kernels`` times the alternatives: on an
-    H200 at head_dim 128, three pipeline stages instead of two took a batch-32 layer over 1,024-token
-    contexts from 49.3 to 41.6 us (2026-11-29); larger heads keep the launch that fits any card."""
-    if head_dim <= 128:
-        return LaunchConfig(decode_block_n(head_dim), num_warps=4, num_stages=3)
-    return LaunchConfig(decode_block_n(head_dim), num_warps=4, num_stages=2)
 
 
 def extend_block_m(head_dim: int) -> int:

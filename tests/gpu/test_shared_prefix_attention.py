@@ -17,7 +17,9 @@ import torch
 
 pytest.importorskip("triton", reason="needs triton")
 
-from radixserve.attention import shared_prefix, triton_backend, triton_cascade  # noqa: E402
+from radixserve.attention import launch_configs, shared_prefix, triton_backend, triton_cascade  # noqa: E402
+from radixserve.attention.base import ForwardBatch  # noqa: E402
+from radixserve.runner.kv_pool import KVPool  # noqa: E402
 from tests.gpu.test_attention_backends import (  # noqa: E402
     LAYER,
     NUM_KV_HEADS,
@@ -170,7 +172,7 @@ def test_many_splits_and_groups_bigger_than_a_tile(monkeypatch, device):
     tile forces a group across tiles: the parts still merge to the same output."""
     monkeypatch.setattr(triton_cascade, "MAX_TILE_ROWS", 16)  # 4 members per tile at GQA 4
     monkeypatch.setattr(shared_prefix, "MIN_PREFIX_SPLIT_LEN", 16)
-    monkeypatch.setattr(shared_prefix, "MIN_SPLIT_LEN", 16)
+    monkeypatch.setattr(launch_configs, "MIN_SPLIT_LEN", 16)
     groups = [(130, [(130, n) for n in (1, 9, 40, 2, 70, 3)]), (0, [(0, 50)])]
     plan = check_cascade(groups, Shape(NUM_KV_HEADS * 4, 64), device, min_shared_prefix=16, seed=2)
     assert plan.num_tiles == 2 and plan.max_members == 3
@@ -227,11 +229,19 @@ def test_no_cascade_when_nothing_pays(device):
     assert not costly.wants_eager(batch)
 
 
-def test_captured_decode_splits_follow_the_batch_size():
-    """A captured Triton decode step splits each context for twice the device's programs, at most
-    ``num_kv_splits`` ways (the counts measured fastest at batch 1, 8 and 32 on an H200)."""
-    from radixserve.attention.triton_backend import graph_splits
+def test_a_skewed_decode_batch_is_not_replayed_from_a_graph(device):
+    """A captured step splits each context a fixed number of ways (``launch_configs.graph_splits``):
+    a long context among short ones would leave its few programs streaming long after the rest, so
+    the backend asks for an eager step, which splits for the longest context; an even batch replays."""
+    pool = KVPool(8, LAYER + 1, NUM_KV_HEADS, 64, torch.bfloat16, device)
+    backend = triton_backend.TritonBackend(pool, num_q_heads=NUM_KV_HEADS * 4)
+    longest = (launch_configs.MAX_SPLIT_KEYS + 1) * backend._graph_splits(32)
 
-    assert [graph_splits(264, batch * 8, 16) for batch in (1, 8, 32, 64, 256)] == [16, 8, 2, 2, 1]
-    assert graph_splits(264, 8, 4) == 4  # never more than the most allowed
-    assert graph_splits(64, 8, 16) == 16  # a small device still splits a single sequence
+    def decode_batch(seq_lens: list[int]) -> ForwardBatch:  # only the lengths matter to the choice
+        rows = torch.zeros(len(seq_lens), dtype=torch.int64, device=device)
+        indptr = torch.zeros(len(seq_lens) + 1, dtype=torch.int64, device=device)
+        return ForwardBatch(rows, rows, rows, indptr, indptr, rows, seq_lens, [1] * len(seq_lens), rows)
+
+    assert backend.wants_eager(decode_batch([64] * 31 + [longest]))
+    assert not backend.wants_eager(decode_batch([longest] * 32))
+    assert not backend.wants_eager(decode_batch([64] * 32))
