@@ -111,9 +111,10 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """Run one step; returns float32 logits ``[len(batch.logits_indices), vocab_size]``."""
-        return self.logits(*self.hidden_states(batch), batch.logits_indices)
+    def forward(self, batch: ForwardBatch, float32: bool = True) -> torch.Tensor:
+        """Run one step; returns logits ``[len(batch.logits_indices), vocab_size]``, float32 or (with
+        ``float32=False``) in the model's dtype."""
+        return self.logits(*self.hidden_states(batch), batch.logits_indices, float32)
 
     def hidden_states(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Every layer over the step's tokens: ``(mlp_out, residual)`` of the last layer, ``[T, hidden]``
@@ -124,10 +125,14 @@ class LlamaForCausalLM(nn.Module):
             hidden, residual = layer(hidden, residual, self.model.rotary, batch)
         return hidden, residual
 
-    def logits(self, hidden: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Float32 logits ``[len(rows), vocab_size]`` of the given token rows of ``hidden_states``."""
+    def logits(
+        self, hidden: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor, float32: bool = True
+    ) -> torch.Tensor:
+        """Logits ``[len(rows), vocab_size]`` of the given token rows of ``hidden_states``: float32, or
+        in the model's dtype with ``float32=False`` (the runner's: its sampler converts what it must)."""
         hidden, _ = self.model.norm(hidden[rows], residual[rows])  # [num_sampled, hidden]
-        return self.lm_head(hidden).float()
+        logits = self.lm_head(hidden)
+        return logits.float() if float32 else logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy HF-named tensors into the (fused) parameters; returns the parameter names filled."""

@@ -112,11 +112,11 @@ class DecodeGraphRunner:
             batch = self._static_batch(size, [1] * size)  # every row: the padding row
             self.backend.prepare_graph(batch)
             for _ in range(2):  # warm up: lazy inits, autotuning and JIT happen outside the graph
-                self.model(batch)
+                self.model(batch, float32=False)
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = self.model(batch)
+                self.outputs[size] = self.model(batch, float32=False)  # the model's dtype, as the runner's
             pool = graph.pool()
             self.graphs[size] = graph
         torch.cuda.synchronize(self.device)

@@ -79,7 +79,7 @@ class ModelRunner:
     def launch(self, plan: StepPlan, vocab_mask: Callable[[], torch.Tensor] | None = None) -> PendingStep:
         """Queue one step on the device and return without waiting for it (CPU work can overlap)."""
         batch = self.build_batch(plan)
-        logits = self.forward(batch)  # [num_sampled, vocab] float32
+        logits = self.forward(batch)  # [num_sampled, vocab], the model's dtype
         if self.num_real_tokens is not None and self.num_real_tokens < logits.shape[1]:
             logits[:, self.num_real_tokens :] = float("-inf")
         sampled = [seq for seq in plan.sequences if seq.sample]
@@ -97,7 +97,8 @@ class ModelRunner:
         return row
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """Logits ``[num_sampled, vocab]`` (float32): a replayed decode graph when one fits, else the
+        """Logits ``[num_sampled, vocab]`` in the model's dtype (the sampler converts to float32 what it
+        processes; an argmax needs no copy): a replayed decode graph when one fits, else the
         piecewise graphs around eager attention when they fit, else eager."""
         graph = self.graph_runner
         if graph is not None and graph.can_run(batch) and not self.backend.wants_eager(batch):
@@ -106,7 +107,7 @@ class ModelRunner:
         pieces = self.piecewise_runner
         if pieces is not None and pieces.can_run(batch):
             return pieces.replay(batch)
-        return self.model(batch)
+        return self.model(batch, float32=False)
 
     def build_batch(self, plan: StepPlan) -> ForwardBatch:
         """One host-to-device upload of the step's small index tensors; ``kv_slots`` gathered on the device.

@@ -57,6 +57,12 @@ def process_logits(
     return out
 
 
+def rewrites_logits(rows: Sequence[SamplingRow], vocab_mask: torch.Tensor | None = None) -> bool:
+    """Whether ``process_logits`` would compute new values for any row (a bias, a penalty or a
+    grammar mask), rather than at most set stop tokens to ``-inf`` (``min_new_tokens``)."""
+    return vocab_mask is not None or any(row.params.logit_bias or _has_penalty(row) for row in rows)
+
+
 def _has_penalty(row: SamplingRow) -> bool:
     p = row.params
     return p.repetition_penalty != 1.0 or bool(p.frequency_penalty) or bool(p.presence_penalty)

@@ -186,8 +186,8 @@ class PiecewiseGraphRunner:
         self.pieces[size] = _Pieces(capture.graphs, piece_break.calls, hidden, residual)
 
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
-        """Float32 logits ``[num_sampled, vocab]`` of a step whose attention ``self.backend`` has
-        prepared (``prepare(batch)``), as ``model(batch)`` would compute them."""
+        """Logits (the model's dtype) ``[num_sampled, vocab]`` of a step whose attention ``self.backend`` has
+        prepared (``prepare(batch)``), as ``model(batch, float32=False)`` would compute them."""
         assert batch.attn_backend is None or batch.attn_backend is self.backend, "replay runs self.backend"
         real = batch.num_tokens
         size = next(s for s in self.sizes if s >= real)
@@ -199,4 +199,4 @@ class PiecewiseGraphRunner:
             out = self.backend.forward(call.q[:real], call.k[:real], call.v[:real], call.layer_id, batch, call.scale)
             call.out[:real].copy_(out)
         pieces.graphs[-1].replay()
-        return self.model.logits(pieces.hidden[:real], pieces.residual[:real], batch.logits_indices)
+        return self.model.logits(pieces.hidden[:real], pieces.residual[:real], batch.logits_indices, float32=False)

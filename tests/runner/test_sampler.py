@@ -420,3 +420,43 @@ def test_in_flight_outputs_count_like_resolved_ones_for_seeds_and_min_new_tokens
     assert sampler.sample(logits, in_flight).token_ids == sampler.sample(logits, resolved).token_ids
     masked = process_logits(logits, in_flight)
     assert masked[1, 11] == float("-inf") and masked[0, 11] == logits[0, 11]
+
+
+# --- logits in the model's 16-bit dtype (the runner's) ------------------------------------------
+
+
+def test_bf16_logits_sample_as_their_float32_copy(monkeypatch):
+    """The runner hands over logits in the model's dtype. Plain greedy rows take their argmax as
+    they are (no float32 copy: bf16 -> float32 is exact, so the ids cannot differ); any row that
+    rewrites or draws (bias, penalties, a grammar mask, temperature) gets the float32 copy first,
+    so every row samples exactly as from float32 logits."""
+    logits = random_logits(6, 40, seed=3).to(torch.bfloat16)
+    logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie: the lowest id wins either way
+    greedy = [row(temperature=0.0) for _ in range(6)]
+    batches = [
+        (greedy, None),
+        ([row(temperature=0.0, min_new_tokens=2, stop=(5,)) for _ in range(6)], None),  # masks, no rewrite
+        ([row(temperature=0.0), row(seed=1), row(temperature=0.0), row(top_p=0.5, seed=2)] + greedy[:2], None),
+        ([row(temperature=0.0, logit_bias={3: 5.0})] + greedy[:5], None),
+        ([row(temperature=0.0, output=[1, 2], repetition_penalty=1.3) for _ in range(6)], None),
+        (greedy, torch.rand(6, 40, generator=torch.Generator().manual_seed(4)) > 0.5),
+        ([row(temperature=0.0, return_logprob=True, top_logprobs_num=3) for _ in range(6)], None),
+        ([row(seed=s) for s in range(6)], None),
+    ]
+    for rows, mask in batches:
+        if mask is not None:
+            mask[:, 0] = True  # every row allows a token
+        want = Sampler(40, seed=0).sample(logits.float(), rows, mask)
+        got = Sampler(40, seed=0).sample(logits, rows, mask)
+        assert got.token_ids == want.token_ids
+        assert got.logprobs == want.logprobs and got.top_logprobs == want.top_logprobs
+    assert Sampler(40).sample(logits, greedy).token_ids == logits.float().argmax(dim=-1).tolist()
+    assert Sampler(40).sample(logits, greedy).token_ids[0] == 7
+
+    converted = []  # the plain greedy batch takes no float32 copy; a drawing one does
+    original_float = torch.Tensor.float
+    monkeypatch.setattr(torch.Tensor, "float", lambda self: converted.append(self.dtype) or original_float(self))
+    Sampler(40, seed=0).sample(logits, greedy)
+    assert converted == []
+    Sampler(40, seed=0).sample(logits, [row(temperature=0.7, seed=1)] * 6)
+    assert converted == [torch.bfloat16]
