@@ -14,8 +14,9 @@ events (median of ``--iters``):
 * the plain decode (both stages) at batch 1 and 32 over 1,024-token contexts, 32 layers in a CUDA
   graph (the default marked splits as a captured step does: ``triton_backend.graph_splits``);
 * with ``--parts large``, the same at large batches (``--large``, e.g. 768 x 256: workload (a)'s
-  decode steps) next to FlashInfer's BatchDecode with and without tensor cores (what the engine runs
-  there by default): which backend should take large decode batches of short contexts;
+  decode steps) next to FlashInfer's BatchDecode (what the engine runs there by default) with tensor
+  cores, with tensor cores and no split-KV, and on CUDA cores: which kernel should take large decode
+  batches of short contexts (FlashInfer's rows are printed wherever they rank);
 
 and prints, per part, every configuration's time, its K/V read rate against the card's copy
 bandwidth measured in the same run, and its output error against the default configuration's
@@ -77,14 +78,16 @@ class Table:
     def __init__(self, title: str, copy_bytes_s: float, top: int):
         self.title, self.copy, self.top, self.rows = title, copy_bytes_s, top, []
 
-    def add(self, name: str, us: float, kv_bytes: int, error: float, default: bool = False) -> None:
-        self.rows.append((us, name + (" (default)" if default else ""), kv_bytes, error, default))
+    def add(self, name: str, us: float, kv_bytes: int, error: float, default: bool = False, pinned: bool = False):
+        """``default``: the engine's launch (marked); ``pinned`` rows (another library's kernel, for
+        comparison) are printed wherever they rank, as the default is."""
+        self.rows.append((us, name + (" (default)" if default else ""), kv_bytes, error, default or pinned))
 
     def print(self) -> None:
         print(f"\n{self.title}")
         print(f"{'configuration':<44} {'us':>9} {'GB/s':>7} {'% copy':>7} {'rel err':>9}")
         ranked = sorted(self.rows, key=lambda row: row[0])
-        # the fastest, then the default and any launch that does not fit the card, wherever they rank
+        # the fastest, then the default, pinned rows and any launch that does not fit, wherever they rank
         shown = ranked[: self.top] + [row for row in ranked[self.top :] if row[4] or row[0] == float("inf")]
         for us, name, kv_bytes, error, _ in shown:
             rate = kv_bytes / us / 1e3
@@ -156,7 +159,9 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
                 lambda c=config, n=splits: rel_error(_merged(*suffix(c, n)), want),
             )  # fmt: skip
     for tensor_cores, us, out in _flashinfer_suffix(pool, contexts, shared, q, args.iters, device):
-        table.add(f"flashinfer BatchDecode, tensor cores {tensor_cores}", us, suffix_bytes, rel_error(out, want))
+        table.add(
+            f"flashinfer BatchDecode, tensor cores {tensor_cores}", us, suffix_bytes, rel_error(out, want), pinned=True
+        )
     table.print()
 
     # the merge
@@ -288,14 +293,15 @@ def plain_decode_batch(args, batch_size: int, context: int, device, copy_bytes_s
                 lambda: rel_error(out, want),
             )  # fmt: skip
     if flashinfer:
-        for tensor_cores, us, got in _flashinfer_plain(pool, contexts, q, layers, args.iters, device):
-            table.add(f"flashinfer BatchDecode, tensor cores {tensor_cores}", us, kv_bytes, rel_error(got, want))
+        for name, us, got in _flashinfer_plain(pool, contexts, q, layers, args.iters, device):
+            table.add(f"flashinfer BatchDecode, {name}", us, kv_bytes, rel_error(got, want), pinned=True)
     table.print()
 
 
 def _flashinfer_plain(pool, contexts, q, layers, iters, device):
-    """(tensor cores, us a layer, output of every layer) of FlashInfer's BatchDecode, a layer over
-    each pool in turn."""
+    """(variant, us a layer, output of every layer) of FlashInfer's BatchDecode, a layer over each
+    pool in turn: tensor cores (the engine's choice at these sizes) with its split-KV scheduler and
+    with ``disable_split_kv`` (where this FlashInfer takes it), and the CUDA-core kernel."""
     if importlib.util.find_spec("flashinfer") is None:
         print("(flashinfer not installed: its rows are skipped)")
         return []
@@ -311,17 +317,22 @@ def _flashinfer_plain(pool, contexts, q, layers, iters, device):
     workspace = torch.zeros(256 << 20, dtype=torch.uint8, device=device)
     out = torch.empty(layers, *q.shape, device=device, dtype=q.dtype)
     results = []
-    for tensor_cores in (True, False):
+    variants = [("tensor cores", True, {}), ("tensor cores, no split-KV", True, {"disable_split_kv": True})]
+    for name, tensor_cores, extra in [*variants, ("CUDA cores", False, {})]:
         wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
-        wrapper.plan(indptr, indices, last, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, 1,
-                     q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)  # fmt: skip
+        try:
+            wrapper.plan(indptr, indices, last, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, 1,
+                         q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16, **extra)  # fmt: skip
+        except TypeError as error:  # an option this FlashInfer does not have
+            print(f"(flashinfer BatchDecode, {name}: {error})")
+            continue
 
         def run(w=wrapper):
             for layer in range(layers):
                 w.run(q, paged[layer], out=out[layer])
 
         us = time_us(run, iters, device) / layers
-        results.append((tensor_cores, us, out.clone()))
+        results.append((name, us, out.clone()))
     return results
 
 
