@@ -186,10 +186,19 @@ class ModelShape:
         flops = 2 * (self.linear_params - head) * new + 2 * head + self.attention_flops_per_pair * pairs
         return flops / speed.matmul_flop_s
 
-    def decode_step_seconds(self, speed: DeviceSpeed, batch: int, context_tokens: int) -> float:
-        bytes_read = self.weight_bytes + context_tokens * self.kv_bytes_per_token
-        flops = 2 * self.linear_params * batch + self.attention_flops_per_pair * context_tokens
-        return max(bytes_read / speed.copy_bytes_s, flops / speed.matmul_flop_s)
+    def decode_step_seconds(self, speed: DeviceSpeed, batch: int, context_tokens: int, phases: bool = False) -> float:
+        """The step's bound: max(bytes / bandwidth, FLOPs / peak) over the whole step; with ``phases``,
+        the projections' bound plus attention's, each the max of its own bytes and FLOPs (kernels
+        that run one after the other, as in every engine measured here: at large batches the GEMMs
+        are compute-bound while attention is bandwidth-bound, and neither hides the other)."""
+        linear_flops = 2 * self.linear_params * batch
+        kv_bytes = context_tokens * self.kv_bytes_per_token
+        attention_flops = self.attention_flops_per_pair * context_tokens
+        if phases:
+            linear = max(self.weight_bytes / speed.copy_bytes_s, linear_flops / speed.matmul_flop_s)
+            return linear + max(kv_bytes / speed.copy_bytes_s, attention_flops / speed.matmul_flop_s)
+        bytes_read = self.weight_bytes + kv_bytes
+        return max(bytes_read / speed.copy_bytes_s, (linear_flops + attention_flops) / speed.matmul_flop_s)
 
     def weight_read_seconds(self, speed: DeviceSpeed) -> float:
         return self.weight_bytes / speed.copy_bytes_s
@@ -221,17 +230,23 @@ class RooflineResult:
 
 
 def offline_roofline(
-    shape: ModelShape, speed: DeviceSpeed, requests: list[RooflineRequest], max_batch: int, pool_tokens: int
+    shape: ModelShape,
+    speed: DeviceSpeed,
+    requests: list[RooflineRequest],
+    max_batch: int,
+    pool_tokens: int,
+    phases: bool = False,
 ) -> RooflineResult:
-    """Lower bound on the time of an offline workload (see the module docstring)."""
+    """Lower bound on the time of an offline workload (see the module docstring; ``phases``: decode
+    steps bounded phase by phase, ``ModelShape.decode_step_seconds``)."""
     prefill = sum(shape.prefill_seconds(speed, r.prompt_len, r.shared_len) for r in requests)
-    decode, steps, batch_sum = _simulate_decode(shape, speed, requests, max_batch, pool_tokens)
+    decode, steps, batch_sum = _simulate_decode(shape, speed, requests, max_batch, pool_tokens, phases)
     total = prefill + decode
     outputs = sum(r.output_len for r in requests)
     return RooflineResult(total, prefill, decode, steps, batch_sum / max(steps, 1), outputs / total if total else 0.0)
 
 
-def _simulate_decode(shape, speed, requests, max_batch: int, pool_tokens: int) -> tuple[float, int, int]:
+def _simulate_decode(shape, speed, requests, max_batch: int, pool_tokens: int, phases: bool) -> tuple[float, int, int]:
     """Σ decode step times; the first output token of a request comes from its prefill."""
     pending = deque(r for r in requests if r.output_len > 1)
     finishing: list[tuple[int, int]] = []  # (finish step, index into admitted)
@@ -250,7 +265,7 @@ def _simulate_decode(shape, speed, requests, max_batch: int, pool_tokens: int) -
             reserved += need
             own_context += r.prompt_len - shared.join(r) + 1
         batch = len(finishing)
-        seconds += shape.decode_step_seconds(speed, batch, own_context + shared.tokens)
+        seconds += shape.decode_step_seconds(speed, batch, own_context + shared.tokens, phases)
         batch_sum += batch
         step += 1
         own_context += batch
@@ -294,6 +309,7 @@ def workload_roofline(
     max_batch: int,
     pool_tokens: int,
     cache: bool = True,
+    phases: bool = False,
 ) -> RooflineResult:
     """``offline_roofline`` of BenchRequests whose reusable prefixes are ``hits`` (prefix_index.prefix_hits);
     a group's common prefix is what all its members' prompts start with. ``cache=False``: the bound
@@ -302,7 +318,7 @@ def workload_roofline(
 
     if not cache:
         shaped = [RooflineRequest(r.prompt_len, 0, r.output_len) for r in requests]
-        return offline_roofline(shape, speed, shaped, max_batch, pool_tokens)
+        return offline_roofline(shape, speed, shaped, max_batch, pool_tokens, phases)
     common: dict[int, list[int]] = {}
     for r in requests:
         if r.group is not None:
@@ -312,4 +328,4 @@ def workload_roofline(
         RooflineRequest(r.prompt_len, hit, r.output_len, r.group, len(common[r.group]) if r.group is not None else 0)
         for r, hit in zip(requests, hits)
     ]
-    return offline_roofline(shape, speed, shaped, max_batch, pool_tokens)
+    return offline_roofline(shape, speed, shaped, max_batch, pool_tokens, phases)

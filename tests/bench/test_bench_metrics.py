@@ -69,6 +69,22 @@ def test_decode_step_is_bound_by_the_slower_of_bytes_and_flops():
     assert big_batch == pytest.approx(2 * LLAMA_8B.linear_params * 4096 / 1e15)
 
 
+def test_the_phase_sum_bound_adds_compute_bound_projections_to_bandwidth_bound_attention():
+    """At a large batch over long contexts the projections are compute-bound and attention is
+    bandwidth-bound: the whole-step bound takes the larger, the phase sum adds them."""
+    speed = DeviceSpeed("card", copy_bytes_s=4e12, matmul_flop_s=8e14, matmul_desc="-")
+    batch, context = 1024, 1024 * 2048
+    linear = 2 * LLAMA_8B.linear_params * batch / 8e14
+    attention = context * LLAMA_8B.kv_bytes_per_token / 4e12
+    phased = LLAMA_8B.decode_step_seconds(speed, batch, context, phases=True)
+    assert phased == pytest.approx(linear + attention)
+    assert LLAMA_8B.decode_step_seconds(speed, batch, context) < phased
+    # one sequence: the weights' read bounds the projections, and the phases add up to the whole step
+    assert LLAMA_8B.decode_step_seconds(speed, 1, 1000, phases=True) == pytest.approx(
+        LLAMA_8B.decode_step_seconds(speed, 1, 1000)
+    )
+
+
 def test_offline_roofline_batches_within_the_limit():
     speed = DeviceSpeed("card", copy_bytes_s=1e12, matmul_flop_s=1e15, matmul_desc="-")
     requests = [RooflineRequest(10, 0, 5) for _ in range(4)]
