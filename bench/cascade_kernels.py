@@ -6,7 +6,8 @@ Triton decode at small batches (what ``--triton-decode-max-bs`` routes to it), t
 events (median of ``--iters``):
 
 * the prefix kernel (each group's prefix read once per tile) for every block width, warp count,
-  pipeline depth and split count of the grid;
+  pipeline depth and split count of the grid, and (rows "by address") reading each prefix's K/V
+  rows by address instead of through their slot ids (the sweep's prefixes are consecutive runs);
 * the suffix kernel (each request's own tokens) for every block width, warp count and depth, and
   FlashInfer's BatchDecode over the same own tokens (compacted index list; returns its
   log-sum-exp too, as a cascade would need), with and without tensor cores;
@@ -138,7 +139,17 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
                 lambda: time_us(lambda: triton_cascade.prefix_partials(*layout, plan, scale), args.iters, device),
                 lambda: _partials_error(triton_cascade.prefix_partials(*layout, plan, scale), want, plan.shared_lens),
             )  # fmt: skip
-    plan.num_prefix_splits, plan.prefix_config = planned, None
+    # the same kernel addressing each prefix's K/V rows directly (the sweep's prefixes are consecutive
+    # slot runs): what the slot-id loads cost
+    plan.num_prefix_splits, plan.prefix_affine = planned, True
+    for config in dict.fromkeys([default, *grid(args.quick, warps)]):
+        plan.prefix_config = config
+        measure(
+            table, f"{describe(config)}, {planned} splits, by address", prefix_bytes, False,
+            lambda: time_us(lambda: triton_cascade.prefix_partials(*layout, plan, scale), args.iters, device),
+            lambda: _partials_error(triton_cascade.prefix_partials(*layout, plan, scale), want, plan.shared_lens),
+        )  # fmt: skip
+    plan.num_prefix_splits, plan.prefix_config, plan.prefix_affine = planned, None, False
     table.print()
 
     # the suffix kernel, and FlashInfer over the same keys

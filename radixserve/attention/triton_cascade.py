@@ -61,6 +61,7 @@ def _shared_prefix_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    AFFINE: tl.constexpr,  # each tile's prefix slots are consecutive (see ``attend_kv_range``)
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -93,7 +94,7 @@ def _shared_prefix_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i, l_i, acc = triton_kernels.attend_kv_range(
         q, m_i, l_i, acc, k_pool_ptr, v_pool_ptr, kv_slots_ptr, kv_start, kv_head, offs_m, lo, hi,
-        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, False, AFFINE,
     )  # fmt: skip
 
     # an empty split (prefix shorter than the split count allows) weighs nothing in the merge
@@ -252,6 +253,9 @@ class CascadePlan:
     merge_heads: int = 1  # heads per program of the merge (``merge_heads_per_program``)
     prefix_config: LaunchConfig | None = None  # default: ``launch_configs.prefix_config``
     suffix_config: LaunchConfig | None = None  # default: ``launch_configs.suffix_config``
+    # every tile's prefix slots are consecutive: read by address, not by slot id (only
+    # ``bench.cascade_kernels`` sets it, to time the difference; the planner does not check it)
+    prefix_affine: bool = False
 
     @property
     def num_tiles(self) -> int:
@@ -359,7 +363,7 @@ def prefix_partials(
             scale * triton_kernels.LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), num_prefix,
             plan.tiles.stride(0), NUM_Q_HEADS=num_q_heads, GROUP=num_q_heads // num_kv_heads,
             HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_D=block_d, BLOCK_N=config.block_n,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            AFFINE=plan.prefix_affine, num_warps=config.num_warps, num_stages=config.num_stages,
         )  # fmt: skip
     return prefix_out, prefix_lse
 

@@ -249,16 +249,25 @@ def attend_kv_range(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
+    AFFINE: tl.constexpr,
 ):
     """Online softmax of ``q`` over context positions ``lo..hi`` (slots from ``kv_slots[kv_start:]``),
-    causal by ``query_pos`` when ``CAUSAL``; returns the updated ``(m_i, l_i, acc)``."""
+    causal by ``query_pos`` when ``CAUSAL``; returns the updated ``(m_i, l_i, acc)``. ``AFFINE``: the
+    range's slots are consecutive, ``kv_slots[kv_start] + position``: K/V rows are addressed without
+    loading their slot ids first (an experiment of ``bench.cascade_kernels``; the engine passes False)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
+    first_slot = 0
+    if AFFINE:
+        first_slot = tl.load(kv_slots_ptr + kv_start).to(tl.int64)
     for start in range(lo, hi, BLOCK_N):
         key_pos = start + offs_n
         n_mask = key_pos < hi
-        slots = tl.load(kv_slots_ptr + kv_start + key_pos, mask=n_mask, other=0).to(tl.int64)
+        if AFFINE:
+            slots = first_slot + key_pos.to(tl.int64)
+        else:
+            slots = tl.load(kv_slots_ptr + kv_start + key_pos, mask=n_mask, other=0).to(tl.int64)
         kv_offs = slots[:, None] * stride_pool_slot + kv_head * stride_pool_head + offs_d[None, :]
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_pool_ptr + kv_offs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
@@ -330,11 +339,11 @@ def _extend_kernel(
     band_end = tl.minimum(band_start + BLOCK_M, seq_len)
     m_i, l_i, acc = attend_kv_range(
         q, m_i, l_i, acc, k_pool_ptr, v_pool_ptr, kv_slots_ptr, kv_start, kv_head, query_pos, 0, band_start,
-        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, False, False,
     )  # fmt: skip
     m_i, l_i, acc = attend_kv_range(
         q, m_i, l_i, acc, k_pool_ptr, v_pool_ptr, kv_slots_ptr, kv_start, kv_head, query_pos, band_start, band_end,
-        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+        scale_log2, stride_pool_slot, stride_pool_head, HEAD_DIM, BLOCK_D, BLOCK_N, True, False,
     )  # fmt: skip
     out = acc / l_i[:, None]
     out_offs = rows[:, None] * stride_out_token + head * stride_out_head + offs_d[None, :]
