@@ -122,7 +122,8 @@ def main(argv=None) -> None:
         for name, reqs in requests.items():
             hits = prefix_hits([r.prompt_ids for r in reqs])
             bound = workload_roofline(shape, speed, reqs, hits, run.max_running_requests, run.pool_tokens)
-            summary = offline_summary(run.cases[name], bound)
+            phased = workload_roofline(shape, speed, reqs, hits, run.max_running_requests, run.pool_tokens, phases=True)
+            summary = offline_summary(run.cases[name], bound, phased)
             prompt, output = workloads.total_tokens(reqs)
             extra = {"mean_input_len": round(prompt / len(reqs), 1), "mean_output_len": round(output / len(reqs), 1)}
             if name in hf and not variant:
@@ -153,6 +154,7 @@ def main(argv=None) -> None:
             ("tpot_p50_ms", "TPOT p50 ms"),
             ("roofline_output_tok_s", "roofline"),
             ("pct_of_roofline", "% roof"),
+            ("pct_of_phase_sum", "% phase sum"),
             ("engine_subset_output_tok_s", "ours@subset"),
             ("hf_output_tok_s", "HF@subset"),
             ("vs_hf", "x HF"),

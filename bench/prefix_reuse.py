@@ -96,17 +96,17 @@ class _Rows:
         """``cache=False`` (a --disable-radix-cache run): the roofline is that of an engine without
         a prefix cache; ``ideal_speedup`` (cache-on runs): the ratio of the two bounds."""
         reqs = self.workloads[name]
-        bound = workload_roofline(
-            self.shape, self.speed, reqs, self.hits[name], run.max_running_requests, run.pool_tokens, cache
-        )
-        summary = offline_summary(run.cases[name], bound)
+        limits = (self.shape, self.speed, reqs, self.hits[name], run.max_running_requests, run.pool_tokens)
+        bound = workload_roofline(*limits, cache)
+        phased = workload_roofline(*limits, cache, phases=True)
+        summary = offline_summary(run.cases[name], bound, phased)
         summary["max_hit_rate"] = round(sum(self.hits[name]) / sum(r.prompt_len for r in reqs), 4)
         summary["pool_tokens"] = run.pool_tokens
         if cache:
-            no_cache = workload_roofline(
-                self.shape, self.speed, reqs, self.hits[name], run.max_running_requests, run.pool_tokens, False
-            )
+            no_cache = workload_roofline(*limits, False)
             summary["ideal_speedup"] = round(no_cache.seconds / bound.seconds, 2)
+            no_cache_phased = workload_roofline(*limits, False, phases=True)
+            summary["ideal_speedup_phase_sum"] = round(no_cache_phased.seconds / phased.seconds, 2)
         return summary
 
     def record(self, workload: str, summary: dict, notes: str, engine_args: dict | None = None, **extra) -> dict:
@@ -145,7 +145,9 @@ def main(argv=None) -> None:
             ("max_hit_rate", "max hit"),
             ("speedup", "speedup"),
             ("ideal_speedup", "ideal"),
+            ("ideal_speedup_phase_sum", "ideal (phase sum)"),
             ("pct_of_roofline", "% roof"),
+            ("pct_of_phase_sum", "% phase sum"),
         ],
         title=f"prefix reuse ({_shape(args)}), {setup.label}, {speed.card}, commit {rows.reporter.commit}",
     )

@@ -51,8 +51,9 @@ def failure_note(summary: dict) -> str:
     return f"FAILED: {total - done} of {total} requests did not complete"
 
 
-def offline_summary(case, roofline=None) -> dict:
-    """latency_stats summary of an engine case, plus its roofline figures when given."""
+def offline_summary(case, roofline=None, phase_sum=None) -> dict:
+    """latency_stats summary of an engine case, plus its roofline figures when given, and its share
+    of the phase-sum bound (``ModelShape.decode_step_seconds(phases=True)``) when given."""
     summary = summarize(case.timings, case.duration)
     summary["num_retractions"] = case.num_retractions
     if roofline is not None:
@@ -65,4 +66,7 @@ def offline_summary(case, roofline=None) -> dict:
             "decode_steps": roofline.num_decode_steps,
             "mean_batch": round(roofline.mean_batch, 1),
         }
+    if phase_sum is not None:
+        summary["phase_sum_output_tok_s"] = round(phase_sum.output_tok_s, 2)
+        summary["pct_of_phase_sum"] = percent(summary["output_tok_s"], phase_sum.output_tok_s)
     return summary

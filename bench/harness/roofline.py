@@ -29,7 +29,9 @@ from pathlib import Path
 ASSUMPTIONS = (
     "roofline: prefill compute-bound on the uncached prompt tokens; each decode step reads all "
     "weights but the embedding once + the KV of every running context (a shared prefix once per step), "
-    "time = max(bytes/BW, FLOPs/peak); batch capped by max_running_requests and the KV pool"
+    "time = max(bytes/BW, FLOPs/peak); batch capped by max_running_requests and the KV pool. "
+    "Phase sum: the same, each decode step bounded by its projections' max(bytes, FLOPs) plus its "
+    "attention's (sequential kernels)"
 )
 
 
