@@ -11,6 +11,10 @@ FLOP/s are given: max(weights + KV read, FLOPs) per step), and the sampled token
   do a retracted request's outputs);
 - retractions and steps;
 - the modeled device time and the scheduler's own host time per step, measured here (mean, max);
+  with ``--cascade``, a decode step's shared prefixes are read once per group, as the engine's
+  shared-prefix cascade does (groups found from the real slot lists by the engine's own
+  ``PrefixGrouper``, under the same minimum saving); with ``--phases``, each step is bounded by its
+  projections' max(bytes, FLOPs) plus its attention's (``ModelShape.decode_step_seconds(phases=True)``);
 - the modeled run time (device + host, one after the other) and output tok/s from it.
 
 It answers in seconds what a 10-minute GPU run would, apart from the kernels' own efficiency: how
@@ -20,6 +24,8 @@ much a policy recomputes, and whether its host time per step stays below the dev
   python -m bench.schedule_sim --pool-tokens 32768 --policies lpm,fcfs
   python -m bench.schedule_sim --workload sharegpt --pool-tokens 828013 --policies lpm
                                    # workload (a), against its roofline: what the schedule itself costs
+  python -m bench.schedule_sim --pool-tokens 828013 --policies lpm --cascade --phases
+                                   # the cache-on shared-prefix run as the GPU runs it (unconstrained pool)
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from bench.harness import workloads
 from bench.harness.prefix_index import prefix_hits
 from bench.harness.roofline import DeviceSpeed, ModelShape, workload_roofline
 from bench.harness.table import print_table
+from radixserve.attention import AUTO_MIXED_DECODE_SPLIT
+from radixserve.attention.prefix_groups import MIN_SAVED_BYTES, PrefixGrouper
 from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.config import SchedulerConfig
 from radixserve.core.plan import SequenceResult, StepPlan, StepResult
@@ -75,6 +83,8 @@ def main() -> None:
     parser.add_argument("--matmul-tflop-s", type=float, default=783.36, help="bf16 GEMM rate (default: the H200 runs)")
     parser.add_argument("--new-token-ratio", type=float, default=SchedulerConfig.new_token_ratio)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cascade", action="store_true", help="decode steps read shared prefixes once per group")
+    parser.add_argument("--phases", action="store_true", help="bound each step phase by phase (GEMMs + attention)")
     args = parser.parse_args()
 
     shape = ModelShape.from_config_dir(LLAMA_8B, dtype_bytes=2)
@@ -105,7 +115,7 @@ def main() -> None:
             context_length=context_length,
             mixed_chunk=not args.disable_mixed_chunk,
         )
-        row = simulate(name, config, args.pool_tokens, requests, shape, speed)
+        row = simulate(name, config, args.pool_tokens, requests, shape, speed, args.cascade, args.phases)
         device_tok_s = sum(r.output_len for r in requests) / row["device_s"]
         rows.append({**row, "max_hit_rate": max_hit, "device_pct_roof": 100 * device_tok_s / bound.output_tok_s})
         print(f"{name}: {row['run_s']:.1f} s modelled", flush=True)
@@ -123,8 +133,11 @@ def main() -> None:
     print_table(rows, COLUMNS)
 
 
-def simulate(name, config, pool_tokens, requests, shape: ModelShape, speed: DeviceSpeed) -> dict:
+def simulate(
+    name, config, pool_tokens, requests, shape: ModelShape, speed: DeviceSpeed, cascade=False, phases=False
+) -> dict:
     scheduler = Scheduler(config, PrefixCache(pool_tokens))
+    grouper = PrefixGrouper() if cascade else None
     for i, bench_request in enumerate(requests):
         sampling = SamplingParams(max_new_tokens=bench_request.output_len, ignore_eos=True)
         scheduler.add_request(Request(f"r{i}", list(bench_request.prompt_ids), sampling))
@@ -146,7 +159,8 @@ def simulate(name, config, pool_tokens, requests, shape: ModelShape, speed: Devi
         steps += 1
         host_s += host
         host_max = max(host_max, host)
-        device_s += step_seconds(plan, shape, speed)
+        saved = _cascade_saved_tokens(grouper, plan, shape) if grouper is not None else 0
+        device_s += step_seconds(plan, shape, speed, saved, phases)
         prefilled += sum(len(s.input_ids) for s in plan.sequences if not _is_decode(s))
     cache = scheduler.cache
     total_s = device_s + host_s
@@ -169,17 +183,44 @@ def _is_decode(sequence) -> bool:
     return len(sequence.input_ids) == 1 and sequence.prefix_len >= len(sequence.prompt_ids)
 
 
-def step_seconds(plan: StepPlan, shape: ModelShape, speed: DeviceSpeed) -> float:
-    """The step at its roofline: every weight read once, each context's K/V read once (no shared-prefix
-    attention), FLOPs of every new token's projections and its attention over its context."""
+def _cascade_saved_tokens(grouper: PrefixGrouper, plan: StepPlan, shape: ModelShape) -> int:
+    """K/V rows a step's decodes need not read: their shared prefixes read once per group, when the
+    saving reaches the engine's threshold (``prefix_groups.MIN_SAVED_BYTES`` a layer) — in a pure
+    decode step, or in a mixed step with at least ``AUTO_MIXED_DECODE_SPLIT`` decodes (which the
+    FlashInfer backend runs apart from the prefill rows, on the cascade where it pays)."""
+    sequences = [s for s in plan.sequences if len(s.input_ids) == 1]
+    if not sequences or (len(sequences) < len(plan.sequences) and len(sequences) < AUTO_MIXED_DECODE_SPLIT):
+        return 0
+    groups = grouper.group(
+        [s.slots for s in sequences],
+        [s.request_id for s in sequences],
+        [s.seq_len for s in sequences],
+        [s.slots_version for s in sequences],
+    )
+    layer_row_bytes = shape.kv_bytes_per_token // shape.num_layers
+    return groups.num_saved_tokens if groups.num_saved_tokens * layer_row_bytes >= MIN_SAVED_BYTES else 0
+
+
+def step_seconds(
+    plan: StepPlan, shape: ModelShape, speed: DeviceSpeed, saved_tokens: int = 0, phases: bool = False
+) -> float:
+    """The step at its roofline: every weight read once, each context's K/V read once but the
+    ``saved_tokens`` a cascade skips, FLOPs of every new token's projections and its attention over
+    its context; the max of bytes and FLOPs over the step, or with ``phases`` the projections'
+    bound plus attention's."""
     tokens = plan.num_tokens
-    context = sum(s.seq_len for s in plan.sequences)
+    context = sum(s.seq_len for s in plan.sequences) - saved_tokens
     pairs = sum(
         len(s.input_ids) * s.prefix_len + len(s.input_ids) * (len(s.input_ids) + 1) // 2 for s in plan.sequences
     )
-    bytes_read = shape.weight_bytes + context * shape.kv_bytes_per_token
-    flops = 2 * shape.linear_params * tokens + shape.attention_flops_per_pair * pairs
-    return max(bytes_read / speed.copy_bytes_s, flops / speed.matmul_flop_s)
+    kv_bytes = context * shape.kv_bytes_per_token
+    linear_flops = 2 * shape.linear_params * tokens
+    attention_flops = shape.attention_flops_per_pair * pairs
+    if phases:
+        linear = max(shape.weight_bytes / speed.copy_bytes_s, linear_flops / speed.matmul_flop_s)
+        return linear + max(kv_bytes / speed.copy_bytes_s, attention_flops / speed.matmul_flop_s)
+    bytes_read = shape.weight_bytes + kv_bytes
+    return max(bytes_read / speed.copy_bytes_s, (linear_flops + attention_flops) / speed.matmul_flop_s)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MIN_SHARED_PREFIX = 256  # tokens; a shorter common prefix is left to plain decode
+# A cascade step costs extra launches and, above all, gives up CUDA-graph replay: it must save at
+# least this many bytes of K/V reads per layer (~15 us at 4 TB/s; a guess to tune with bench/).
+MIN_SAVED_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,10 @@ from radixserve.attention import triton_cascade
 from radixserve.attention.base import ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
 from radixserve.attention.launch_configs import MAX_SPLITS, decode_splits, pow2_floor, target_programs
-from radixserve.attention.prefix_groups import MIN_SHARED_PREFIX, PrefixGrouper
+from radixserve.attention.prefix_groups import MIN_SAVED_BYTES, MIN_SHARED_PREFIX, PrefixGrouper
 from radixserve.attention.upload import upload_aligned
 
 MIN_PREFIX_SPLIT_LEN = 256  # a split of a shared prefix reads at least this many keys
-# A cascade step costs extra launches and, above all, gives up CUDA-graph replay: it must save at
-# least this many bytes of K/V reads per layer (~15 us at 4 TB/s; a guess to tune with bench/).
-MIN_SAVED_BYTES = 64 << 20
 
 
 class SharedPrefixDecode:
