@@ -213,14 +213,7 @@ def step_seconds(
     pairs = sum(
         len(s.input_ids) * s.prefix_len + len(s.input_ids) * (len(s.input_ids) + 1) // 2 for s in plan.sequences
     )
-    kv_bytes = context * shape.kv_bytes_per_token
-    linear_flops = 2 * shape.linear_params * tokens
-    attention_flops = shape.attention_flops_per_pair * pairs
-    if phases:
-        linear = max(shape.weight_bytes / speed.copy_bytes_s, linear_flops / speed.matmul_flop_s)
-        return linear + max(kv_bytes / speed.copy_bytes_s, attention_flops / speed.matmul_flop_s)
-    bytes_read = shape.weight_bytes + kv_bytes
-    return max(bytes_read / speed.copy_bytes_s, (linear_flops + attention_flops) / speed.matmul_flop_s)
+    return shape.step_seconds(speed, tokens, context, pairs, phases)
 
 
 if __name__ == "__main__":

@@ -193,9 +193,14 @@ class ModelShape:
         the projections' bound plus attention's, each the max of its own bytes and FLOPs (kernels
         that run one after the other, as in every engine measured here: at large batches the GEMMs
         are compute-bound while attention is bandwidth-bound, and neither hides the other)."""
-        linear_flops = 2 * self.linear_params * batch
-        kv_bytes = context_tokens * self.kv_bytes_per_token
-        attention_flops = self.attention_flops_per_pair * context_tokens
+        return self.step_seconds(speed, batch, context_tokens, context_tokens, phases)
+
+    def step_seconds(self, speed: DeviceSpeed, tokens: int, kv_tokens: int, pairs: int, phases: bool) -> float:
+        """Any step's bound (``decode_step_seconds``): ``tokens`` through the projections, ``kv_tokens``
+        of K/V read, ``pairs`` (query, context) pairs of attention."""
+        linear_flops = 2 * self.linear_params * tokens
+        kv_bytes = kv_tokens * self.kv_bytes_per_token
+        attention_flops = self.attention_flops_per_pair * pairs
         if phases:
             linear = max(self.weight_bytes / speed.copy_bytes_s, linear_flops / speed.matmul_flop_s)
             return linear + max(kv_bytes / speed.copy_bytes_s, attention_flops / speed.matmul_flop_s)

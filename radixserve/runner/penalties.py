@@ -57,10 +57,10 @@ def process_logits(
     return out
 
 
-def rewrites_logits(rows: Sequence[SamplingRow], vocab_mask: torch.Tensor | None = None) -> bool:
-    """Whether ``process_logits`` would compute new values for any row (a bias, a penalty or a
-    grammar mask), rather than at most set stop tokens to ``-inf`` (``min_new_tokens``)."""
-    return vocab_mask is not None or any(row.params.logit_bias or _has_penalty(row) for row in rows)
+def is_plain_greedy(row: SamplingRow) -> bool:
+    """Whether ``row`` takes the argmax of its logits as they are: greedy, no bias, no penalty
+    (``process_logits`` at most sets its stop tokens to ``-inf``, exact in any dtype)."""
+    return row.params.is_greedy and not row.params.logit_bias and not _has_penalty(row)
 
 
 def _has_penalty(row: SamplingRow) -> bool:

@@ -36,7 +36,7 @@ import torch
 from radixserve.attention.upload import to_device
 from radixserve.core.plan import SequencePlan
 from radixserve.core.sampling_params import SamplingParams
-from radixserve.runner.penalties import process_logits, rewrites_logits
+from radixserve.runner.penalties import is_plain_greedy, process_logits
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
@@ -147,9 +147,7 @@ class Sampler:
         self._check_shapes(logits, rows)
         if not rows:
             return PendingSample(None, None, rows)
-        if logits.dtype != torch.float32 and (
-            rewrites_logits(rows, vocab_mask) or not all(row.params.is_greedy for row in rows)
-        ):
+        if logits.dtype != torch.float32 and (vocab_mask is not None or not all(map(is_plain_greedy, rows))):
             logits = logits.float()
         logits = process_logits(logits, rows, vocab_mask)  # [B, V]
         return PendingSample(logits, self._choose(logits, rows), rows)

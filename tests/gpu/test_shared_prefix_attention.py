@@ -245,3 +245,21 @@ def test_a_skewed_decode_batch_is_not_replayed_from_a_graph(device):
     assert backend.wants_eager(decode_batch([64] * 31 + [longest]))
     assert not backend.wants_eager(decode_batch([longest] * 32))
     assert not backend.wants_eager(decode_batch([64] * 32))
+
+
+@pytest.mark.parametrize("plain_splits", [1, 2])
+def test_the_hopper_launches_give_the_same_output(plain_splits, monkeypatch, device):
+    """The launches tuned on an H200 (``launch_configs``: 128-key prefix blocks at 64 query rows,
+    32-key suffix blocks in 4 stages, 3-stage plain decode) apply only on Hopper with 16-bit K/V;
+    forced on here on any device, the cascade (a 16-member group at GQA 4: 64 rows) and the plain
+    decode still match the reference."""
+    from radixserve.attention import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "tuned", lambda device, dtype: True)
+    monkeypatch.setattr(triton_cascade, "tuned", lambda device, dtype: True)
+    monkeypatch.setattr(launch_configs, "MIN_SPLIT_LEN", 256 // plain_splits)  # one or two suffix splits
+    base = 300 if device.type == "cuda" else 140
+    groups = [(base, [(base, 1 + 9 * i) for i in range(16)]), (0, [(0, n) for n in (1, 50)])]
+    plan = check_cascade(groups, Shape(NUM_KV_HEADS * 4, 128), device, min_shared_prefix=16, seed=5)
+    assert plan.block_m == 64
+    assert launch_configs.prefix_config(plan.block_m, 128, True) == launch_configs.LaunchConfig(128, 4, 1)

@@ -181,15 +181,22 @@ def test_waiting_tiers_keep_a_batch_in_cache_aware_order_and_put_older_arrivals_
         assert names == ["early", "b1", "b3", "b2", "b0", "late"], (now, names)
 
 
-def test_lpm_orders_a_queue_much_longer_than_128():
-    """300 cold requests arrive before one that hits the cache: lpm admits the hit first (a queue
-    past 128 used to fall back to arrival order)."""
+def _cold_queue_then_a_hit(num_cold: int) -> Harness:
+    """One request at a time; a 30-token prompt cached, then ``num_cold`` cold requests queued
+    before one ("hit") that extends the cached prompt."""
     h = Harness(max_running_requests=1)
     h.add("warm", list(range(30)), max_new_tokens=1)
     h.run()
-    for i in range(300):
+    for i in range(num_cold):
         h.add(f"cold{i}", [1000 + i, 7, 7], max_new_tokens=1)
     h.add("hit", list(range(30)) + [5], max_new_tokens=1)
+    return h
+
+
+def test_lpm_orders_a_queue_much_longer_than_128():
+    """300 cold requests arrive before one that hits the cache: lpm admits the hit first (a queue
+    past 128 used to fall back to arrival order)."""
+    h = _cold_queue_then_a_hit(300)
     assert [s.request_id for s in h.step().sequences] == ["hit"]
 
 
@@ -199,12 +206,7 @@ def test_requests_past_the_match_window_follow_in_arrival_order(monkeypatch):
     from radixserve.scheduler import policy
 
     monkeypatch.setattr(policy, "MATCH_WINDOW", 2)
-    h = Harness(max_running_requests=1)
-    h.add("warm", list(range(30)), max_new_tokens=1)
-    h.run()
-    for i in range(3):
-        h.add(f"cold{i}", [1000 + i, 7, 7], max_new_tokens=1)
-    h.add("hit", list(range(30)) + [5], max_new_tokens=1)
+    h = _cold_queue_then_a_hit(3)
     admitted = []
     while h.scheduler.has_work:
         admitted += [s.request_id for s in h.step().sequences if s.prefix_len == 0 or s.request_id == "hit"]
