@@ -106,10 +106,18 @@ def _indptr(lengths: list[int], dtype, device) -> torch.Tensor:
 
 
 def new_tokens(sequences: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step's q, k and v as the model passes them: views of one fused qkv projection's rows
+    (q's token stride is the whole row's), which a backend must read through their strides."""
     q = torch.cat([s.q for s in sequences])  # [T, Hq, D]
     k = torch.cat([s.k[s.past_len :] for s in sequences])  # [T, Hkv, D]
     v = torch.cat([s.v[s.past_len :] for s in sequences])  # [T, Hkv, D]
-    return q, k, v
+    qkv = torch.cat([q.flatten(1), k.flatten(1), v.flatten(1)], dim=1)
+    q_size, kv_size = q[0].numel(), k[0].numel()
+    return (
+        qkv[:, :q_size].view_as(q),
+        qkv[:, q_size : q_size + kv_size].view_as(k),
+        qkv[:, q_size + kv_size :].view_as(v),
+    )
 
 
 def write_past(pool: KVPool, sequences: list[Sequence]) -> None:
