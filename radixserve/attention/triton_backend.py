@@ -122,7 +122,7 @@ class TritonBackend(AttentionBackend):
 
     def warmup(self, num_q_heads: int) -> None:
         """Compile, before the first request, every variant an eager step can launch: the decode
-        kernels and their merge (whole batch and gathered rows), the extend kernel, the K/V store
+        kernels (one split, and several with their merge; whole batch and gathered rows), the extend kernel, the K/V store
         and the shared-prefix cascade. Otherwise each compiles on first use,
         stalling that step ~1 s. (Triton caches compiled kernels on disk: later starts only load
         them.)"""
@@ -133,7 +133,8 @@ class TritonBackend(AttentionBackend):
         seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
         for ids, num_seqs in ((None, 2), (seq_ids, 1)):  # whole batch, gathered decode rows
-            triton_kernels.decode_attention(step.q, k_pool, v_pool, out, *indices, ids, num_seqs, 2, 1.0)
+            for splits in (1, 2):  # one split writes its output directly; more are merged
+                triton_kernels.decode_attention(step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0)
         triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
         self.shared_prefix.warmup(num_q_heads)
         device = step.q.device
