@@ -24,6 +24,7 @@ bandwidth measured in the same run, and its output error against the default con
 (a configuration that breaks the kernel shows up there). The current defaults are marked.
 
     python -m bench.cascade_kernels [--own 129,256,384] [--iters 20] [--quick] [--parts cascade,plain,large]
+    python -m bench.cascade_kernels --parts large --large 768x512 --decoded 256   # decode-step slot layout
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def parse_args() -> argparse.Namespace:
         "--large",
         default="256x1024,768x256,768x512,1024x256",
         help="large decode shapes, BATCHxCONTEXT, comma separated",
+    )
+    parser.add_argument(
+        "--decoded",
+        type=int,
+        default=0,
+        help="large shapes: each context's last N tokens laid out as decode steps allocate them "
+        "(one slot per request per step, a step's slots consecutive) instead of one run per request",
     )
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="a smaller grid (a smoke run)")
@@ -265,12 +273,26 @@ def large_decode(args, device, copy_bytes_s: float) -> None:
     turn: at these sizes each kernel outlasts its launch)."""
     for shape in [s for s in args.large.split(",") if s]:
         batch_size, context = (int(n) for n in shape.split("x"))
-        plain_decode_batch(args, batch_size, context, device, copy_bytes_s, flashinfer=True)
+        plain_decode_batch(args, batch_size, context, device, copy_bytes_s, flashinfer=True, decoded=args.decoded)
 
 
-def plain_decode_batch(args, batch_size: int, context: int, device, copy_bytes_s: float, flashinfer: bool) -> None:
+def plain_contexts(batch_size: int, context: int, decoded: int = 0) -> list[list[int]]:
+    """Each request's slots: its first ``context - decoded`` in one run (a prefilled prompt), then
+    ``decoded`` tokens laid out as decode steps allocate them: step t's slots for the whole batch
+    consecutive, request r's at ``base + t * batch_size + r``. Slot 0 is the pool's dummy."""
+    prompt = context - decoded
+    contexts = [list(range(1 + i * prompt, 1 + (i + 1) * prompt)) for i in range(batch_size)]
+    base = 1 + batch_size * prompt
+    for r, slots in enumerate(contexts):
+        slots.extend(base + t * batch_size + r for t in range(decoded))
+    return contexts
+
+
+def plain_decode_batch(
+    args, batch_size: int, context: int, device, copy_bytes_s: float, flashinfer: bool, decoded: int = 0
+) -> None:
     layers = LAYERS if batch_size < 64 else LARGE_LAYERS
-    contexts = [list(range(1 + i * context, 1 + (i + 1) * context)) for i in range(batch_size)]
+    contexts = plain_contexts(batch_size, context, decoded)
     pool = KVPool(batch_size * context + 1, layers, NUM_KV_HEADS, HEAD_DIM, torch.bfloat16, device)
     for buffer in (*pool.k_buffers, *pool.v_buffers):
         buffer.normal_()
@@ -293,7 +315,8 @@ def plain_decode_batch(args, batch_size: int, context: int, device, copy_bytes_s
 
     step(captured, default)
     want = out.clone()
-    title = f"=== plain decode, batch {batch_size} x {context} ({kv_bytes / 1e6:.1f} MB of K/V a layer)"
+    spread = f", last {decoded} tokens laid out as decode steps allocate them" if decoded else ""
+    title = f"=== plain decode, batch {batch_size} x {context}{spread} ({kv_bytes / 1e6:.1f} MB of K/V a layer)"
     table = Table(title + f", {layers} layers in a CUDA graph, per layer", copy_bytes_s, args.top)
     split_counts = {captured, planned, planned * 2, max(1, planned // 2)} if batch_size < 64 else {captured, 1, 2}
     for config in dict.fromkeys([default, *grid(args.quick, (4, 2, 8))]):
@@ -312,7 +335,9 @@ def plain_decode_batch(args, batch_size: int, context: int, device, copy_bytes_s
 def _flashinfer_plain(pool, contexts, q, layers, iters, device):
     """(variant, us a layer, output of every layer) of FlashInfer's BatchDecode, a layer over each
     pool in turn: tensor cores (the engine's choice at these sizes) with its split-KV scheduler and
-    with ``disable_split_kv`` (where this FlashInfer takes it), and the CUDA-core kernel."""
+    with ``disable_split_kv`` (where this FlashInfer takes it), and the CUDA-core kernel, each
+    planned eagerly and run eagerly; then tensor cores planned and run as the engine's decode graphs
+    do (``use_cuda_graph`` wrappers over fixed buffers, the layers replayed from a CUDA graph)."""
     if importlib.util.find_spec("flashinfer") is None:
         print("(flashinfer not installed: its rows are skipped)")
         return []
@@ -343,6 +368,32 @@ def _flashinfer_plain(pool, contexts, q, layers, iters, device):
                 w.run(q, paged[layer], out=out[layer])
 
         us = time_us(run, iters, device) / layers
+        results.append((name, us, out.clone()))
+    for name, extra in [("tensor cores, graph-mode plan (the engine's)", {}),
+                        ("tensor cores, graph-mode plan, no split-KV", {"disable_split_kv": True})]:  # fmt: skip
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            workspace, "NHD", use_cuda_graph=True, use_tensor_cores=True,
+            paged_kv_indptr_buffer=torch.zeros(len(contexts) + 1, dtype=torch.int32, device=device),
+            paged_kv_indices_buffer=torch.zeros(indices.numel(), dtype=torch.int32, device=device),
+            paged_kv_last_page_len_buffer=torch.ones(len(contexts), dtype=torch.int32, device=device),
+        )  # fmt: skip
+        try:
+            wrapper.plan(indptr, indices, last, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, 1,
+                         q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16, **extra)  # fmt: skip
+        except (TypeError, RuntimeError) as error:  # an option this FlashInfer does not have in graph mode
+            print(f"(flashinfer BatchDecode, {name}: {error})")
+            continue
+
+        def run_graph(w=wrapper):
+            for layer in range(layers):
+                w.run(q, paged[layer], out=out[layer])
+
+        run_graph()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run_graph()
+        us = time_us(graph.replay, iters, device) / layers
         results.append((name, us, out.clone()))
     return results
 

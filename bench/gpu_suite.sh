@@ -6,7 +6,7 @@
 #   bench/gpu_suite.sh prefix sweep     # any parts, in order
 #   bench/gpu_suite.sh all              # issue 5, then issue 6 (prefix, policies, sweep, multiturn)
 #
-# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe offline-triton-decode (issue 5); cascade-kernels cascade-kernels-plain cascade-kernels-large profile-cascade prefix prefix-nomix prefix-variants policies sweep
+# Parts: offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe offline-triton-decode (issue 5); cascade-kernels cascade-kernels-plain cascade-kernels-large cascade-kernels-spread profile-cascade prefix prefix-nomix prefix-variants policies sweep
 # multiturn (issue 6).
 # Measured on one H200 with a restored JIT cache (2026-11-29): sharegpt alone without HF 73 s,
 # latency 46 s (HF adds ~30 s), serving at one rate x 200 requests ~100 s, shared-prefix on/off
@@ -109,13 +109,15 @@ part() {
         # (a diagnostic of its own: none of the engine flags the other parts take)
         echo "=== gemv-probe"
         "${LIMIT[@]}" "$PY" -m bench.gemv_probe 2>&1 | tee "$RESULTS/logs/gemv-probe.log" || FAILED+=(gemv-probe) ;;
-    cascade-kernels | cascade-kernels-plain | cascade-kernels-large)
+    cascade-kernels | cascade-kernels-plain | cascade-kernels-large | cascade-kernels-spread)
         # the decode kernels' launch configurations, part by part (a diagnostic: no engine flags):
-        # all of them; the plain decode's alone at the batch sizes of (d); or large decode batches,
-        # the Triton decode against FlashInfer's (which runs them by default)
+        # all of them; the plain decode's alone at the batch sizes of (d); large decode batches,
+        # the Triton decode against FlashInfer's (which runs them by default); or the same with
+        # half of each context laid out as decode steps allocate it, as in workload (a)
         local args=()
         [ "$1" = cascade-kernels-plain ] && args=(--parts plain --small-batches 1,8,32 --top 10)
         [ "$1" = cascade-kernels-large ] && args=(--parts large --top 10)
+        [ "$1" = cascade-kernels-spread ] && args=(--parts large --large 768x512,256x1024 --decoded 256 --top 6)
         echo "=== $1"
         "${LIMIT[@]}" "$PY" -m bench.cascade_kernels "${args[@]}" 2>&1 | tee "$RESULTS/logs/$1.log" ||
             FAILED+=("$1") ;;
@@ -127,7 +129,7 @@ part() {
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \
             --steps 5 --top 14 --host-profile 25 ;;
-    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe cascade-kernels cascade-kernels-plain cascade-kernels-large offline-triton-decode profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
+    *) echo "unknown part $1 (offline offline-split serving latency latency-split latency-tuning latency-ragged profiles gemv-probe cascade-kernels cascade-kernels-plain cascade-kernels-large cascade-kernels-spread offline-triton-decode profile-cascade prefix prefix-nomix prefix-variants policies sweep multiturn all)"; FAILED+=("$1") ;;
     esac
 }
 
