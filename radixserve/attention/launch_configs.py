@@ -25,6 +25,9 @@ MAX_GRAPH_SPLITS = 16  # the most splits a captured decode step takes (``TritonB
 # (the eager split counts), and a captured step whose split count would not is run eagerly.
 MAX_SPLIT_KEYS = 2048
 SKEW = 4  # a batch is skewed when its longest context is more than this many times the mean
+# a captured step whose batch fills the card alone reads contexts in chunks of MAX_SPLIT_KEYS keys,
+# at most this many chunks each (8,192 keys); a longer context makes the step eager
+CHUNKED_GRAPH_SPLITS = 4
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,38 @@ def graph_splits(target: int, programs_per_split: int, most: int = MAX_GRAPH_SPL
     A batch it would serve badly runs eagerly instead (``skewed``)."""
     wanted = -(-2 * target // max(programs_per_split, 1))
     return pow2_floor(max(1, min(wanted, most)))
+
+
+@dataclass(frozen=True)
+class DecodeLayout:
+    """How a captured decode step splits its contexts: ``splits`` ways evenly (``chunk_len`` 0), or
+    in chunks of ``chunk_len`` keys, at most ``splits`` of them (a shorter context is one split)."""
+
+    splits: int
+    chunk_len: int = 0
+
+
+def graph_layout(target: int, programs_per_split: int, most: int = MAX_GRAPH_SPLITS) -> DecodeLayout:
+    """The layout of a captured decode step. Below the card's program target, contexts split evenly
+    (``graph_splits``). A batch that fills the card alone (one split) is chunked instead: a context
+    of at most ``MAX_SPLIT_KEYS`` keys is one split, written without a merge, and a longer one is
+    read in chunks of that many keys, at most ``CHUNKED_GRAPH_SPLITS``, then merged. One long
+    context among short ones then no longer makes the step eager: with one split it did, and in
+    workload (a) every large step on the Triton decode ran eagerly while its 2,048-token prompts
+    decoded."""
+    splits = graph_splits(target, programs_per_split, most)
+    if splits > 1:
+        return DecodeLayout(splits)
+    return DecodeLayout(max(1, min(CHUNKED_GRAPH_SPLITS, most)), MAX_SPLIT_KEYS)
+
+
+def needs_eager(seq_lens: list[int], layout: DecodeLayout) -> bool:
+    """Whether a decode batch must not replay a step captured with ``layout``: a chunked step reads
+    at most ``splits * chunk_len`` keys of a context (a longer one would be cut short); an evenly
+    split one would be ``skewed``."""
+    if layout.chunk_len:
+        return max(seq_lens, default=0) > layout.splits * layout.chunk_len
+    return skewed(seq_lens, layout.splits)
 
 
 def skewed(seq_lens: list[int], splits: int) -> bool:

@@ -29,7 +29,13 @@ import torch
 from radixserve.attention import triton_cascade, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
-from radixserve.attention.launch_configs import MAX_GRAPH_SPLITS, decode_splits, graph_splits, skewed
+from radixserve.attention.launch_configs import (
+    MAX_GRAPH_SPLITS,
+    DecodeLayout,
+    decode_splits,
+    graph_layout,
+    needs_eager,
+)
 from radixserve.attention.shared_prefix import SharedPrefixDecode
 from radixserve.attention.upload import upload_aligned
 
@@ -42,6 +48,7 @@ class _StepPlan:
     block_seq: torch.Tensor | None  # [num_blocks] int32, sequence of each extend query block
     block_index: torch.Tensor | None  # [num_blocks] int32, the block's index within its sequence's rows
     cascade: triton_cascade.CascadePlan | None = None  # set: the whole (decode) step runs the cascade
+    chunk_len: int = 0  # > 0: decode contexts read in chunks of this many keys (a captured layout)
 
 
 class TritonBackend(AttentionBackend):
@@ -66,6 +73,7 @@ class TritonBackend(AttentionBackend):
         self.block_m = triton_kernels.extend_block_m(kv_pool.head_dim)
         self.shared_prefix = SharedPrefixDecode(kv_pool, num_q_heads, min_shared_prefix, min_saved_bytes)
         self._plan: _StepPlan | None = None
+        self._captured: dict[int, DecodeLayout] = {}  # layout of each captured (padded) batch size
 
     @property
     def step_cascade(self) -> triton_cascade.CascadePlan | None:
@@ -77,11 +85,11 @@ class TritonBackend(AttentionBackend):
     def wants_eager(self, batch: ForwardBatch) -> bool:
         """True when ``batch`` runs the shared-prefix cascade (eager only) rather than the plain
         decode a CUDA graph would replay (the plan made here is reused by ``prepare(batch)``), or
-        when the captured split count would leave a long context among short ones to a few programs
-        (``launch_configs.skewed``: the eager step splits for the longest context)."""
+        when the layout captured at the padded size does not suit its lengths
+        (``launch_configs.needs_eager``: the eager step splits for the longest context)."""
         if self.shared_prefix.plan(batch) is not None:
             return True
-        return batch.is_decode and skewed(batch.seq_lens, self._graph_splits(batch.batch_size))
+        return batch.is_decode and needs_eager(batch.seq_lens, self._replay_layout(batch.batch_size))
 
     def prepare(self, batch: ForwardBatch) -> None:
         cascade = self.shared_prefix.take(batch)
@@ -110,12 +118,19 @@ class TritonBackend(AttentionBackend):
     def prepare_graph(self, batch: ForwardBatch) -> None:
         """Plan a padded decode batch held in static buffers; the forward after it is capturable."""
         self.shared_prefix.forget()
-        self._plan = _StepPlan(batch.batch_size, None, self._graph_splits(batch.batch_size), None, None)
+        layout = self._graph_layout(batch.batch_size)
+        self._captured[batch.batch_size] = layout
+        self._plan = _StepPlan(batch.batch_size, None, layout.splits, None, None, chunk_len=layout.chunk_len)
 
-    def _graph_splits(self, batch_size: int) -> int:
-        """The split count of a captured decode step of ``batch_size`` (a padded size at capture;
-        asked with the real size before a replay, which pads to the same count or one more)."""
-        return graph_splits(self.shared_prefix.target_programs, batch_size * self.num_kv_heads, self.num_kv_splits)
+    def _graph_layout(self, batch_size: int) -> DecodeLayout:
+        """The layout of a captured decode step of ``batch_size``."""
+        return graph_layout(self.shared_prefix.target_programs, batch_size * self.num_kv_heads, self.num_kv_splits)
+
+    def _replay_layout(self, batch_size: int) -> DecodeLayout:
+        """The layout a replay of a ``batch_size`` batch would run: the graph runner pads it to the
+        smallest captured size that holds it (``DecodeGraphRunner.replay``)."""
+        padded = min((size for size in self._captured if size >= batch_size), default=batch_size)
+        return self._captured.get(padded) or self._graph_layout(padded)
 
     def _eager_splits(self, num_decodes: int, max_len: int) -> int:
         return decode_splits(self.shared_prefix.target_programs, num_decodes * self.num_kv_heads, max_len)
@@ -175,9 +190,15 @@ class TritonBackend(AttentionBackend):
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         indices = (batch.qo_indptr, batch.kv_indptr, batch.kv_slots)
         if plan.num_decodes:
+            merge_heads = 1
+            if plan.chunk_len:
+                merge_heads = triton_cascade.merge_heads_per_program(
+                    plan.num_decodes, q.shape[1], self.shared_prefix.target_programs
+                )
             triton_kernels.decode_attention(
-                q, k_pool, v_pool, out, *indices, plan.decode_seq_ids, plan.num_decodes, plan.num_splits, scale
-            )
+                q, k_pool, v_pool, out, *indices, plan.decode_seq_ids, plan.num_decodes, plan.num_splits, scale,
+                chunk_len=plan.chunk_len, merge_heads=merge_heads,
+            )  # fmt: skip
         if plan.block_seq is not None:
             triton_kernels.extend_attention(q, k_pool, v_pool, out, *indices, plan.block_seq, plan.block_index, scale)
         return out

@@ -187,14 +187,14 @@ def _cascade_merge_heads_kernel(
     # the largest log-sum-exp per head (suffix split 0 always holds the newest key: finite); heads
     # past NUM_Q_HEADS read 0 and are never stored
     best = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    best = _heads_lse_max(prefix_lse_ptr, prefix_base, num_prefix, h_mask, best)
-    best = _heads_lse_max(suffix_lse_ptr, suffix_base, num_suffix_splits, h_mask, best)
+    best = triton_kernels.heads_lse_max(prefix_lse_ptr, prefix_base, num_prefix, h_mask, best)
+    best = triton_kernels.heads_lse_max(suffix_lse_ptr, suffix_base, num_suffix_splits, h_mask, best)
     total = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     weight = tl.zeros([BLOCK_H], dtype=tl.float32)
-    total, weight = _heads_weighted(
+    total, weight = triton_kernels.heads_weighted(
         prefix_lse_ptr, prefix_out_ptr, prefix_base, num_prefix, best, total, weight, offs_d, h_mask, mask, HEAD_DIM
     )
-    total, weight = _heads_weighted(
+    total, weight = triton_kernels.heads_weighted(
         suffix_lse_ptr, suffix_out_ptr, suffix_base, num_suffix_splits, best, total, weight, offs_d, h_mask, mask,
         HEAD_DIM,
     )  # fmt: skip
@@ -202,26 +202,6 @@ def _cascade_merge_heads_kernel(
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
     out_offs = row * stride_out_token + heads[:, None] * stride_out_head + offs_d[None, :]
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _heads_lse_max(lse_ptr, base, count, h_mask, best):
-    """``best`` ([BLOCK_H]) maxed with each head's ``lse[base : base + count]``, one split at a time."""
-    for split in range(0, count):
-        best = tl.maximum(best, tl.load(lse_ptr + base + split, mask=h_mask, other=0.0))
-    return best
-
-
-@triton.jit
-def _heads_weighted(lse_ptr, out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM: tl.constexpr):
-    """Adds each head's partial outputs ``out[base : base + count]``, weighted by
-    ``exp2(lse - best)``, to ``total`` ([BLOCK_H, BLOCK_D]) and the weights to ``weight``."""
-    for split in range(0, count):
-        w = tl.exp2(tl.load(lse_ptr + base + split, mask=h_mask, other=0.0) - best)
-        rows = tl.load(out_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
-        total += w[:, None] * rows
-        weight += w
-    return total, weight
 
 
 def merge_heads_per_program(batch_size: int, num_q_heads: int, target_programs: int) -> int:

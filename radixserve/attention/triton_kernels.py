@@ -11,7 +11,9 @@ scores) with float32 accumulators; inputs are bf16, fp16 or fp32.
 * ``decode_attention``: flash-decoding, one query row per sequence. Stage 1, grid
   ``(sequence, kv head, split)``, runs every query head of one KV head group over one slice of
   the context (K/V loaded once for the group) and writes a partial output and its log-sum-exp;
-  stage 2, grid ``(sequence, q head)``, merges the splits. Every shape depends only on the batch
+  stage 2, grid ``(sequence, q head)``, merges the splits. A context that one split reads whole
+  (one split, or a chunked decode's short context) is written by stage 1 directly; a chunked
+  decode's merge takes several heads per program. Every shape depends only on the batch
   size and the split count, and lengths are read from ``kv_indptr`` on the device, so a decode
   step can be captured in a CUDA graph. ``decode_partials`` is stage 1 alone, optionally from a
   per-sequence first position (the shared-prefix cascade of ``triton_cascade.py`` merges it).
@@ -62,7 +64,7 @@ def _store_kv_kernel(
     tl.store(v_pool_ptr + pool_offs, v.to(v_pool_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["num_splits"])  # one compiled variant whatever the split count
+@triton.jit(do_not_specialize=["num_splits", "chunk_len"])  # one compiled variant whatever the counts
 def _decode_split_kernel(
     q_ptr,  # [T, Hq, D]
     k_pool_ptr,  # [num_slots, Hkv, D]
@@ -72,16 +74,18 @@ def _decode_split_kernel(
     kv_slots_ptr,  # [sum(seq_lens)]
     seq_ids_ptr,  # [num_seqs], read only when GATHER
     kv_offsets_ptr,  # [B] first context position to attend, read only when HAS_OFFSET
-    part_out_ptr,  # [num_seqs, Hq, num_splits, D] float32; with DIRECT, out [T, Hq, D]
-    part_lse_ptr,  # [num_seqs, Hq, num_splits] float32, base 2; not written with DIRECT
+    part_out_ptr,  # [num_seqs, Hq, num_splits, D] float32
+    part_lse_ptr,  # [num_seqs, Hq, num_splits] float32, base 2
+    out_ptr,  # [T, Hq, D], written only when HAS_OUT
     scale_log2,
     stride_q_token,
     stride_q_head,
     stride_pool_slot,
     stride_pool_head,
-    stride_out_token,  # DIRECT only
-    stride_out_head,  # DIRECT only
+    stride_out_token,
+    stride_out_head,
     num_splits,
+    chunk_len,  # > 0: every split reads this many keys (a multiple of BLOCK_N); 0: splits share a context evenly
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,
@@ -91,7 +95,7 @@ def _decode_split_kernel(
     GATHER: tl.constexpr,
     HAS_OFFSET: tl.constexpr,
     USE_DOT: tl.constexpr,
-    DIRECT: tl.constexpr,  # one split: write the normalized output itself (no merge stage)
+    HAS_OUT: tl.constexpr,  # a context read whole by split 0 (see ``_direct``) is written to out, not merged
 ):
     index = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -102,10 +106,13 @@ def _decode_split_kernel(
     seq_len = (tl.load(kv_indptr_ptr + seq + 1) - kv_start).to(tl.int32)
     offset = tl.load(kv_offsets_ptr + seq).to(tl.int32) if HAS_OFFSET else 0
     # this split's slice of context positions offset..seq_len, a whole number of KV blocks long
-    split_len = (seq_len - offset + num_splits - 1) // num_splits
-    split_len = (split_len + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    keys = seq_len - offset
+    even_len = ((keys + num_splits - 1) // num_splits + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    split_len = tl.where(chunk_len > 0, chunk_len, even_len)
     lo = offset + split * split_len
     hi = tl.minimum(lo + split_len, seq_len)
+    # chunked: a split past the context (or a direct context's later splits) reads and writes nothing
+    idle = (chunk_len > 0) & (lo >= seq_len)
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
@@ -114,7 +121,7 @@ def _decode_split_kernel(
     g_mask = offs_g < GROUP
     d_mask = offs_d < HEAD_DIM
     q_offs = row * stride_q_token + heads[:, None] * stride_q_head + offs_d[None, :]
-    q = tl.load(q_ptr + q_offs, mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_G, BLOCK_D]
+    q = tl.load(q_ptr + q_offs, mask=g_mask[:, None] & d_mask[None, :] & ~idle, other=0.0)  # [BLOCK_G, BLOCK_D]
     if USE_DOT:
         q = q.to(k_pool_ptr.dtype.element_ty)
     else:
@@ -148,15 +155,25 @@ def _decode_split_kernel(
     # an empty split (context shorter than the split count allows) weighs nothing in the merge
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    if DIRECT:
+    partial = ~idle
+    if HAS_OUT:
+        direct = _direct(keys, split_len, num_splits, chunk_len)
         out_offs = row * stride_out_token + heads[:, None] * stride_out_head + offs_d[None, :]
-        tl.store(part_out_ptr + out_offs, out.to(part_out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
-    else:
-        lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-        part = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits + split  # [BLOCK_G]
-        tl.store(part_lse_ptr + part, lse, mask=g_mask)
-        out_offs = part[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(part_out_ptr + out_offs, out, mask=g_mask[:, None] & d_mask[None, :])
+        out_mask = g_mask[:, None] & d_mask[None, :] & direct & (split == 0)
+        tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+        partial = partial & ~direct
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    part = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits + split  # [BLOCK_G]
+    tl.store(part_lse_ptr + part, lse, mask=g_mask & partial)
+    part_offs = part[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(part_out_ptr + part_offs, out, mask=g_mask[:, None] & d_mask[None, :] & partial)
+
+
+@triton.jit
+def _direct(keys, split_len, num_splits, chunk_len):
+    """Whether split 0 reads a context whole and writes its output itself (no merge): always at one
+    split; when chunked, a context of at most one chunk. (Evenly split contexts are all merged.)"""
+    return (keys <= split_len) & ((num_splits == 1) | (chunk_len > 0))
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -191,6 +208,71 @@ def _decode_merge_kernel(
     out = tl.sum(total, 0) / tl.sum(weight, 0)  # [BLOCK_D]
     out_offs = row * stride_out_token + head * stride_out_head + offs_d
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+@triton.jit(do_not_specialize=["num_splits", "chunk_len"])
+def _decode_merge_heads_kernel(
+    part_out_ptr,  # [num_seqs, Hq, num_splits, D] float32
+    part_lse_ptr,  # [num_seqs, Hq, num_splits] float32
+    out_ptr,  # [T, Hq, D]
+    qo_indptr_ptr,
+    kv_indptr_ptr,
+    seq_ids_ptr,
+    stride_out_token,
+    stride_out_head,
+    num_splits,
+    chunk_len,
+    NUM_Q_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    GATHER: tl.constexpr,
+):
+    """The merge of a chunked decode (every split ``chunk_len`` keys), ``BLOCK_H`` heads of a
+    sequence per program, over the splits its context fills. A context of one chunk was written by
+    stage 1: its program stores nothing. (At large batches a program per sequence and head does too
+    little to pay for itself: 24,576 of them took 83 us a layer at batch 768 on an H200.)"""
+    index = tl.program_id(0)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    seq = tl.load(seq_ids_ptr + index) if GATHER else index
+    kv_start = tl.load(kv_indptr_ptr + seq)
+    keys = (tl.load(kv_indptr_ptr + seq + 1) - kv_start).to(tl.int32)
+    count = (keys + chunk_len - 1) // chunk_len
+    count = tl.where(count > 1, tl.minimum(count, num_splits), 0)
+    h_mask = heads < NUM_Q_HEADS
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = h_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    base = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits
+    best = heads_lse_max(part_lse_ptr, base, count, h_mask, tl.full([BLOCK_H], float("-inf"), dtype=tl.float32))
+    total = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    weight = tl.zeros([BLOCK_H], dtype=tl.float32)
+    total, weight = heads_weighted(
+        part_lse_ptr, part_out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM
+    )
+    out = total / tl.where(count > 0, weight, 1.0)[:, None]
+    row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
+    out_offs = row * stride_out_token + heads[:, None] * stride_out_head + offs_d[None, :]
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=mask & (count > 0))
+
+
+@triton.jit
+def heads_lse_max(lse_ptr, base, count, h_mask, best):
+    """``best`` ([BLOCK_H]) maxed with each head's ``lse[base : base + count]``, one split at a time."""
+    for split in range(0, count):
+        best = tl.maximum(best, tl.load(lse_ptr + base + split, mask=h_mask, other=0.0))
+    return best
+
+
+@triton.jit
+def heads_weighted(lse_ptr, out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM: tl.constexpr):
+    """Adds each head's partial outputs ``out[base : base + count]``, weighted by
+    ``exp2(lse - best)``, to ``total`` ([BLOCK_H, BLOCK_D]) and the weights to ``weight``."""
+    for split in range(0, count):
+        w = tl.exp2(tl.load(lse_ptr + base + split, mask=h_mask, other=0.0) - best)
+        rows = tl.load(out_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
+        total += w[:, None] * rows
+        weight += w
+    return total, weight
 
 
 @triton.jit
@@ -394,20 +476,37 @@ def decode_attention(
     num_splits: int,
     scale: float,
     config: LaunchConfig | None = None,  # stage 1's launch; default: ``launch_configs.decode_config``
+    chunk_len: int = 0,
+    merge_heads: int = 1,
 ) -> None:
-    """Attention of one query row per sequence over its whole context (split ``num_splits`` ways;
-    one split writes ``out`` in stage 1 and skips the merge: 83 us a layer at batch 768 on an H200)."""
+    """Attention of one query row per sequence over its whole context.
+
+    ``chunk_len`` 0: each context is split ``num_splits`` ways evenly, then merged (one split writes
+    ``out`` in stage 1 and skips the merge: the merge cost 83 us a layer at batch 768 on an H200).
+    ``chunk_len`` > 0 (a multiple of the launch's ``block_n``): each split reads ``chunk_len``
+    keys, so a short context is one split, written by stage 1, and only longer ones are merged,
+    ``merge_heads`` heads a program. Every context must then fit ``num_splits * chunk_len`` keys
+    (the caller's check: the lengths are on the device)."""
+    part_out, part_lse = _split_stage(
+        q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale, None, config,
+        out=out, chunk_len=chunk_len,
+    )  # fmt: skip
     if num_splits == 1:
-        _split_stage(q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, 1, scale, None, config, out)
         return
-    part_out, part_lse = decode_partials(
-        q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale, config=config
-    )
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     gather = seq_ids is not None
+    block_d = triton.next_power_of_2(head_dim)
+    if chunk_len > 0:
+        _decode_merge_heads_kernel[(num_seqs, triton.cdiv(num_q_heads, merge_heads))](
+            part_out, part_lse, out, qo_indptr, kv_indptr, seq_ids if gather else qo_indptr,
+            out.stride(0), out.stride(1), num_splits, chunk_len,
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=merge_heads, GATHER=gather,
+            num_warps=8 if merge_heads * block_d >= 2048 else 4,
+        )  # fmt: skip
+        return
     _decode_merge_kernel[(num_seqs, num_q_heads)](
         part_out, part_lse, out, qo_indptr, seq_ids if gather else qo_indptr, out.stride(0), out.stride(1),
-        num_splits, NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        num_splits, NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
         CHUNK=MERGE_CHUNK, GATHER=gather, num_warps=4 if head_dim >= 128 else 2,
     )  # fmt: skip
 
@@ -437,7 +536,8 @@ def decode_partials(
 
 def _split_stage(
     q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale, kv_offsets, config,
-    out: torch.Tensor | None = None,  # one split only: write the output here instead of partials
+    out: torch.Tensor | None = None,  # given: contexts that one split reads whole are written here
+    chunk_len: int = 0,
 ):  # fmt: skip
     config = config or decode_config(q.shape[2], tuned(q.device, k_pool.dtype))
     num_q_heads, head_dim = q.shape[1], q.shape[2]
@@ -445,21 +545,22 @@ def _split_stage(
     group = num_q_heads // num_kv_heads
     use_dot = group > 1  # tl.dot needs >= 16 rows: a GQA group is padded to 16 heads
     block_g = max(16, triton.next_power_of_2(group)) if use_dot else 1
-    direct = out is not None
-    if direct:
-        part_out, part_lse, out_strides = out, out, (out.stride(0), out.stride(1))
+    has_out = out is not None
+    if has_out and num_splits == 1:  # every context is written directly: no partials
+        part_out = part_lse = out
     else:
         part_out = torch.empty(num_seqs, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(num_seqs, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
-        out_strides = (0, 0)
+    out_t, out_strides = (out, (out.stride(0), out.stride(1))) if has_out else (part_out, (0, 0))
     gather, has_offset = seq_ids is not None, kv_offsets is not None
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids if gather else qo_indptr,
-        kv_offsets if has_offset else qo_indptr, part_out, part_lse,
-        scale * LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), *out_strides, num_splits,
+        kv_offsets if has_offset else qo_indptr, part_out, part_lse, out_t,
+        scale * LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), *out_strides,
+        num_splits, chunk_len,
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_N=config.block_n, GATHER=gather,
-        HAS_OFFSET=has_offset, USE_DOT=use_dot, DIRECT=direct, num_warps=config.num_warps,
+        HAS_OFFSET=has_offset, USE_DOT=use_dot, HAS_OUT=has_out, num_warps=config.num_warps,
         num_stages=config.num_stages,
     )  # fmt: skip
     return part_out, part_lse

@@ -39,6 +39,30 @@ def test_a_long_context_among_short_ones_is_skewed():
     assert not lc.skewed([], splits=2)
 
 
+def test_a_batch_that_fills_the_card_is_captured_in_chunks():
+    """Below the program target a captured step splits contexts evenly; a batch that fills the card
+    alone reads them in chunks of MAX_SPLIT_KEYS keys, at most CHUNKED_GRAPH_SPLITS of them."""
+    assert lc.graph_layout(TARGET, 32 * KV_HEADS) == lc.DecodeLayout(2)
+    chunked = lc.graph_layout(TARGET, 256 * KV_HEADS)
+    assert chunked == lc.DecodeLayout(lc.CHUNKED_GRAPH_SPLITS, lc.MAX_SPLIT_KEYS)
+    assert lc.MAX_SPLIT_KEYS % 128 == 0  # a whole number of KV blocks at every launch's block width
+    assert lc.graph_layout(TARGET, 256 * KV_HEADS, most=2) == lc.DecodeLayout(2, lc.MAX_SPLIT_KEYS)
+
+
+def test_a_chunked_step_replays_until_a_context_outgrows_its_chunks():
+    """Workload (a)'s large batches: one 2,717-token context among ~300-token ones was skewed at one
+    split (every such step ran eagerly); chunked, it replays. A context past every chunk would be
+    cut short, so that step must run eagerly."""
+    chunked = lc.DecodeLayout(4, 2048)
+    batch = [300] * 700 + [2717]
+    assert lc.skewed(batch, splits=1)
+    assert not lc.needs_eager(batch, chunked)
+    assert not lc.needs_eager([300] * 700 + [4 * 2048], chunked)
+    assert lc.needs_eager([300] * 700 + [4 * 2048 + 1], chunked)
+    assert lc.needs_eager([1024] * 31 + [32768], lc.DecodeLayout(2)) == lc.skewed([1024] * 31 + [32768], 2)
+    assert not lc.needs_eager([], chunked)
+
+
 def test_tuned_launches_only_where_measured():
     """The launches measured on Hopper with bf16 K/V apply there only; everywhere else (and off
     CUDA) the earlier launches, which fit smaller cards' shared memory."""

@@ -259,6 +259,68 @@ def test_triton_decode_any_split_count(num_splits, device):
     assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
 
 
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("merge_heads", [1, 4, 8])
+@pytest.mark.parametrize("gather", [False, True])
+def test_triton_chunked_decode(merge_heads, gather, device):
+    """Chunked decode (every split reads ``chunk_len`` keys): a context of one chunk is written by
+    stage 1, a longer one merged several heads a program, whole batch or gathered rows alike."""
+    triton_kernels = pytest.importorskip("radixserve.attention.triton_kernels", reason="needs triton")
+    shape = Shape(NUM_KV_HEADS * 4, 64)
+    sequences = make_sequences(DECODE[size(device)], shape, device, seed=7)
+    pool = make_pool(sequences, shape, device)
+    write_past(pool, sequences)
+    batch = make_batch(sequences, device)
+    q, k, v = new_tokens(sequences)
+    k_pool, v_pool = pool.get(LAYER)
+    triton_kernels.store_kv(k, v, k_pool, v_pool, batch.out_slots)
+    chunk = 64
+    splits = -(-max(s.seq_len for s in sequences) // chunk)
+    assert any(s.seq_len <= chunk for s in sequences) and any(s.seq_len > chunk for s in sequences)
+    seq_ids = None
+    if gather:  # every sequence, listed last first
+        seq_ids = torch.arange(len(sequences) - 1, -1, -1, dtype=torch.int32, device=device)
+    out = torch.empty_like(q)
+    triton_kernels.decode_attention(
+        q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, seq_ids, len(sequences), splits,
+        shape.head_dim**-0.5, chunk_len=chunk, merge_heads=merge_heads,
+    )  # fmt: skip
+    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+
+
+@pytest.mark.triton_interpreter
+def test_triton_captured_chunked_layout_matches_and_guards_long_contexts(monkeypatch, device):
+    """A captured step of a batch that fills the card reads contexts in chunks (forced here with
+    small chunks): it matches the reference, and a batch with a context past every chunk of the
+    layout captured at its padded size asks for an eager step (it would be cut short)."""
+    triton_backend = pytest.importorskip("radixserve.attention.triton_backend", reason="needs triton")
+    from radixserve.attention import launch_configs
+
+    monkeypatch.setattr(launch_configs, "graph_splits", lambda *args, **kwargs: 1)  # every batch fills the card
+    monkeypatch.setattr(launch_configs, "MAX_SPLIT_KEYS", 64)
+    monkeypatch.setattr(launch_configs, "CHUNKED_GRAPH_SPLITS", 32)
+    shape = Shape(NUM_KV_HEADS * 4, 64)
+    sequences = make_sequences(DECODE[size(device)], shape, device, seed=8)
+    pool = make_pool(sequences, shape, device)
+    write_past(pool, sequences)
+    backend = triton_backend.TritonBackend(pool, num_kv_splits=32, num_q_heads=shape.num_q_heads)
+    batch = make_batch(sequences, device)
+    assert not backend.wants_eager(batch)
+    backend.prepare_graph(batch)  # as at capture: this size's layout is recorded
+    assert backend._plan.chunk_len == 64 and backend._plan.num_splits == 32
+    out = backend.forward(*new_tokens(sequences), LAYER, batch, shape.head_dim**-0.5)
+    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+
+    def decode_batch(seq_lens: list[int]) -> ForwardBatch:  # only the lengths matter to the choice
+        rows = torch.zeros(len(seq_lens), dtype=torch.int64, device=device)
+        indptr = torch.zeros(len(seq_lens) + 1, dtype=torch.int64, device=device)
+        return ForwardBatch(rows, rows, rows, indptr, indptr, rows, seq_lens, [1] * len(seq_lens), rows)
+
+    smaller = len(sequences) - 2  # pads to the recorded size
+    assert not backend.wants_eager(decode_batch([3] * (smaller - 1) + [32 * 64]))
+    assert backend.wants_eager(decode_batch([3] * (smaller - 1) + [32 * 64 + 1]))
+
+
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_warmup_writes_only_the_dummy_slot_and_steps_still_match(backend_name, device):
     """``warmup`` (run at engine start on CUDA) compiles the eager kernels on dummy inputs: it may

@@ -235,7 +235,7 @@ def test_a_skewed_decode_batch_is_not_replayed_from_a_graph(device):
     the backend asks for an eager step, which splits for the longest context; an even batch replays."""
     pool = KVPool(8, LAYER + 1, NUM_KV_HEADS, 64, torch.bfloat16, device)
     backend = triton_backend.TritonBackend(pool, num_q_heads=NUM_KV_HEADS * 4)
-    longest = (launch_configs.MAX_SPLIT_KEYS + 1) * backend._graph_splits(32)
+    longest = (launch_configs.MAX_SPLIT_KEYS + 1) * backend._graph_layout(32).splits
 
     def decode_batch(seq_lens: list[int]) -> ForwardBatch:  # only the lengths matter to the choice
         rows = torch.zeros(len(seq_lens), dtype=torch.int64, device=device)
