@@ -26,7 +26,10 @@ MAX_GRAPH_SPLITS = 16  # the most splits a captured decode step takes (``TritonB
 MAX_SPLIT_KEYS = 2048
 SKEW = 4  # a batch is skewed when its longest context is more than this many times the mean
 # a captured step whose batch fills the card alone reads contexts in chunks of MAX_SPLIT_KEYS keys,
-# at most this many chunks each (8,192 keys); a longer context makes the step eager
+# at most this many chunks each (8,192 keys); a longer context makes the step eager. Each chunk slot
+# is a program per sequence and KV head, idle past a context's end: more slots cover longer contexts
+# at the cost of dispatching idle programs (a batch of >= 66 contexts past 8k keys needs a pool of
+# > 540k tokens, near an 80 GB card's for an 8B model)
 CHUNKED_GRAPH_SPLITS = 4
 
 
@@ -122,9 +125,9 @@ def graph_layout(target: int, programs_per_split: int, most: int = MAX_GRAPH_SPL
     workload (a) every large step on the Triton decode ran eagerly while its 2,048-token prompts
     decoded."""
     splits = graph_splits(target, programs_per_split, most)
-    if splits > 1:
+    if splits > 1 or most <= 1:  # (one even split reads a context of any length)
         return DecodeLayout(splits)
-    return DecodeLayout(max(1, min(CHUNKED_GRAPH_SPLITS, most)), MAX_SPLIT_KEYS)
+    return DecodeLayout(min(CHUNKED_GRAPH_SPLITS, most), MAX_SPLIT_KEYS)
 
 
 def needs_eager(seq_lens: list[int], layout: DecodeLayout) -> bool:

@@ -546,7 +546,7 @@ def _split_stage(
     use_dot = group > 1  # tl.dot needs >= 16 rows: a GQA group is padded to 16 heads
     block_g = max(16, triton.next_power_of_2(group)) if use_dot else 1
     has_out = out is not None
-    if has_out and num_splits == 1:  # every context is written directly: no partials
+    if has_out and num_splits == 1 and chunk_len == 0:  # every context is written directly: no partials
         part_out = part_lse = out
     else:
         part_out = torch.empty(num_seqs, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)

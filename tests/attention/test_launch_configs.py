@@ -47,6 +47,7 @@ def test_a_batch_that_fills_the_card_is_captured_in_chunks():
     assert chunked == lc.DecodeLayout(lc.CHUNKED_GRAPH_SPLITS, lc.MAX_SPLIT_KEYS)
     assert lc.MAX_SPLIT_KEYS % 128 == 0  # a whole number of KV blocks at every launch's block width
     assert lc.graph_layout(TARGET, 256 * KV_HEADS, most=2) == lc.DecodeLayout(2, lc.MAX_SPLIT_KEYS)
+    assert lc.graph_layout(TARGET, 256 * KV_HEADS, most=1) == lc.DecodeLayout(1)  # reads any length
 
 
 def test_a_chunked_step_replays_until_a_context_outgrows_its_chunks():
