@@ -38,7 +38,7 @@ import torch
 
 from bench.harness.roofline import measure_device
 from bench.shared_prefix_attention import build_contexts, make_batch, rel_error, time_us, with_identity
-from radixserve.attention import launch_configs, triton_cascade, triton_kernels
+from radixserve.attention import launch_configs, triton_cascade, triton_decode
 from radixserve.attention.launch_configs import LaunchConfig, decode_splits, graph_splits, target_programs
 from radixserve.attention.shared_prefix import SharedPrefixDecode
 from radixserve.runner.kv_pool import KVPool
@@ -164,7 +164,7 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
     shared = plan.shared_lens.tolist()
     suffix_bytes = sum(len(c) - s for c, s in zip(contexts, shared)) * ROW_BYTES
     default = launch_configs.suffix_config(HEAD_DIM, is_tuned)
-    suffix = lambda config, splits: triton_kernels.decode_partials(  # noqa: E731
+    suffix = lambda config, splits: triton_decode.decode_partials(  # noqa: E731
         *layout, None, size, splits, scale, kv_offsets=plan.shared_lens, config=config
     )
     want = _merged(*suffix(default, plan.num_suffix_splits))
@@ -308,7 +308,7 @@ def plain_decode_batch(
     def step(splits: int, config: LaunchConfig) -> None:
         for layer in range(layers):
             k_pool, v_pool = pool.get(layer)
-            triton_kernels.decode_attention(
+            triton_decode.decode_attention(
                 q, k_pool, v_pool, out[layer], batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
                 batch_size, splits, HEAD_DIM**-0.5, config=config,
             )  # fmt: skip

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from bench.harness.roofline import measure_device
 from bench.shared_prefix_attention import build_contexts, make_batch, rel_error, time_us, with_identity
-from radixserve.attention import triton_cascade, triton_kernels
+from radixserve.attention import triton_cascade, triton_decode
 from radixserve.attention.launch_configs import decode_splits, target_programs
 from radixserve.attention.shared_prefix import SharedPrefixDecode
 from radixserve.runner.kv_pool import KVPool
@@ -85,7 +85,7 @@ class Half:
                 q, k_pool, v_pool, out, b.qo_indptr, b.kv_indptr, b.kv_slots, self.plan, HEAD_DIM**-0.5
             )
         else:
-            triton_kernels.decode_attention(
+            triton_decode.decode_attention(
                 q, k_pool, v_pool, out, b.qo_indptr, b.kv_indptr, b.kv_slots, None, self.size, self.splits,
                 HEAD_DIM**-0.5,
             )  # fmt: skip

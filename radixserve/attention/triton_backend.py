@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radixserve.attention import triton_cascade, triton_kernels
+from radixserve.attention import triton_cascade, triton_decode, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
 from radixserve.attention.launch_configs import (
@@ -149,7 +149,7 @@ class TritonBackend(AttentionBackend):
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
         for ids, num_seqs in ((None, 2), (seq_ids, 1)):  # whole batch, gathered decode rows
             for splits in (1, 2):  # one split writes its output directly; more are merged
-                triton_kernels.decode_attention(step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0)
+                triton_decode.decode_attention(step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0)
         triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
         self.shared_prefix.warmup(num_q_heads)
         device = step.q.device
@@ -195,7 +195,7 @@ class TritonBackend(AttentionBackend):
                 merge_heads = triton_cascade.merge_heads_per_program(
                     plan.num_decodes, q.shape[1], self.shared_prefix.target_programs
                 )
-            triton_kernels.decode_attention(
+            triton_decode.decode_attention(
                 q, k_pool, v_pool, out, *indices, plan.decode_seq_ids, plan.num_decodes, plan.num_splits, scale,
                 chunk_len=plan.chunk_len, merge_heads=merge_heads,
             )  # fmt: skip

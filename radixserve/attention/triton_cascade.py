@@ -10,7 +10,7 @@ over disjoint keys, then merges:
         group; its program stacks every member's query heads of one KV head into one
         ``[BLOCK_M, D]`` block (``BLOCK_M >= 16`` rows for ``tl.dot``) and streams its slice of the
         prefix's K/V once for all of them -> partial (out, lse) per member, head and split
-    suffix, ``triton_kernels.decode_partials`` from position ``shared_len[s]`` (0 outside any
+    suffix, ``triton_decode.decode_partials`` from position ``shared_len[s]`` (0 outside any
         group: the whole context) -> partial (out, lse) per sequence, head and split
     merge kernel, grid (sequence, q head): all partials weighed by ``exp2(lse - max)`` -> out
 
@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radixserve.attention import launch_configs, triton_kernels
+from radixserve.attention import launch_configs, triton_decode, triton_kernels
 from radixserve.attention.launch_configs import LaunchConfig, tuned
 from radixserve.attention.prefix_groups import PrefixGroups
 from radixserve.attention.upload import upload_aligned
@@ -302,7 +302,7 @@ def cascade_decode_attention(
 ) -> None:
     """Decode attention of every sequence over its whole context, shared prefixes read once per tile."""
     prefix_out, prefix_lse = prefix_partials(q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, plan, scale)
-    suffix_out, suffix_lse = triton_kernels.decode_partials(
+    suffix_out, suffix_lse = triton_decode.decode_partials(
         q,
         k_pool,
         v_pool,
@@ -372,6 +372,6 @@ def merge_partials(
     _cascade_merge_kernel[(batch_size, num_q_heads)](
         prefix_out, prefix_lse, suffix_out, suffix_lse, plan.shared_lens, out, qo_indptr,
         out.stride(0), out.stride(1), num_prefix, plan.num_suffix_splits,
-        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, CHUNK=triton_kernels.MERGE_CHUNK,
+        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, CHUNK=triton_decode.MERGE_CHUNK,
         num_warps=4 if head_dim >= 128 else 2,
     )  # fmt: skip

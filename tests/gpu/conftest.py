@@ -23,7 +23,7 @@ def interpreting() -> bool:
 def pytest_configure(config):
     config.addinivalue_line("markers", "triton_interpreter: also runs on CPU under TRITON_INTERPRET=1")
     if os.environ.get("RADIXSERVE_TRITON_INTERPRET") == "1":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton_kernels is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the Triton kernel modules are imported
     if interpreting():
         _upcast_bf16_dot_operands()
         _round_bf16_casts_to_nearest_even()

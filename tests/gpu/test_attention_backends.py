@@ -243,6 +243,8 @@ def test_triton_decode_any_split_count(num_splits, device):
     """The split-K decode and its merge (which reads the partials 16 at a time) agree with the
     reference for split counts below, at and past one chunk, empty splits included."""
     triton_kernels = pytest.importorskip("radixserve.attention.triton_kernels", reason="needs triton")
+    from radixserve.attention import triton_decode
+
     shape = Shape(NUM_KV_HEADS * 4, 64)
     sequences = make_sequences(DECODE[size(device)], shape, device, seed=6)
     pool = make_pool(sequences, shape, device)
@@ -252,7 +254,7 @@ def test_triton_decode_any_split_count(num_splits, device):
     k_pool, v_pool = pool.get(LAYER)
     triton_kernels.store_kv(k, v, k_pool, v_pool, batch.out_slots)
     out = torch.empty_like(q)
-    triton_kernels.decode_attention(
+    triton_decode.decode_attention(
         q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences), num_splits,
         shape.head_dim**-0.5,
     )  # fmt: skip
@@ -266,6 +268,8 @@ def test_triton_chunked_decode(merge_heads, gather, device):
     """Chunked decode (every split reads ``chunk_len`` keys): a context of one chunk is written by
     stage 1, a longer one merged several heads a program, whole batch or gathered rows alike."""
     triton_kernels = pytest.importorskip("radixserve.attention.triton_kernels", reason="needs triton")
+    from radixserve.attention import triton_decode
+
     shape = Shape(NUM_KV_HEADS * 4, 64)
     sequences = make_sequences(DECODE[size(device)], shape, device, seed=7)
     pool = make_pool(sequences, shape, device)
@@ -281,7 +285,7 @@ def test_triton_chunked_decode(merge_heads, gather, device):
     if gather:  # every sequence, listed last first
         seq_ids = torch.arange(len(sequences) - 1, -1, -1, dtype=torch.int32, device=device)
     out = torch.empty_like(q)
-    triton_kernels.decode_attention(
+    triton_decode.decode_attention(
         q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, seq_ids, len(sequences), splits,
         shape.head_dim**-0.5, chunk_len=chunk, merge_heads=merge_heads,
     )  # fmt: skip

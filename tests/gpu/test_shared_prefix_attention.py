@@ -253,9 +253,9 @@ def test_the_hopper_launches_give_the_same_output(plain_splits, monkeypatch, dev
     32-key suffix blocks in 4 stages, 3-stage plain decode) apply only on Hopper with 16-bit K/V;
     forced on here on any device, the cascade (a 16-member group at GQA 4: 64 rows) and the plain
     decode still match the reference."""
-    from radixserve.attention import triton_kernels
+    from radixserve.attention import triton_decode
 
-    monkeypatch.setattr(triton_kernels, "tuned", lambda device, dtype: True)
+    monkeypatch.setattr(triton_decode, "tuned", lambda device, dtype: True)
     monkeypatch.setattr(triton_cascade, "tuned", lambda device, dtype: True)
     monkeypatch.setattr(launch_configs, "MIN_SPLIT_LEN", 256 // plain_splits)  # one or two suffix splits
     base = 300 if device.type == "cuda" else 140
