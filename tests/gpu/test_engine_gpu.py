@@ -173,6 +173,29 @@ def test_small_decode_batches_on_triton_kernels_match_flashinfer_up_to_near_ties
     _release(split)
 
 
+def test_triton_chunked_decode_graphs_match_flashinfer_up_to_near_ties(model_dir, tokenizer_path):
+    """The Triton backend alone with every captured decode step chunked (forced here: chunks of 64
+    keys, up to 16 of them; unforced, only batches that fill the card are): contexts of one chunk
+    are written by the split kernel, longer ones merged several heads a program, inside CUDA graphs.
+    Against the plain FlashInfer loop only near-ties may flip."""
+    pytest.importorskip("flashinfer")
+    from radixserve.attention import launch_configs
+
+    prompts = _prompts(24, seed=10, share=False)  # 5-400 tokens: one chunk and several
+    expected = _plain_flashinfer_greedy(model_dir, tokenizer_path, prompts)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(launch_configs, "graph_splits", lambda *args, **kwargs: 1)
+        patch.setattr(launch_configs, "MAX_SPLIT_KEYS", 64)
+        patch.setattr(launch_configs, "CHUNKED_GRAPH_SPLITS", 16)
+        chunked = _engine(model_dir, tokenizer_path, attention_backend="triton", cuda_graph_max_bs=32)
+        layouts = chunked.core.runner.backend._captured.values()
+        assert layouts and all(layout == launch_configs.DecodeLayout(16, 64) for layout in layouts)
+        got = _greedy(chunked, prompts)
+    _assert_same_up_to_near_ties(got, expected)
+    chunked.core.check_invariants()
+    _release(chunked)
+
+
 def test_mixed_decode_split_matches_the_plain_loop_up_to_near_ties(model_dir, tokenizer_path):
     """``--mixed-decode-split 1`` under the default small-decode split: the decodes of every mixed
     step (24 prompts admitted chunk by chunk while others decode) run on FlashInfer's decode kernels,
