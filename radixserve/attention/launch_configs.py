@@ -26,10 +26,10 @@ MAX_GRAPH_SPLITS = 16  # the most splits a captured decode step takes (``TritonB
 MAX_SPLIT_KEYS = 2048
 SKEW = 4  # a batch is skewed when its longest context is more than this many times the mean
 # a captured step whose batch fills the card alone reads contexts in chunks of MAX_SPLIT_KEYS keys,
-# at most this many chunks each (8,192 keys); a longer context makes the step eager. Each chunk slot
-# is a program per sequence and KV head, idle past a context's end: more slots cover longer contexts
-# at the cost of dispatching idle programs (a batch of >= 66 contexts past 8k keys needs a pool of
-# > 540k tokens, near an 80 GB card's for an 8B model)
+# at least this many chunks each (8,192 keys; more where the pool lets every context of the batch be
+# longer: ``graph_layout``); a longer context makes the step eager. Each chunk slot is a program per
+# sequence and KV head, idle past a context's end: more slots cover longer contexts at the cost of
+# dispatching idle programs
 CHUNKED_GRAPH_SPLITS = 4
 
 
@@ -116,18 +116,22 @@ class DecodeLayout:
     chunk_len: int = 0
 
 
-def graph_layout(target: int, programs_per_split: int, most: int = MAX_GRAPH_SPLITS) -> DecodeLayout:
+def graph_layout(
+    target: int, batch_size: int, num_kv_heads: int, most: int = MAX_GRAPH_SPLITS, pool_slots: int = 0
+) -> DecodeLayout:
     """The layout of a captured decode step. Below the card's program target, contexts split evenly
     (``graph_splits``). A batch that fills the card alone (one split) is chunked instead: a context
     of at most ``MAX_SPLIT_KEYS`` keys is one split, written without a merge, and a longer one is
-    read in chunks of that many keys, at most ``CHUNKED_GRAPH_SPLITS``, then merged. One long
-    context among short ones then no longer makes the step eager: with one split it did, and in
-    workload (a) every large step on the Triton decode ran eagerly while its 2,048-token prompts
-    decoded."""
-    splits = graph_splits(target, programs_per_split, most)
+    read in chunks of that many keys, then merged. One long context among short ones then no longer
+    makes the step eager: with one split it did, and in workload (a) every large step on the Triton
+    decode ran eagerly while its 2,048-token prompts decoded. Chunks per context:
+    ``CHUNKED_GRAPH_SPLITS``, or enough for the batch's contexts to share ``pool_slots`` evenly
+    (a batch whose every context is long still replays), at most ``most``."""
+    splits = graph_splits(target, batch_size * num_kv_heads, most)
     if splits > 1 or most <= 1:  # (one even split reads a context of any length)
         return DecodeLayout(splits)
-    return DecodeLayout(min(CHUNKED_GRAPH_SPLITS, most), MAX_SPLIT_KEYS)
+    even_share = -(-pool_slots // (max(batch_size, 1) * MAX_SPLIT_KEYS))
+    return DecodeLayout(min(max(CHUNKED_GRAPH_SPLITS, even_share), most), MAX_SPLIT_KEYS)
 
 
 def needs_eager(seq_lens: list[int], layout: DecodeLayout) -> bool:

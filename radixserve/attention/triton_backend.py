@@ -124,7 +124,13 @@ class TritonBackend(AttentionBackend):
 
     def _graph_layout(self, batch_size: int) -> DecodeLayout:
         """The layout of a captured decode step of ``batch_size``."""
-        return graph_layout(self.shared_prefix.target_programs, batch_size * self.num_kv_heads, self.num_kv_splits)
+        return graph_layout(
+            self.shared_prefix.target_programs,
+            batch_size,
+            self.num_kv_heads,
+            self.num_kv_splits,
+            self.kv_pool.num_slots - 1,
+        )
 
     def _replay_layout(self, batch_size: int) -> DecodeLayout:
         """The layout a replay of a ``batch_size`` batch would run: the graph runner pads it to the

@@ -41,13 +41,17 @@ def test_a_long_context_among_short_ones_is_skewed():
 
 def test_a_batch_that_fills_the_card_is_captured_in_chunks():
     """Below the program target a captured step splits contexts evenly; a batch that fills the card
-    alone reads them in chunks of MAX_SPLIT_KEYS keys, at most CHUNKED_GRAPH_SPLITS of them."""
-    assert lc.graph_layout(TARGET, 32 * KV_HEADS) == lc.DecodeLayout(2)
-    chunked = lc.graph_layout(TARGET, 256 * KV_HEADS)
+    alone reads them in chunks of MAX_SPLIT_KEYS keys: CHUNKED_GRAPH_SPLITS of them, or enough for
+    its contexts to share the pool evenly (at most the graph's maximum)."""
+    assert lc.graph_layout(TARGET, 32, KV_HEADS) == lc.DecodeLayout(2)
+    chunked = lc.graph_layout(TARGET, 256, KV_HEADS, pool_slots=828_012)
     assert chunked == lc.DecodeLayout(lc.CHUNKED_GRAPH_SPLITS, lc.MAX_SPLIT_KEYS)
     assert lc.MAX_SPLIT_KEYS % 128 == 0  # a whole number of KV blocks at every launch's block width
-    assert lc.graph_layout(TARGET, 256 * KV_HEADS, most=2) == lc.DecodeLayout(2, lc.MAX_SPLIT_KEYS)
-    assert lc.graph_layout(TARGET, 256 * KV_HEADS, most=1) == lc.DecodeLayout(1)  # reads any length
+    # 66 contexts sharing an 828k-token pool average 12.5k keys: 7 chunks; a huge pool: the maximum
+    assert lc.graph_layout(TARGET, 66, KV_HEADS, pool_slots=828_012) == lc.DecodeLayout(7, lc.MAX_SPLIT_KEYS)
+    assert lc.graph_layout(TARGET, 66, KV_HEADS, pool_slots=10**8).splits == lc.MAX_GRAPH_SPLITS
+    assert lc.graph_layout(TARGET, 256, KV_HEADS, most=2) == lc.DecodeLayout(2, lc.MAX_SPLIT_KEYS)
+    assert lc.graph_layout(TARGET, 256, KV_HEADS, most=1) == lc.DecodeLayout(1)  # reads any length
 
 
 def test_a_chunked_step_replays_until_a_context_outgrows_its_chunks():
