@@ -30,12 +30,12 @@ bandwidth measured in the same run, and its output error against the default con
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 from types import SimpleNamespace
 
 import torch
 
+from bench import flashinfer_rows
 from bench.harness.roofline import measure_device
 from bench.shared_prefix_attention import build_contexts, make_batch, rel_error, time_us, with_identity
 from radixserve.attention import launch_configs, triton_cascade, triton_decode
@@ -177,7 +177,7 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
                 lambda c=config, n=splits: time_us(lambda: suffix(c, n), args.iters, device),
                 lambda c=config, n=splits: rel_error(_merged(*suffix(c, n)), want),
             )  # fmt: skip
-    for tensor_cores, us, out in _flashinfer_suffix(pool, contexts, shared, q, args.iters, device):
+    for tensor_cores, us, out in flashinfer_rows.suffix_rows(pool, contexts, shared, q, args.iters, device):
         table.add(
             f"flashinfer BatchDecode, tensor cores {tensor_cores}", us, suffix_bytes, rel_error(out, want), pinned=True
         )
@@ -233,31 +233,6 @@ def _merged(part_out: torch.Tensor, part_lse: torch.Tensor) -> torch.Tensor:
 def _partials_error(got, want, shared_lens) -> float:
     grouped = shared_lens > 0
     return rel_error(_merged(*got)[grouped], _merged(*want)[grouped])
-
-
-def _flashinfer_suffix(pool, contexts, shared, q, iters, device):
-    """(tensor cores, us, merged output) of FlashInfer's BatchDecode over each request's own keys."""
-    if importlib.util.find_spec("flashinfer") is None:
-        print("(flashinfer not installed: its rows are skipped)")
-        return []
-    import flashinfer
-
-    owns = [c[s:] for c, s in zip(contexts, shared)]
-    indptr = torch.tensor([0, *itertools.accumulate(len(o) for o in owns)], dtype=torch.int32)  # on the host,
-    indices = torch.tensor([slot for o in owns for slot in o], dtype=torch.int32, device=device)  # as the backend's
-    last = torch.ones(len(owns), dtype=torch.int32)
-    k_pool, v_pool = pool.get(0)
-    paged = (k_pool.view(-1, 1, NUM_KV_HEADS, HEAD_DIM), v_pool.view(-1, 1, NUM_KV_HEADS, HEAD_DIM))
-    workspace = torch.zeros(256 << 20, dtype=torch.uint8, device=device)
-    results = []
-    for tensor_cores in (True, False):
-        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
-        # (the default scale, 1 / sqrt(head_dim), is the model's)
-        wrapper.plan(indptr, indices, last, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, 1,
-                     q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)  # fmt: skip
-        us = time_us(lambda w=wrapper: w.run(q, paged, return_lse=True), iters, device)
-        results.append((tensor_cores, us, wrapper.run(q, paged)))
-    return results
 
 
 def plain_decode(args, device, copy_bytes_s: float) -> None:
@@ -327,75 +302,9 @@ def plain_decode_batch(
                 lambda: rel_error(out, want),
             )  # fmt: skip
     if flashinfer:
-        for name, us, got in _flashinfer_plain(pool, contexts, q, layers, args.iters, device):
+        for name, us, got in flashinfer_rows.plain_rows(pool, contexts, q, layers, args.iters, device):
             table.add(f"flashinfer BatchDecode, {name}", us, kv_bytes, rel_error(got, want), pinned=True)
     table.print()
-
-
-def _flashinfer_plain(pool, contexts, q, layers, iters, device):
-    """(variant, us a layer, output of every layer) of FlashInfer's BatchDecode, a layer over each
-    pool in turn: tensor cores (the engine's choice at these sizes) with its split-KV scheduler and
-    with ``disable_split_kv`` (where this FlashInfer takes it), and the CUDA-core kernel, each
-    planned eagerly and run eagerly; then tensor cores planned and run as the engine's decode graphs
-    do (``use_cuda_graph`` wrappers over fixed buffers, the layers replayed from a CUDA graph)."""
-    if importlib.util.find_spec("flashinfer") is None:
-        print("(flashinfer not installed: its rows are skipped)")
-        return []
-    import flashinfer
-
-    indptr = torch.tensor([0, *itertools.accumulate(len(c) for c in contexts)], dtype=torch.int32)
-    indices = torch.tensor([slot for c in contexts for slot in c], dtype=torch.int32, device=device)
-    last = torch.ones(len(contexts), dtype=torch.int32)
-    paged = [
-        (k.view(-1, 1, NUM_KV_HEADS, HEAD_DIM), v.view(-1, 1, NUM_KV_HEADS, HEAD_DIM))
-        for k, v in zip(pool.k_buffers, pool.v_buffers)
-    ]
-    workspace = torch.zeros(256 << 20, dtype=torch.uint8, device=device)
-    out = torch.empty(layers, *q.shape, device=device, dtype=q.dtype)
-    results = []
-    variants = [("tensor cores", True, {}), ("tensor cores, no split-KV", True, {"disable_split_kv": True})]
-    for name, tensor_cores, extra in [*variants, ("CUDA cores", False, {})]:
-        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
-        try:
-            wrapper.plan(indptr, indices, last, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, 1,
-                         q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16, **extra)  # fmt: skip
-        except TypeError as error:  # an option this FlashInfer does not have
-            print(f"(flashinfer BatchDecode, {name}: {error})")
-            continue
-
-        def run(w=wrapper):
-            for layer in range(layers):
-                w.run(q, paged[layer], out=out[layer])
-
-        us = time_us(run, iters, device) / layers
-        results.append((name, us, out.clone()))
-    for name, extra in [("tensor cores, graph-mode plan (the engine's)", {}),
-                        ("tensor cores, graph-mode plan, no split-KV", {"disable_split_kv": True})]:  # fmt: skip
-        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            workspace, "NHD", use_cuda_graph=True, use_tensor_cores=True,
-            paged_kv_indptr_buffer=torch.zeros(len(contexts) + 1, dtype=torch.int32, device=device),
-            paged_kv_indices_buffer=torch.zeros(indices.numel(), dtype=torch.int32, device=device),
-            paged_kv_last_page_len_buffer=torch.ones(len(contexts), dtype=torch.int32, device=device),
-        )  # fmt: skip
-        try:
-            wrapper.plan(indptr, indices, last, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, 1,
-                         q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16, **extra)  # fmt: skip
-        except (TypeError, RuntimeError) as error:  # an option this FlashInfer does not have in graph mode
-            print(f"(flashinfer BatchDecode, {name}: {error})")
-            continue
-
-        def run_graph(w=wrapper):
-            for layer in range(layers):
-                w.run(q, paged[layer], out=out[layer])
-
-        run_graph()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run_graph()
-        us = time_us(graph.replay, iters, device) / layers
-        results.append((name, us, out.clone()))
-    return results
 
 
 def main() -> None:
