@@ -237,22 +237,29 @@ def test_mixed_decode_and_extend_batch(backend_name, group, head_dim, device):
     check_step(backend_name, make_sequences(specs, shape, device, shared_len=shared_len), shape, device)
 
 
-@pytest.mark.triton_interpreter
-@pytest.mark.parametrize("num_splits", [1, 3, 16, 17, 40, 64])
-def test_triton_decode_any_split_count(num_splits, device):
-    """The split-K decode and its merge (which reads the partials 16 at a time) agree with the
-    reference for split counts below, at and past one chunk, empty splits included."""
+def _decode_step(device, seed: int):
+    """A decode step over DECODE's contexts at GQA 4, head_dim 64, its new K/V already in the pool:
+    (the triton_decode module, shape, sequences, batch, q, k_pool, v_pool)."""
     triton_kernels = pytest.importorskip("radixserve.attention.triton_kernels", reason="needs triton")
     from radixserve.attention import triton_decode
 
     shape = Shape(NUM_KV_HEADS * 4, 64)
-    sequences = make_sequences(DECODE[size(device)], shape, device, seed=6)
+    sequences = make_sequences(DECODE[size(device)], shape, device, seed=seed)
     pool = make_pool(sequences, shape, device)
     write_past(pool, sequences)
     batch = make_batch(sequences, device)
     q, k, v = new_tokens(sequences)
     k_pool, v_pool = pool.get(LAYER)
     triton_kernels.store_kv(k, v, k_pool, v_pool, batch.out_slots)
+    return triton_decode, shape, sequences, batch, q, k_pool, v_pool
+
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("num_splits", [1, 3, 16, 17, 40, 64])
+def test_triton_decode_any_split_count(num_splits, device):
+    """The split-K decode and its merge (which reads the partials 16 at a time) agree with the
+    reference for split counts below, at and past one chunk, empty splits included."""
+    triton_decode, shape, sequences, batch, q, k_pool, v_pool = _decode_step(device, seed=6)
     out = torch.empty_like(q)
     triton_decode.decode_attention(
         q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences), num_splits,
@@ -267,17 +274,7 @@ def test_triton_decode_any_split_count(num_splits, device):
 def test_triton_chunked_decode(merge_heads, gather, device):
     """Chunked decode (every split reads ``chunk_len`` keys): a context of one chunk is written by
     stage 1, a longer one merged several heads a program, whole batch or gathered rows alike."""
-    triton_kernels = pytest.importorskip("radixserve.attention.triton_kernels", reason="needs triton")
-    from radixserve.attention import triton_decode
-
-    shape = Shape(NUM_KV_HEADS * 4, 64)
-    sequences = make_sequences(DECODE[size(device)], shape, device, seed=7)
-    pool = make_pool(sequences, shape, device)
-    write_past(pool, sequences)
-    batch = make_batch(sequences, device)
-    q, k, v = new_tokens(sequences)
-    k_pool, v_pool = pool.get(LAYER)
-    triton_kernels.store_kv(k, v, k_pool, v_pool, batch.out_slots)
+    triton_decode, shape, sequences, batch, q, k_pool, v_pool = _decode_step(device, seed=7)
     chunk = 64
     splits = -(-max(s.seq_len for s in sequences) // chunk)
     assert any(s.seq_len <= chunk for s in sequences) and any(s.seq_len > chunk for s in sequences)
