@@ -5,7 +5,10 @@ come in G groups sharing a ``--shared-len``-token prefix, as in the shared-prefi
 prefilled, then ``--steps`` decode steps of the in-process engine are profiled. With ``--phase
 prefill`` the prefill steps themselves are profiled instead (chunks of ``--chunked-prefill-size``
 tokens, after the same prefill once unprofiled, without the overlap schedule or mixed chunks so
-that no decode runs in them), from the first step to every request's first token. Printed: the wall
+that no decode runs in them), from the first step to every request's first token. With ``--phase
+mixed`` the steps that prefill ``--new-batch`` more prompts of ``--new-len`` tokens while the batch
+decodes are profiled (the engine's mixed chunks, as in a busy server or workload (a)'s ramp-up),
+from their arrival to their first tokens. Printed: the wall
 time per step next to the time the device was busy (their gap is the device idling on the host),
 and the device kernels grouped by name, most time first, in ms per step with their share; the
 attention kernels, GEMMs and the rest summed apart. Without CUDA, the top host ops instead. No
@@ -16,6 +19,7 @@ record is written: this is a diagnostic.
   python -m bench.profile_step --preset cpu --batch 8 --input-len 64 --steps 4
   python -m bench.profile_step --batch 256 --trace /tmp/step.json   # also a Chrome trace
   python -m bench.profile_step --phase prefill --batch 40 --input-len 200   # one 8,000-token chunk
+  python -m bench.profile_step --phase mixed --batch 900 --input-len 250 --new-batch 36 --new-len 200
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ def build_parser():
     parser.add_argument("--groups", type=int, default=0, help="prompts share a prefix within G groups")
     parser.add_argument("--shared-len", type=int, default=0, help="tokens of each group's shared prefix")
     parser.add_argument("--steps", type=int, help="decode steps profiled (h100: 10)")
-    parser.add_argument("--phase", choices=("decode", "prefill"), default="decode", help="which steps to profile")
+    parser.add_argument(
+        "--phase", choices=("decode", "prefill", "mixed"), default="decode", help="which steps to profile"
+    )
+    parser.add_argument("--new-batch", type=int, default=36, help="mixed: prompts arriving while the batch decodes")
+    parser.add_argument("--new-len", type=int, default=200, help="mixed: tokens per arriving prompt")
     parser.add_argument("--top", type=int, default=25, help="kernels listed")
     parser.add_argument("--trace", help="write a Chrome trace of the profiled steps here")
     parser.add_argument(
@@ -60,7 +68,7 @@ HOST_PROFILE_STEPS = 10  # decode steps under cProfile with --host-profile
 
 def prompts(args, vocab: int) -> list[list[int]]:
     if not args.groups:
-        return [r.prompt_ids for r in workloads.fixed_random(args.batch, args.input_len, 1, vocab, args.seed)]
+        return _random_prompts(args.batch, args.input_len, vocab, args.seed)
     import numpy as np
 
     rng = np.random.default_rng(args.seed)
@@ -111,13 +119,24 @@ def main(argv=None) -> None:
             core.step()
         if args.host_profile:
             _host_profile_decode(core, args.host_profile)
-        steps, wall, prof = _profiled(core, activities, cuda, lambda steps, _: steps == args.steps)
+        if args.phase == "mixed":
+            arriving = {f"profile-new-{n}" for n in range(args.new_batch)}
+            new_prompts = _random_prompts(args.new_batch, args.new_len, setup.vocab_limit, args.seed + 1)
+            for request_id, prompt in zip(sorted(arriving), new_prompts):
+                core.add_request(request_id, prompt, params)
+            steps, wall, prof = _profiled(core, activities, cuda, lambda _, first: arriving <= first)
+        else:
+            steps, wall, prof = _profiled(core, activities, cuda, lambda steps, _: steps == args.steps)
     if args.trace:
         prof.export_chrome_trace(args.trace)
     engine.shutdown()
     report(prof, wall, steps, args, cuda, setup.label, sum(map(len, batch)))
     if unprofiled is not None:  # the profiler's own per-op cost inflates the wall time above
         print(f"without the profiler: wall {unprofiled * 1e3:.2f} ms/step (best of 3 warm runs)")
+
+
+def _random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    return [r.prompt_ids for r in workloads.fixed_random(count, length, 1, vocab, seed)]
 
 
 def _prefill_once(engine, batch, name: str) -> int:
@@ -227,6 +246,8 @@ def report(prof, wall: float, steps: int, args, cuda: bool, label: str, prompt_t
     what = f"{steps} {args.phase} steps profiled"
     if args.phase == "prefill":
         what += f" ({prompt_tokens / steps:.0f} prompt tokens per step)"
+    if args.phase == "mixed":
+        what += f" ({args.new_batch} x {args.new_len} prompt tokens arriving)"
     print(f"\n{label}: batch {args.batch}, input {args.input_len}, {shape}; {what}")
     print(f"wall {wall * 1e3:.2f} ms/step; device busy {device_total / steps / 1e3:.2f} ms/step")
     if not cuda:

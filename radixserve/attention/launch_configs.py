@@ -27,9 +27,9 @@ MAX_SPLIT_KEYS = 2048
 SKEW = 4  # a batch is skewed when its longest context is more than this many times the mean
 # a captured step whose batch fills the card alone reads contexts in chunks of MAX_SPLIT_KEYS keys,
 # at least this many chunks each (8,192 keys; more where the pool lets every context of the batch be
-# longer: ``graph_layout``); a longer context makes the step eager. Each chunk slot is a program per
-# sequence and KV head, idle past a context's end: more slots cover longer contexts at the cost of
-# dispatching idle programs
+# longer: ``graph_layout``); a longer context makes the step eager. Programs go only to chunks a
+# context has (a work list built on the device): more chunks cost only the float32 partials they
+# may hold (batch x q heads x chunks x head_dim)
 CHUNKED_GRAPH_SPLITS = 4
 
 

@@ -49,6 +49,8 @@ class _StepPlan:
     block_index: torch.Tensor | None  # [num_blocks] int32, the block's index within its sequence's rows
     cascade: triton_cascade.CascadePlan | None = None  # set: the whole (decode) step runs the cascade
     chunk_len: int = 0  # > 0: decode contexts read in chunks of this many keys (a captured layout)
+    work: torch.Tensor | None = None  # chunked: the chunks' work list, built by the pass's first layer
+    work_layer: int = -1  # that layer: each pass (a replay too) rebuilds the list there
 
 
 class TritonBackend(AttentionBackend):
@@ -201,9 +203,14 @@ class TritonBackend(AttentionBackend):
                 merge_heads = triton_cascade.merge_heads_per_program(
                     plan.num_decodes, q.shape[1], self.shared_prefix.target_programs
                 )
+                if plan.work is None or layer_id == plan.work_layer:  # once a pass, inside a captured graph too
+                    plan.work = triton_decode.chunk_work(
+                        batch.kv_indptr, plan.decode_seq_ids, plan.num_decodes, plan.num_splits, plan.chunk_len
+                    )
+                    plan.work_layer = layer_id
             triton_decode.decode_attention(
                 q, k_pool, v_pool, out, *indices, plan.decode_seq_ids, plan.num_decodes, plan.num_splits, scale,
-                chunk_len=plan.chunk_len, merge_heads=merge_heads,
+                chunk_len=plan.chunk_len, merge_heads=merge_heads, work=plan.work,
             )  # fmt: skip
         if plan.block_seq is not None:
             triton_kernels.extend_attention(q, k_pool, v_pool, out, *indices, plan.block_seq, plan.block_index, scale)
