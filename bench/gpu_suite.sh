@@ -122,9 +122,9 @@ part() {
         "${LIMIT[@]}" "$PY" -m bench.cascade_kernels "${args[@]}" 2>&1 | tee "$RESULTS/logs/$1.log" ||
             FAILED+=("$1") ;;
     offline-triton-decode)
-        # workload (a) with every decode batch on the Triton decode kernels, side by side
+        # workload (a) against FlashInfer's decode above batch 63 (the default before the ninth session), side by side
         run_part offline-triton-decode bench.offline_throughput --workload sharegpt --skip-hf --log-steps \
-            --variant "--triton-decode-max-bs 1024" ;;
+            --variant "--triton-decode-max-bs 63" ;;
     profile-cascade)
         # a shared-prefix decode step at the shared-prefix workload's size: the cascade's kernels
         run_part profile-cascade bench.profile_step --batch 1024 --groups 64 --shared-len 2048 --input-len 2176 \

@@ -5,6 +5,7 @@ from radixserve.attention.base import AttentionBackend, ForwardBatch
 __all__ = [
     "AUTO_MIXED_DECODE_SPLIT",
     "AUTO_TRITON_DECODE_MAX_BS",
+    "AUTO_TRITON_DECODE_MAX_BS_TUNED",
     "BACKENDS",
     "AttentionBackend",
     "ForwardBatch",
@@ -23,6 +24,14 @@ BACKENDS = ("torch_native", "flashinfer", "triton")
 # contexts, one run side by side): batch 1 4.84 vs 5.15 ms/step, batch 32 6.43 vs 6.74, batch 256 17.42
 # vs 17.43 (docs/benchmarks.md); the largest CUDA-graph size at or below it is 56.
 AUTO_TRITON_DECODE_MAX_BS = 63
+# ... and every decode batch where the Triton decode launches are tuned (Hopper, 16-bit K/V:
+# ``launch_configs.tuned``). Measured on an H200 (Llama-3.1-8B dummy bf16), each pair in one run, since
+# large captured batches read their contexts in chunks from a work list (ninth session,
+# docs/benchmarks.md): workload (a) 11,872 -> 11,994, 11,865 -> 12,041 and 11,799 -> 11,935 output tok/s;
+# shared-prefix (cache on, whose decode steps run the same cascade either way) 139,190 and 138,268
+# (the default twice) against 137,848 total tok/s. A batch-768 step: 30.51 ms on FlashInfer's
+# decode, 27.50 on Triton's.
+AUTO_TRITON_DECODE_MAX_BS_TUNED = 1 << 30
 
 # --mixed-decode-split -1: on FlashInfer, a mixed step with this many or more decodes runs them on the
 # decode kernels (the shared-prefix cascade where it pays). Measured on an H200 (Llama-3.1-8B dummy,
@@ -31,14 +40,17 @@ AUTO_TRITON_DECODE_MAX_BS = 63
 AUTO_MIXED_DECODE_SPLIT = 64
 
 
-def resolve_triton_decode_max_bs(name: str, triton_decode_max_bs: int) -> int:
-    """The small-decode cut-off for backend ``name``: -1 (auto) is ``AUTO_TRITON_DECODE_MAX_BS`` on
-    flashinfer where triton is installed, else 0 (off); any other value is checked and kept."""
+def resolve_triton_decode_max_bs(name: str, triton_decode_max_bs: int, tuned: bool = False) -> int:
+    """The small-decode cut-off for backend ``name``: -1 (auto) is, on flashinfer where triton is
+    installed, ``AUTO_TRITON_DECODE_MAX_BS_TUNED`` (every decode batch) where the Triton launches are
+    ``tuned`` and ``AUTO_TRITON_DECODE_MAX_BS`` elsewhere, else 0 (off); any other value is checked
+    and kept."""
     if triton_decode_max_bs == -1:
         import importlib.util
 
-        has_triton = importlib.util.find_spec("triton") is not None
-        return AUTO_TRITON_DECODE_MAX_BS if name == "flashinfer" and has_triton else 0
+        if name != "flashinfer" or importlib.util.find_spec("triton") is None:
+            return 0
+        return AUTO_TRITON_DECODE_MAX_BS_TUNED if tuned else AUTO_TRITON_DECODE_MAX_BS
     if triton_decode_max_bs < 0 or (triton_decode_max_bs and name != "flashinfer"):
         raise ValueError(
             f"--triton-decode-max-bs {triton_decode_max_bs}: a batch size >= 0 (or -1: auto), and only with the"
@@ -76,7 +88,11 @@ def create_backend(
     context attend over the new K/V directly (see ``flashinfer_backend.py``)."""
     if ragged_prefill and name != "flashinfer":
         raise ValueError(f"--ragged-prefill: only with the flashinfer backend (this one: {name})")
-    triton_decode_max_bs = resolve_triton_decode_max_bs(name, triton_decode_max_bs)
+    from radixserve.attention.launch_configs import tuned
+
+    triton_decode_max_bs = resolve_triton_decode_max_bs(
+        name, triton_decode_max_bs, tuned(kv_pool.device, kv_pool.dtype)
+    )
     mixed_decode_split = resolve_mixed_decode_split(name, mixed_decode_split)
     if name == "torch_native":
         from radixserve.attention.torch_native import TorchNativeBackend

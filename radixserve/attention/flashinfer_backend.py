@@ -20,8 +20,9 @@ Per step ``prepare`` plans once and every layer reuses the plan:
   the prefill kernel fills a query tile of its own, and over long shared contexts it reads the
   whole prefix once per request (the prefill phase of the shared-prefix workload mixes ~1,000
   such decodes into each chunk). Off by default until measured on a GPU. Under the default
-  small-decode split (``small_decode.py``, batches up to 63 on Triton) use ``N`` >= 64: a smaller
-  head would run FlashInfer's CUDA-core decode, which that split exists to avoid.
+  small-decode split (``small_decode.py``: batches up to 63 on Triton, every decode batch on
+  Hopper) use ``N`` >= 64: a smaller head would run FlashInfer's CUDA-core decode, which that split
+  exists to avoid.
 
 A pure decode batch whose sequences share long prefixes (radix-tree hits) runs the shared-prefix
 cascade of ``shared_prefix.py`` (Triton kernels over the same pool) when it pays: BatchDecode

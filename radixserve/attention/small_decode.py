@@ -12,6 +12,11 @@ plans, CUDA-graph state and shared-prefix cascade; a step is routed by its size,
 graph by its padded size, so a replay always finds the state its capture planned. So for
 graph-replayed batches the cut-off is the largest capture size <= N (with N = 63, batches of 57-63
 pad to 64 and replay FlashInfer's graph).
+
+Since large captured batches read their contexts in chunks from a work list (``triton_decode.py``),
+Triton's decode also wins the large batches where its launches are tuned (Hopper, 16-bit K/V): there
+the default sends every decode batch to it (``AUTO_TRITON_DECODE_MAX_BS_TUNED``), and FlashInfer runs
+the prefill, extend and mixed steps.
 """
 
 from __future__ import annotations

@@ -12,7 +12,12 @@ import importlib.util
 import pytest
 import torch
 
-from radixserve.attention import AUTO_TRITON_DECODE_MAX_BS, create_backend, resolve_triton_decode_max_bs
+from radixserve.attention import (
+    AUTO_TRITON_DECODE_MAX_BS,
+    AUTO_TRITON_DECODE_MAX_BS_TUNED,
+    create_backend,
+    resolve_triton_decode_max_bs,
+)
 from radixserve.attention.base import ForwardBatch
 from radixserve.attention.small_decode import SmallDecodeSplit
 from radixserve.attention.torch_native import TorchNativeBackend
@@ -89,8 +94,12 @@ def test_the_flag_is_refused_where_it_cannot_apply(pool, name, max_bs):
 def test_auto_splits_only_flashinfer_and_only_where_triton_is_installed(pool):
     has_triton = importlib.util.find_spec("triton") is not None
     assert resolve_triton_decode_max_bs("flashinfer", -1) == (AUTO_TRITON_DECODE_MAX_BS if has_triton else 0)
+    tuned = AUTO_TRITON_DECODE_MAX_BS_TUNED if has_triton else 0  # every decode batch where the launches are tuned
+    assert resolve_triton_decode_max_bs("flashinfer", -1, tuned=True) == tuned
+    assert resolve_triton_decode_max_bs("triton", -1, tuned=True) == 0
     assert resolve_triton_decode_max_bs("triton", -1) == 0
     assert resolve_triton_decode_max_bs("torch_native", -1) == 0
     assert resolve_triton_decode_max_bs("flashinfer", 5) == 5
+    assert resolve_triton_decode_max_bs("flashinfer", 5, tuned=True) == 5
     assert isinstance(create_backend("torch_native", pool, HQ, triton_decode_max_bs=-1), TorchNativeBackend)
     assert ServerArgs().triton_decode_max_bs == -1  # auto is the default
