@@ -93,6 +93,13 @@ class AttentionBackend:
         the runner before choosing; may plan ahead for the ``prepare`` of the same batch."""
         return False
 
+    def kv_target(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The pool buffers ``(k_pool, v_pool)`` (``[num_slots, Hkv, D]``) into which this step's
+        ``forward`` of layer ``layer_id`` would write the new K/V at ``batch.out_slots``, when the
+        caller may write them itself (the model does, fused with RoPE) and then passes
+        ``kv_stored=True``; None: ``forward`` always stores them."""
+        return None
+
     def forward(
         self,
         q: torch.Tensor,  # [T, num_q_heads, head_dim]
@@ -101,5 +108,6 @@ class AttentionBackend:
         layer_id: int,
         batch: ForwardBatch,
         scale: float,
+        kv_stored: bool = False,  # the caller already wrote k and v into ``kv_target``'s buffers
     ) -> torch.Tensor:  # [T, num_q_heads, head_dim]
         raise NotImplementedError

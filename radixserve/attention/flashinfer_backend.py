@@ -260,8 +260,10 @@ class FlashInferBackend(AttentionBackend):
         layer_id: int,
         batch: ForwardBatch,
         scale: float,
+        kv_stored: bool = False,
     ) -> torch.Tensor:  # [T, num_q_heads, head_dim]
-        self._write_kv(layer_id, batch.out_slots, k, v)
+        if not kv_stored:
+            self._write_kv(layer_id, batch.out_slots, k, v)
         default_scale = self.head_dim**-0.5
         if self.step_cascade is not None:
             return self.shared_prefix.run(q.to(self.dtype), layer_id, batch, self.step_cascade, scale)
@@ -287,6 +289,10 @@ class FlashInferBackend(AttentionBackend):
             split.wrapper.run(q[:rows], self._paged[layer_id], out=out[:rows])
         self._active.run(q[rows:], self._paged[layer_id], out=out[rows:])
         return out
+
+    def kv_target(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The pool of ``layer_id`` where the fused Triton store would write (RoPE may do it)."""
+        return self.kv_pool.get(layer_id) if self._store_kv is not None else None
 
     def _write_kv(self, layer_id: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         if self._store_kv is None:  # two index_put kernels

@@ -54,6 +54,9 @@ class SmallDecodeSplit(AttentionBackend):
         self._active = self.route(batch)
         self._active.prepare(batch)
 
+    def kv_target(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._active.kv_target(layer_id)
+
     def prepare_graph(self, batch: ForwardBatch) -> None:
         self._active = self.route(batch)
         self._active.prepare_graph(batch)
@@ -66,5 +69,6 @@ class SmallDecodeSplit(AttentionBackend):
         layer_id: int,
         batch: ForwardBatch,
         scale: float,
+        kv_stored: bool = False,
     ) -> torch.Tensor:  # [T, num_q_heads, head_dim]
-        return self._active.forward(q, k, v, layer_id, batch, scale)
+        return self._active.forward(q, k, v, layer_id, batch, scale, kv_stored)

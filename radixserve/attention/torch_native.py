@@ -96,8 +96,10 @@ class TorchNativeBackend(AttentionBackend):
         layer_id: int,
         batch: ForwardBatch,
         scale: float,
+        kv_stored: bool = False,
     ) -> torch.Tensor:  # [T, num_q_heads, head_dim]
-        self.kv_pool.write(layer_id, batch.out_slots, k, v)
+        if not kv_stored:  # (never stored by the caller: no ``kv_target`` here)
+            self.kv_pool.write(layer_id, batch.out_slots, k, v)
         k_pool, v_pool = self.kv_pool.get(layer_id)  # [num_slots, Hkv, D] each
         q_compute = q.to(self.compute_dtype)
         if not self._extends and batch.is_decode:  # decode rows are exactly 0..B-1: no scatter needed

@@ -179,6 +179,10 @@ class TritonBackend(AttentionBackend):
 
     # ---- per layer ------------------------------------------------------------------------------
 
+    def kv_target(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pool of ``layer_id``: the model's RoPE kernel may store the new K/V there itself."""
+        return self.kv_pool.get(layer_id)
+
     def forward(
         self,
         q: torch.Tensor,  # [T, num_q_heads, head_dim]
@@ -187,11 +191,13 @@ class TritonBackend(AttentionBackend):
         layer_id: int,
         batch: ForwardBatch,
         scale: float,
+        kv_stored: bool = False,
     ) -> torch.Tensor:  # [T, num_q_heads, head_dim], q's dtype
         plan = self._plan
         self.shared_prefix.num_q_heads = q.shape[1]
         k_pool, v_pool = self.kv_pool.get(layer_id)  # [num_slots, Hkv, D] each
-        triton_kernels.store_kv(k, v, k_pool, v_pool, batch.out_slots)
+        if not kv_stored:
+            triton_kernels.store_kv(k, v, k_pool, v_pool, batch.out_slots)
         q = _last_dim_contiguous(q)
         if plan.cascade is not None:
             return self.shared_prefix.run(q, layer_id, batch, plan.cascade, scale)

@@ -7,7 +7,8 @@ so every op can be captured in a CUDA graph. Inputs are bf16, fp16 or fp32; math
   rounding exactly where ``layers.RMSNorm`` (and HF Llama) rounds: the residual sum in the input
   dtype, the normalised row cast to the input dtype, then the product with the weight.
 * ``rope_inplace``: Neox-style RoPE, one token per program covering all its q and k heads; reads the
-  float32 cos/sin caches by position (no gather, no cast, no cat) and writes q and k in place.
+  float32 cos/sin caches by position (no gather, no cast, no cat) and writes q and k in place;
+  optionally also the rotated k and the v into the paged K/V pool (the attention backends' store).
 * ``silu_and_mul``: ``silu(gate) * up`` of a fused ``[T, 2I]`` projection, rounded like the torch
   reference (the activation cast to the input dtype before the product).
 """
@@ -63,14 +64,19 @@ def _rotate_heads(
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
+    """Rotates the token's heads in place; returns the two rotated halves ([BLOCK_H, BLOCK_HALF],
+    rounded to the heads' dtype) and their mask."""
     offs_h = tl.arange(0, BLOCK_H)
     mask = (offs_h[:, None] < NUM_HEADS) & (offs_d[None, :] < HALF)
     first_ptrs = head0_ptr + offs_h[:, None] * stride_head + offs_d[None, :]  # [BLOCK_H, BLOCK_HALF]
     x1 = tl.load(first_ptrs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(first_ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
     dtype = head0_ptr.dtype.element_ty
-    tl.store(first_ptrs, (x1 * cos - x2 * sin).to(dtype), mask=mask)
-    tl.store(first_ptrs + HALF, (x2 * cos + x1 * sin).to(dtype), mask=mask)
+    y1 = (x1 * cos - x2 * sin).to(dtype)
+    y2 = (x2 * cos + x1 * sin).to(dtype)
+    tl.store(first_ptrs, y1, mask=mask)
+    tl.store(first_ptrs + HALF, y2, mask=mask)
+    return y1, y2, mask
 
 
 @triton.jit
@@ -80,10 +86,18 @@ def _rope_kernel(
     k_ptr,  # [T, NUM_KV_HEADS, 2 * HALF], last dim contiguous
     cos_ptr,  # [max_positions, HALF] contiguous, float32 (any float dtype is read as float32)
     sin_ptr,  # [max_positions, HALF] contiguous
+    v_ptr,  # STORE: [T, NUM_KV_HEADS, 2 * HALF], last dim contiguous
+    k_pool_ptr,  # STORE: [num_slots, NUM_KV_HEADS, 2 * HALF]
+    v_pool_ptr,  # STORE: same
+    out_slots_ptr,  # STORE: [T] the pool slot of each token's K/V
     stride_q_token,
     stride_q_head,
     stride_k_token,
     stride_k_head,
+    stride_v_token,
+    stride_v_head,
+    stride_pool_slot,
+    stride_pool_head,
     stride_cache,
     NUM_Q_HEADS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
@@ -91,6 +105,7 @@ def _rope_kernel(
     BLOCK_HQ: tl.constexpr,
     BLOCK_HKV: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
+    STORE: tl.constexpr,  # also write the rotated k and v into the pool (the backend's K/V store)
 ):
     token = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token).to(tl.int64)
@@ -99,7 +114,21 @@ def _rope_kernel(
     cos = tl.load(cos_ptr + position * stride_cache + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(sin_ptr + position * stride_cache + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
     _rotate_heads(q_ptr + token * stride_q_token, stride_q_head, cos, sin, offs_d, NUM_Q_HEADS, HALF, BLOCK_HQ)
-    _rotate_heads(k_ptr + token * stride_k_token, stride_k_head, cos, sin, offs_d, NUM_KV_HEADS, HALF, BLOCK_HKV)
+    k1, k2, mask = _rotate_heads(
+        k_ptr + token * stride_k_token, stride_k_head, cos, sin, offs_d, NUM_KV_HEADS, HALF, BLOCK_HKV
+    )
+    if STORE:
+        slot = tl.load(out_slots_ptr + token).to(tl.int64)
+        offs_h = tl.arange(0, BLOCK_HKV)
+        pool_offs = slot * stride_pool_slot + offs_h[:, None] * stride_pool_head + offs_d[None, :]
+        pool_dtype = k_pool_ptr.dtype.element_ty
+        tl.store(k_pool_ptr + pool_offs, k1.to(pool_dtype), mask=mask)
+        tl.store(k_pool_ptr + pool_offs + HALF, k2.to(pool_dtype), mask=mask)
+        v_offs = token * stride_v_token + offs_h[:, None] * stride_v_head + offs_d[None, :]
+        v1 = tl.load(v_ptr + v_offs, mask=mask, other=0.0)
+        v2 = tl.load(v_ptr + v_offs + HALF, mask=mask, other=0.0)
+        tl.store(v_pool_ptr + pool_offs, v1.to(v_pool_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_pool_ptr + pool_offs + HALF, v2.to(v_pool_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -178,6 +207,7 @@ def rope_inplace(
     k: torch.Tensor,  # [T, Hkv, D], last dim contiguous
     cos_cache: torch.Tensor,  # [max_positions, D // 2] float32
     sin_cache: torch.Tensor,  # [max_positions, D // 2] float32
+    store: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Rotate the two halves of every q and k head by its token's position, in place.
 
@@ -185,20 +215,31 @@ def rope_inplace(
     to ``q.dtype``; the torch reference rounds cos/sin and each product to ``q.dtype`` first, so in
     bf16 the two differ by a few bf16 ulps (relative error below 1e-2), and agree to fp32 rounding
     in fp32. Positions must lie in ``[0, max_positions)`` (not checked: that would sync).
+
+    ``store = (v, k_pool, v_pool, out_slots)``: the same launch also writes each token's rotated k
+    and its v into the pools (``[num_slots, Hkv, D]``, contiguous) at its slot, converted to the
+    pools' dtype, exactly as the backends' K/V store would (one launch a layer fewer).
     """
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     if q.stride(-1) != 1 or k.stride(-1) != 1 or not (cos_cache.is_contiguous() and sin_cache.is_contiguous()):
         raise ValueError("rope_inplace needs q and k with a contiguous last dim and contiguous caches")
+    if store is not None:
+        v, k_pool, v_pool, out_slots = store
+        if v.stride(-1) != 1 or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+            raise ValueError("rope_inplace stores need v with a contiguous last dim and contiguous pools")
     if num_tokens == 0:
         return
     half = head_dim // 2
     block_hq, block_hkv = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(num_kv_heads)
+    if store is None:
+        v, k_pool, v_pool, out_slots = k, k, k, positions  # not read
     _rope_kernel[(num_tokens,)](
-        positions, q, k, cos_cache, sin_cache,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_cache.stride(0),
+        positions, q, k, cos_cache, sin_cache, v, k_pool, v_pool, out_slots,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_pool.stride(0), k_pool.stride(1), cos_cache.stride(0),
         NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HALF=half,
-        BLOCK_HQ=block_hq, BLOCK_HKV=block_hkv, BLOCK_HALF=triton.next_power_of_2(half),
+        BLOCK_HQ=block_hq, BLOCK_HKV=block_hkv, BLOCK_HALF=triton.next_power_of_2(half), STORE=store is not None,
         num_warps=4 if block_hq * half >= 2048 else 2,
     )  # fmt: skip
 

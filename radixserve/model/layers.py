@@ -163,6 +163,26 @@ class RotaryEmbedding(nn.Module):
             return q, k
         return rope_torch(positions, q, k, self.cos_cache, self.sin_cache)
 
+    def rotate_and_store(
+        self,
+        positions: torch.Tensor,  # [T]
+        q: torch.Tensor,  # [T, num_q_heads, head_dim]
+        k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        k_pool: torch.Tensor,  # [num_slots, num_kv_heads, head_dim]
+        v_pool: torch.Tensor,
+        out_slots: torch.Tensor,  # [T]
+    ) -> bool:
+        """Where the fused kernel applies, rotates q and k in place and writes the rotated k and v
+        into the pools at ``out_slots`` in the same launch, and returns True; else does nothing and
+        returns False (the caller rotates, and the attention backend stores)."""
+        kernels = _fused_kernels(q)
+        fits = q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+        if kernels is None or not (fits and k_pool.is_contiguous() and v_pool.is_contiguous()):
+            return False
+        kernels.rope_inplace(positions, q, k, self.cos_cache, self.sin_cache, store=(v, k_pool, v_pool, out_slots))
+        return True
+
 
 def rope_torch(
     positions: torch.Tensor,  # [T] int64

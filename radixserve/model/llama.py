@@ -50,8 +50,13 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(batch.positions, q, k)
-        out = batch.attn_backend.forward(q, k, v, self.layer_id, batch, self.scale)  # [T, Hq, D]
+        backend = batch.attn_backend
+        # RoPE and the K/V store in one launch where the backend lets the caller store
+        pools = backend.kv_target(self.layer_id)
+        stored = pools is not None and rotary.rotate_and_store(batch.positions, q, k, v, *pools, batch.out_slots)
+        if not stored:
+            q, k = rotary(batch.positions, q, k)
+        out = backend.forward(q, k, v, self.layer_id, batch, self.scale, kv_stored=stored)  # [T, Hq, D]
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
     def load_shard(self, shard: str, tensor: torch.Tensor, is_bias: bool) -> None:

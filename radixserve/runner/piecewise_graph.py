@@ -67,7 +67,7 @@ class _PieceBreak(AttentionBackend):
     def prepare(self, batch: ForwardBatch) -> None:  # never planned: the real backend runs at replay
         pass
 
-    def forward(self, q, k, v, layer_id: int, batch: ForwardBatch, scale: float) -> torch.Tensor:
+    def forward(self, q, k, v, layer_id: int, batch: ForwardBatch, scale: float, kv_stored=False) -> torch.Tensor:
         if self.capture is not None:
             self.capture.next_piece()
         self.calls.append(_AttentionInputs(layer_id, scale, q, k, v, self.out))

@@ -124,6 +124,36 @@ def test_rope_inplace_on_strided_qk_matches_torch(dtype, shape_index, device):
 
 
 @pytest.mark.triton_interpreter
+@pytest.mark.parametrize("dtype, pool_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
+                                               (torch.bfloat16, torch.float32)])  # fmt: skip
+@pytest.mark.parametrize("shape_index", ROPE_CASES)
+def test_rope_with_store_writes_the_pool_as_rope_then_the_kv_store(dtype, pool_dtype, shape_index, device):
+    """RoPE fused with the K/V store: q and k rotated in place exactly as without the store, and the
+    pools hold the rotated k and the v at the tokens' slots (in the pools' dtype), nothing else."""
+    shape = ROPE_SHAPES[size(device)][shape_index]
+    num_tokens, _, num_kv_heads, head_dim = shape
+    rotary, qkv, q, k, v, positions = make_rope_inputs(*shape, dtype, device)
+    v = v.view(num_tokens, num_kv_heads, head_dim)
+    num_slots = 3 * num_tokens + 5
+    slots = torch.randperm(num_slots, generator=torch.Generator().manual_seed(3))[:num_tokens].to(device)
+    k_pool = randn(num_slots, num_kv_heads, head_dim, dtype=pool_dtype, device=device)
+    v_pool = randn(num_slots, num_kv_heads, head_dim, dtype=pool_dtype, device=device, scale=2.0)
+    expected_k_pool, expected_v_pool = k_pool.clone(), v_pool.clone()
+    plain = qkv.clone()
+    q_plain, k_plain, _ = plain.split([q.shape[1] * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], -1)
+    q_plain = q_plain.view(q.shape)
+    k_plain = k_plain.view(k.shape)
+    fused.rope_inplace(positions, q_plain, k_plain, rotary.cos_cache, rotary.sin_cache)
+    expected_k_pool[slots] = k_plain.to(pool_dtype)
+    expected_v_pool[slots] = v.to(pool_dtype)
+
+    fused.rope_inplace(positions, q, k, rotary.cos_cache, rotary.sin_cache, store=(v, k_pool, v_pool, slots))
+    assert torch.equal(qkv, plain)  # q and k rotated exactly as without the store, v untouched
+    assert torch.equal(k_pool, expected_k_pool)
+    assert torch.equal(v_pool, expected_v_pool)
+
+
+@pytest.mark.triton_interpreter
 def test_rope_accepts_int32_positions(device):
     rotary, qkv, q, k, v, positions = make_rope_inputs(3, 4, 2, 64, torch.float32, device)
     q_ref, k_ref = layers.rope_torch(positions, q, k, rotary.cos_cache, rotary.sin_cache)
@@ -191,13 +221,20 @@ def build_tiny_model(name: str, device):
     return model, config
 
 
-def prefill_then_decode(model, config, device, dtype) -> list[torch.Tensor]:
-    """Two sequences prefilled in one step (logits for every token), then one decode step of both."""
+def prefill_then_decode(model, config, device, dtype, backend_name: str = "torch_native") -> list[torch.Tensor]:
+    """Two sequences prefilled in one step (logits for every token), then one decode step of both.
+    On the Triton backend the fused path writes the K/V in its RoPE launch (``kv_target``)."""
     from radixserve.attention.base import ForwardBatch
     from radixserve.attention.torch_native import TorchNativeBackend
     from radixserve.runner.kv_pool import KVPool
 
-    backend = TorchNativeBackend(KVPool(64, config.num_layers, config.num_kv_heads, config.head_dim, dtype, device))
+    pool = KVPool(64, config.num_layers, config.num_kv_heads, config.head_dim, dtype, device)
+    if backend_name == "triton":
+        from radixserve.attention.triton_backend import TritonBackend
+
+        backend = TritonBackend(pool, num_q_heads=config.num_heads)
+    else:
+        backend = TorchNativeBackend(pool)
     prompts = torch.randint(1, config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(4)).tolist()
     slots = [list(range(1, 15)), list(range(20, 34))]  # 13 prompt slots + 1 decode slot each
 
@@ -223,10 +260,12 @@ def prefill_then_decode(model, config, device, dtype) -> list[torch.Tensor]:
 
 
 @pytest.mark.triton_interpreter
+@pytest.mark.parametrize("backend_name", ["torch_native", "triton"])
 @pytest.mark.parametrize("name", list(TINY_MODELS))
-def test_tiny_model_logits_match_the_torch_path(name, device, monkeypatch):
+def test_tiny_model_logits_match_the_torch_path(name, backend_name, device, monkeypatch):
     """Same weights, both paths, fp32 and bf16. In fp32 the paths agree to rounding (this checks the
-    wiring: residual stream, in-place RoPE on qkv views, per-head norms). In bf16 both are measured
+    wiring: residual stream, in-place RoPE on qkv views, per-head norms, and on the Triton backend
+    the K/V written by the RoPE launch instead of the backend's store). In bf16 both are measured
     against the fp32 torch logits and the fused path must be as accurate as the torch path (it
     rounds less). On CUDA the layers' own dispatch picks the kernels; off CUDA they are forced."""
     dispatch = {"fused": layers._fused_kernels if device.type == "cuda" else (lambda x: fused), "torch": lambda x: None}
@@ -237,8 +276,10 @@ def test_tiny_model_logits_match_the_torch_path(name, device, monkeypatch):
     logits = {}
     for (dtype, model), path in itertools.product(models.items(), dispatch):
         monkeypatch.setattr(layers, "_fused_kernels", dispatch[path])
-        logits[dtype, path] = prefill_then_decode(model, config, device, dtype)
-    reference = logits[torch.float32, "torch"]
+        logits[dtype, path] = prefill_then_decode(model, config, device, dtype, backend_name)
+    monkeypatch.setattr(layers, "_fused_kernels", dispatch["torch"])
+    reference = prefill_then_decode(models[torch.float32], config, device, torch.float32)  # torch_native
+    assert max_relative_error(logits[torch.float32, "torch"], reference) <= 1e-4
     assert max_relative_error(logits[torch.float32, "fused"], reference) <= 1e-4
     fused_error = max_relative_error(logits[torch.bfloat16, "fused"], reference)
     torch_error = max_relative_error(logits[torch.bfloat16, "torch"], reference)
