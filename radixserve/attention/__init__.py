@@ -24,8 +24,9 @@ BACKENDS = ("torch_native", "flashinfer", "triton")
 # contexts, one run side by side): batch 1 4.84 vs 5.15 ms/step, batch 32 6.43 vs 6.74, batch 256 17.42
 # vs 17.43 (docs/benchmarks.md); the largest CUDA-graph size at or below it is 56.
 AUTO_TRITON_DECODE_MAX_BS = 63
-# ... and every decode batch where the Triton decode launches are tuned (Hopper, 16-bit K/V:
-# ``launch_configs.tuned``). Measured on an H200 (Llama-3.1-8B dummy bf16), each pair in one run, since
+# ... and every decode batch where the Triton decode launches are tuned and the shapes are those
+# measured (Hopper, 16-bit K/V, head_dim <= 128, grouped query heads:
+# ``launch_configs.measured_for_every_decode``). Measured on an H200 (Llama-3.1-8B dummy bf16), each pair in one run, since
 # large captured batches read their contexts in chunks from a work list (ninth session,
 # docs/benchmarks.md): workload (a) 11,872 -> 11,994, 11,865 -> 12,041 and 11,799 -> 11,935 output tok/s;
 # shared-prefix (cache on, whose decode steps run the same cascade either way) 139,190 and 138,268
@@ -42,9 +43,9 @@ AUTO_MIXED_DECODE_SPLIT = 64
 
 def resolve_triton_decode_max_bs(name: str, triton_decode_max_bs: int, tuned: bool = False) -> int:
     """The small-decode cut-off for backend ``name``: -1 (auto) is, on flashinfer where triton is
-    installed, ``AUTO_TRITON_DECODE_MAX_BS_TUNED`` (every decode batch) where the Triton launches are
-    ``tuned`` and ``AUTO_TRITON_DECODE_MAX_BS`` elsewhere, else 0 (off); any other value is checked
-    and kept."""
+    installed, ``AUTO_TRITON_DECODE_MAX_BS_TUNED`` (every decode batch) where ``tuned`` (the shapes
+    the flip was measured on: ``launch_configs.measured_for_every_decode``) and
+    ``AUTO_TRITON_DECODE_MAX_BS`` elsewhere, else 0 (off); any other value is checked and kept."""
     if triton_decode_max_bs == -1:
         import importlib.util
 
@@ -88,10 +89,10 @@ def create_backend(
     context attend over the new K/V directly (see ``flashinfer_backend.py``)."""
     if ragged_prefill and name != "flashinfer":
         raise ValueError(f"--ragged-prefill: only with the flashinfer backend (this one: {name})")
-    from radixserve.attention.launch_configs import tuned
+    from radixserve.attention.launch_configs import measured_for_every_decode
 
     triton_decode_max_bs = resolve_triton_decode_max_bs(
-        name, triton_decode_max_bs, tuned(kv_pool.device, kv_pool.dtype)
+        name, triton_decode_max_bs, measured_for_every_decode(kv_pool, num_q_heads)
     )
     mixed_decode_split = resolve_mixed_decode_split(name, mixed_decode_split)
     if name == "torch_native":

@@ -19,7 +19,8 @@ Per step ``prepare`` plans once and every layer reuses the plan:
   shared-prefix cascade when that pays, and only the rest on the prefill kernel: a decode row in
   the prefill kernel fills a query tile of its own, and over long shared contexts it reads the
   whole prefix once per request (the prefill phase of the shared-prefix workload mixes ~1,000
-  such decodes into each chunk). Off by default until measured on a GPU. Under the default
+  such decodes into each chunk); where Triton's decode launches are tuned (Hopper, 16-bit K/V)
+  those decodes run Triton's decode kernels rather than BatchDecode. Under the default
   small-decode split (``small_decode.py``: batches up to 63 on Triton, every decode batch on
   Hopper) use ``N`` >= 64: a smaller head would run FlashInfer's CUDA-core decode, which that split
   exists to avoid.
@@ -44,6 +45,7 @@ import torch
 
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
+from radixserve.attention.launch_configs import decode_splits, measured_for_every_decode, target_programs
 from radixserve.attention.upload import pinned
 
 _WORKSPACE_BYTES = 768 * 1024 * 1024  # split-KV partials of a 1,024-sequence decode need ~335 MB
@@ -89,6 +91,8 @@ class FlashInferBackend(AttentionBackend):
         self._plan_copied: dict[object, torch.cuda.Event] = {}  # wrapper -> its last plan's copy done
         self.shared_prefix = _shared_prefix_decode(kv_pool, num_q_heads)
         self._store_kv = _fused_store_kv()
+        # a mixed step's leading decodes (no cascade) on Triton's decode where its launches are tuned
+        self.triton_mixed_decodes = _triton_decode() is not None and measured_for_every_decode(kv_pool, num_q_heads)
         self.step_cascade = None  # the cascade layout of the step last prepared, if it runs one
         self.mixed_decode_split = mixed_decode_split
         self.step_split: _MixedSplit | None = None  # the mixed step last prepared, when split
@@ -108,6 +112,14 @@ class FlashInferBackend(AttentionBackend):
             self._write_kv(0, step.out_slots, step.k, step.v)
         if self.shared_prefix is not None:
             self.shared_prefix.warmup(num_q_heads)
+        if self.triton_mixed_decodes:  # one split writes its rows directly; more are merged
+            step = dummy_step(self.kv_pool, num_q_heads)
+            k_pool, v_pool = self.kv_pool.get(0)
+            indices = (step.qo_indptr, step.kv_indptr, step.kv_slots)
+            for splits in (1, 2):
+                _triton_decode().decode_attention(
+                    step.q, k_pool, v_pool, step.q.clone(), *indices, None, 2, splits, 1.0
+                )
         torch.cuda.synchronize(self.kv_pool.device)
 
     def wants_eager(self, batch: ForwardBatch) -> bool:
@@ -144,10 +156,16 @@ class FlashInferBackend(AttentionBackend):
         self._plan_prefill(batch, num_decodes if self.step_split is not None else 0)
 
     def _prepare_decode_head(self, head: ForwardBatch) -> _MixedSplit:
-        """Plan a mixed step's leading decodes: the cascade where it pays, else BatchDecode."""
+        """Plan a mixed step's leading decodes: the cascade where it pays, else Triton's decode
+        (``triton_mixed_decodes``: measured faster than BatchDecode on an H200 at every large batch,
+        docs/benchmarks.md), else BatchDecode."""
         cascade = self.shared_prefix.take(head) if self.shared_prefix is not None else None
         if cascade is not None:
             return _MixedSplit(head, None, cascade)
+        if self.triton_mixed_decodes:
+            programs = head.batch_size * self.num_kv_heads
+            splits = decode_splits(target_programs(self.kv_pool.device), programs, max(head.seq_lens))
+            return _MixedSplit(head, None, None, splits)
         return _MixedSplit(head, self._plan_batch_decode(head), None)
 
     def _plan_batch_decode(self, batch: ForwardBatch):
@@ -285,6 +303,12 @@ class FlashInferBackend(AttentionBackend):
         rows = split.head.num_tokens
         if split.cascade is not None:
             out[:rows] = self.shared_prefix.run(cascade_q[:rows], layer_id, split.head, split.cascade, scale)
+        elif split.triton_splits:  # writes the rows of the batch's first head.batch_size sequences
+            k_pool, v_pool = self.kv_pool.get(layer_id)
+            _triton_decode().decode_attention(
+                q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
+                split.head.batch_size, split.triton_splits, default_scale,
+            )  # fmt: skip
         else:
             split.wrapper.run(q[:rows], self._paged[layer_id], out=out[:rows])
         self._active.run(q[rows:], self._paged[layer_id], out=out[rows:])
@@ -308,7 +332,8 @@ class _MixedSplit:
 
     head: ForwardBatch  # the decode sequences (the batch's first ``head.batch_size``)
     wrapper: object | None  # the BatchDecode wrapper planned for them, or
-    cascade: object | None  # their shared-prefix cascade layout
+    cascade: object | None  # their shared-prefix cascade layout, or
+    triton_splits: int = 0  # > 0: Triton's decode, each context split this many ways
 
 
 def _fused_store_kv():
@@ -318,6 +343,15 @@ def _fused_store_kv():
     except ImportError:
         return None
     return store_kv
+
+
+def _triton_decode():
+    """``radixserve.attention.triton_decode``, or None where triton is missing."""
+    try:
+        from radixserve.attention import triton_decode
+    except ImportError:
+        return None
+    return triton_decode
 
 
 def _shared_prefix_decode(kv_pool, num_q_heads: int):

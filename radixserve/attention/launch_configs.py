@@ -49,6 +49,14 @@ def tuned(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" and dtype.itemsize == 2 and _capability_major(device.index) == 9
 
 
+def measured_for_every_decode(kv_pool, num_q_heads: int) -> bool:
+    """Whether Triton's decode was measured faster than FlashInfer's at every batch size for this
+    pool and head layout: the tuned launches (``tuned``, which apply up to head_dim 128) with grouped
+    query heads (the ``tl.dot`` path), as in Llama-3.1-8B on an H200 (ninth session)."""
+    grouped = num_q_heads // kv_pool.num_kv_heads > 1
+    return tuned(kv_pool.device, kv_pool.dtype) and kv_pool.head_dim <= 128 and grouped
+
+
 @functools.cache
 def _capability_major(index: int | None) -> int:
     return torch.cuda.get_device_capability(index)[0]

@@ -67,6 +67,11 @@ class _PieceBreak(AttentionBackend):
     def prepare(self, batch: ForwardBatch) -> None:  # never planned: the real backend runs at replay
         pass
 
+    def kv_target(self, layer_id: int) -> None:
+        """None: the model must not store K/V inside a piece (the capture batch's ``out_slots`` are
+        token ids, and a replay's slots differ); the real backend stores them at replay."""
+        return None
+
     def forward(self, q, k, v, layer_id: int, batch: ForwardBatch, scale: float, kv_stored=False) -> torch.Tensor:
         if self.capture is not None:
             self.capture.next_piece()

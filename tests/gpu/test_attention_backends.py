@@ -322,6 +322,41 @@ def test_triton_captured_chunked_layout_matches_and_guards_long_contexts(monkeyp
     assert backend.wants_eager(decode_batch([3] * (smaller - 1) + [32 * 64 + 1]))
 
 
+@pytest.mark.triton_interpreter
+def test_triton_chunked_plan_rebuilds_its_work_list_every_pass(monkeypatch, device):
+    """A captured step's plan runs several passes (two warm-ups, then the capture, whose replays
+    read new lengths from the same buffers): each pass rebuilds the chunks' work list. Here one plan
+    runs a pass, the buffers then take other lengths in place, and a second pass must match them."""
+    triton_backend = pytest.importorskip("radixserve.attention.triton_backend", reason="needs triton")
+    from radixserve.attention import launch_configs
+
+    monkeypatch.setattr(launch_configs, "graph_splits", lambda *args, **kwargs: 1)  # every batch fills the card
+    monkeypatch.setattr(launch_configs, "MAX_SPLIT_KEYS", 64)
+    monkeypatch.setattr(launch_configs, "CHUNKED_GRAPH_SPLITS", 32)
+    shape = Shape(NUM_KV_HEADS * 4, 64)
+    specs = DECODE[size(device)]
+    first = make_sequences(specs, shape, device, seed=9)
+    offset = max(slot for s in first for slot in s.slots) + 1
+    second = [  # the same lengths in reverse order, in slots of their own: other chunk lists
+        Sequence([slot + offset for slot in s.slots], s.extend_len, s.k, s.v, s.q)
+        for s in make_sequences(specs[::-1], shape, device, seed=10)
+    ]
+    pool = make_pool(first + second, shape, device)
+    write_past(pool, first + second)
+    backend = triton_backend.TritonBackend(pool, num_kv_splits=32, num_q_heads=shape.num_q_heads)
+    batch = make_batch(first, device)  # the static buffers
+    backend.prepare_graph(batch)
+    assert backend._plan.chunk_len == 64
+    out = backend.forward(*new_tokens(first), LAYER, batch, shape.head_dim**-0.5)
+    assert_close(out, reference(first, shape, device), REL_TOL[shape.dtype])
+    replayed = make_batch(second, device)
+    for static, new in ((batch.kv_indptr, replayed.kv_indptr), (batch.kv_slots, replayed.kv_slots)):
+        static.copy_(new)
+    batch.out_slots.copy_(replayed.out_slots)
+    out = backend.forward(*new_tokens(second), LAYER, batch, shape.head_dim**-0.5)
+    assert_close(out, reference(second, shape, device), REL_TOL[shape.dtype])
+
+
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_warmup_writes_only_the_dummy_slot_and_steps_still_match(backend_name, device):
     """``warmup`` (run at engine start on CUDA) compiles the eager kernels on dummy inputs: it may

@@ -315,9 +315,9 @@ def test_first_token_logprobs_agree_with_torch_native(backend, model_dir, tokeni
 
 def test_default_backend_on_cuda_is_a_gpu_backend(model_dir, tokenizer_path):
     """The defaults: FlashInfer (decode batches on the Triton kernels: every one where its launches
-    are tuned, else the small ones) where installed, else Triton."""
+    are tuned for the model's shapes, else the small ones) where installed, else Triton."""
     from radixserve.attention import AUTO_TRITON_DECODE_MAX_BS, AUTO_TRITON_DECODE_MAX_BS_TUNED
-    from radixserve.attention.launch_configs import tuned
+    from radixserve.attention.launch_configs import measured_for_every_decode
 
     engine = _engine(model_dir, tokenizer_path, max_total_tokens=4096, cuda_graph_max_bs=8, triton_decode_max_bs=-1)
     backend = engine.core.runner.backend
@@ -325,8 +325,8 @@ def test_default_backend_on_cuda_is_a_gpu_backend(model_dir, tokenizer_path):
         assert type(backend).__name__ == "SmallDecodeSplit"
         assert (type(backend.large).__name__, type(backend.small).__name__) == ("FlashInferBackend", "TritonBackend")
         pool = engine.core.runner.kv_pool
-        is_tuned = tuned(pool.device, pool.dtype)
-        assert backend.max_small_bs == (AUTO_TRITON_DECODE_MAX_BS_TUNED if is_tuned else AUTO_TRITON_DECODE_MAX_BS)
+        every = measured_for_every_decode(pool, SMALL_LLAMA["num_attention_heads"])
+        assert backend.max_small_bs == (AUTO_TRITON_DECODE_MAX_BS_TUNED if every else AUTO_TRITON_DECODE_MAX_BS)
     else:
         assert type(backend).__name__ == "TritonBackend"
     assert engine.core.runner.device.type == "cuda"

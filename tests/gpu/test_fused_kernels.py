@@ -273,10 +273,14 @@ def test_tiny_model_logits_match_the_torch_path(name, backend_name, device, monk
         assert layers.fused_ops() is fused
     bf16_model, config = build_tiny_model(name, device)
     models = {torch.bfloat16: bf16_model, torch.float32: copy.deepcopy(bf16_model).float()}
+    stores = []  # which fused RoPE launches also wrote the K/V (the real kernel runs either way)
+    rope_inplace = fused.rope_inplace
+    monkeypatch.setattr(fused, "rope_inplace", lambda *a, **kw: (stores.append("store" in kw), rope_inplace(*a, **kw)))
     logits = {}
     for (dtype, model), path in itertools.product(models.items(), dispatch):
         monkeypatch.setattr(layers, "_fused_kernels", dispatch[path])
         logits[dtype, path] = prefill_then_decode(model, config, device, dtype, backend_name)
+    assert stores and all(stores) == (backend_name == "triton")  # torch_native keeps its own store
     monkeypatch.setattr(layers, "_fused_kernels", dispatch["torch"])
     reference = prefill_then_decode(models[torch.float32], config, device, torch.float32)  # torch_native
     assert max_relative_error(logits[torch.float32, "torch"], reference) <= 1e-4

@@ -34,25 +34,31 @@ pytestmark = [
 ]
 
 
-def _run(sequences: list[Sequence], shape: Shape, split: int, min_saved_bytes: int = 64 << 20):
-    """One step through the flashinfer backend with ``mixed_decode_split = split``; (output, backend)."""
+def _run(sequences: list[Sequence], shape: Shape, split: int, min_saved_bytes: int = 64 << 20, on_triton=None):
+    """One step through the flashinfer backend with ``mixed_decode_split = split`` (and the leading
+    decodes on Triton's decode or BatchDecode when ``on_triton`` is set); (output, backend)."""
     pool = make_pool(sequences, shape, torch.device("cuda"))
     write_past(pool, sequences)
     backend = cascade_backend("flashinfer", pool, shape.num_q_heads, 256, min_saved_bytes)
     backend.mixed_decode_split = split
+    if on_triton is not None:
+        backend.triton_mixed_decodes = on_triton
     batch = with_identity(make_batch(sequences, pool.device), sequences)
     backend.prepare(batch)
     return backend.forward(*new_tokens(sequences), LAYER, batch, shape.head_dim**-0.5), backend
 
 
+@pytest.mark.parametrize("on_triton", [False, True])
 @pytest.mark.parametrize("group", [1, 4, 8])
-def test_leading_decodes_on_the_decode_kernel(group):
+def test_leading_decodes_on_the_decode_kernel(group, on_triton):
+    """The leading decodes on BatchDecode or on Triton's decode kernels (the default where those
+    launches are tuned) match the reference and the step run on the prefill kernel alone."""
     shape = Shape(NUM_KV_HEADS * group, 128)
     shared_len, specs = MIXED["big"]  # two leading decodes, an extend, a decode among the chunks, ...
     sequences = make_sequences(specs, shape, torch.device("cuda"), shared_len=shared_len)
-    split, backend = _run(sequences, shape, split=1)
+    split, backend = _run(sequences, shape, split=1, on_triton=on_triton)
     assert backend.step_split is not None and backend.step_split.head.batch_size == 2
-    assert backend.step_split.wrapper is not None
+    assert (backend.step_split.wrapper is None) == on_triton and (backend.step_split.triton_splits > 0) == on_triton
     assert_close(split, reference(sequences, shape, torch.device("cuda")), REL_TOL[shape.dtype])
     whole, backend = _run(sequences, shape, split=3)  # fewer leading decodes than the threshold
     assert backend.step_split is None
