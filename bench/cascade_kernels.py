@@ -194,7 +194,7 @@ def cascade_parts(args, own: int, device, copy_bytes_s: float) -> None:
     print(f"\nmerge ({plan.merge_heads} heads a program): {us:.1f} us, reads {partial_bytes / 1e9:.3f} GB of partials")
 
 
-def measure(table: Table, name: str, kv_bytes: int, default: bool, timed, error) -> None:
+def measure(table: Table, name: str, kv_bytes: int, default: bool, timed, error, pinned: bool = False) -> None:
     """``table.add`` of ``timed()`` microseconds and ``error()``; a launch that does not fit the
     card's shared memory (Triton's ``OutOfResources``) is listed as such instead of ending the sweep."""
     try:
@@ -204,7 +204,7 @@ def measure(table: Table, name: str, kv_bytes: int, default: bool, timed, error)
             raise
         table.add(f"{name}: does not fit ({exc})"[:120], float("inf"), kv_bytes, float("nan"), default)
         return
-    table.add(name, us, kv_bytes, error(), default)
+    table.add(name, us, kv_bytes, error(), default, pinned)
 
 
 def _graph_time(step, splits: int, config: LaunchConfig, layers: int, iters: int, device) -> float:
@@ -280,12 +280,14 @@ def plain_decode_batch(
     kv_bytes = batch_size * context * ROW_BYTES
     default = launch_configs.decode_config(HEAD_DIM, launch_configs.tuned(device, torch.bfloat16))
 
-    def step(splits: int, config: LaunchConfig) -> None:
+    counters = torch.zeros(batch_size * NUM_KV_HEADS, dtype=torch.int32, device=device)
+
+    def step(splits: int, config: LaunchConfig, fused: bool = False) -> None:
         for layer in range(layers):
             k_pool, v_pool = pool.get(layer)
             triton_decode.decode_attention(
                 q, k_pool, v_pool, out[layer], batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
-                batch_size, splits, HEAD_DIM**-0.5, config=config,
+                batch_size, splits, HEAD_DIM**-0.5, config=config, counters=counters if fused else None,
             )  # fmt: skip
 
     step(captured, default)
@@ -301,6 +303,12 @@ def plain_decode_batch(
                 lambda n=splits, c=config: _graph_time(step, n, c, layers, args.iters, device),
                 lambda: rel_error(out, want),
             )  # fmt: skip
+    for splits in sorted(n for n in split_counts if n > 1):  # the engine's default: the splits merge themselves
+        measure(
+            table, f"{describe(default)}, {splits} splits, merge fused", kv_bytes, False,
+            lambda n=splits: _graph_time(lambda m, c: step(m, c, fused=True), n, default, layers, args.iters, device),
+            lambda: rel_error(out, want), pinned=True,
+        )  # fmt: skip
     if flashinfer:
         for name, us, got in flashinfer_rows.plain_rows(pool, contexts, q, layers, args.iters, device):
             table.add(f"flashinfer BatchDecode, {name}", us, kv_bytes, rel_error(got, want), pinned=True)

@@ -39,6 +39,10 @@ from radixserve.attention.launch_configs import (
 from radixserve.attention.shared_prefix import SharedPrefixDecode
 from radixserve.attention.upload import upload_aligned
 
+# decodes whose evenly split contexts merge themselves (``decode_attention``'s ``counters``: one int32
+# per sequence and KV head); a larger decode (never split evenly in practice) launches the merge
+MAX_FUSED_MERGE_SEQS = 1024
+
 
 @dataclass
 class _StepPlan:
@@ -76,6 +80,10 @@ class TritonBackend(AttentionBackend):
         self.shared_prefix = SharedPrefixDecode(kv_pool, num_q_heads, min_shared_prefix, min_saved_bytes)
         self._plan: _StepPlan | None = None
         self._captured: dict[int, DecodeLayout] = {}  # layout of each captured (padded) batch size
+        # zero between launches; one launch at a time uses them (this backend's steps are in order)
+        self._merge_counters = torch.zeros(
+            MAX_FUSED_MERGE_SEQS * self.num_kv_heads, dtype=torch.int32, device=kv_pool.device
+        )
 
     @property
     def step_cascade(self) -> triton_cascade.CascadePlan | None:
@@ -156,8 +164,10 @@ class TritonBackend(AttentionBackend):
         seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
         for ids, num_seqs in ((None, 2), (seq_ids, 1)):  # whole batch, gathered decode rows
-            for splits in (1, 2):  # one split writes its output directly; more are merged
-                triton_decode.decode_attention(step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0)
+            for splits in (1, 2):  # one split writes its output directly; more merge themselves
+                triton_decode.decode_attention(
+                    step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0, counters=self._merge_counters
+                )
         triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
         self.shared_prefix.warmup(num_q_heads)
         device = step.q.device
@@ -216,7 +226,7 @@ class TritonBackend(AttentionBackend):
                     plan.work_layer = layer_id
             triton_decode.decode_attention(
                 q, k_pool, v_pool, out, *indices, plan.decode_seq_ids, plan.num_decodes, plan.num_splits, scale,
-                chunk_len=plan.chunk_len, merge_heads=merge_heads, work=plan.work,
+                chunk_len=plan.chunk_len, merge_heads=merge_heads, work=plan.work, counters=self._merge_counters,
             )  # fmt: skip
         if plan.block_seq is not None:
             triton_kernels.extend_attention(q, k_pool, v_pool, out, *indices, plan.block_seq, plan.block_index, scale)

@@ -43,6 +43,7 @@ def _decode_split_kernel(
     seq_ids_ptr,  # [num_seqs], read only when GATHER
     kv_offsets_ptr,  # [B] first context position to attend, read only when HAS_OFFSET
     work_ptr,  # CHUNKED: the work list (``chunk_work``)
+    counters_ptr,  # FUSED_MERGE: [>= num_seqs * Hkv] int32, zero between launches
     part_out_ptr,  # [num_seqs, Hq, num_splits, D] float32
     part_lse_ptr,  # [num_seqs, Hq, num_splits] float32, base 2
     out_ptr,  # [T, Hq, D], written only when HAS_OUT
@@ -67,6 +68,7 @@ def _decode_split_kernel(
     USE_DOT: tl.constexpr,
     HAS_OUT: tl.constexpr,  # a context read whole by split 0 (see ``_direct``) is written to out, not merged
     CHUNKED: tl.constexpr,  # grid (num_seqs, Hkv): chunks from the work list; else (num_seqs, Hkv, num_splits), even splits
+    FUSED_MERGE: tl.constexpr,  # even splits: the last split of a (sequence, KV head) to finish merges them
 ):
     kv_head = tl.program_id(1)
     first = 0 if CHUNKED else tl.program_id(2)  # chunked: the program's own context's first chunk
@@ -76,6 +78,18 @@ def _decode_split_kernel(
         stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head, num_splits, chunk_len if CHUNKED else 0,
         NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT, HAS_OUT,
     )  # fmt: skip
+    if FUSED_MERGE:
+        # this program's partials are stored, by all its threads, before it takes a ticket; the ticket
+        # (acq_rel, GPU scope) makes every earlier split's partials visible to the last one
+        tl.debug_barrier()
+        counter = counters_ptr + tl.program_id(0) * tl.num_programs(1) + kv_head
+        ticket = tl.atomic_add(counter, 1)
+        if ticket == num_splits - 1:
+            _merge_group(
+                tl.program_id(0), kv_head, num_splits, part_out_ptr, part_lse_ptr, out_ptr, qo_indptr_ptr,
+                seq_ids_ptr, stride_out_token, stride_out_head, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, GATHER,
+            )  # fmt: skip
+            tl.atomic_xchg(counter, 0)  # zero again for the next launch
     if CHUNKED:
         # then the work list's later chunks (of any context) i, i + num_seqs, ...: no program is
         # launched for a chunk past a context's end. (The first chunk stays outside this loop: inside
@@ -168,6 +182,44 @@ def _decode_split(
     tl.store(part_lse_ptr + part, lse, mask=g_mask & partial)
     part_offs = part[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(part_out_ptr + part_offs, out, mask=g_mask[:, None] & d_mask[None, :] & partial)
+
+
+@triton.jit
+def _merge_group(
+    index, kv_head, num_splits, part_out_ptr, part_lse_ptr, out_ptr, qo_indptr_ptr, seq_ids_ptr, stride_out_token,
+    stride_out_head, NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, GATHER: tl.constexpr,
+):  # fmt: skip
+    """Merges the ``num_splits`` partials of the query heads of ``kv_head`` of decode ``index`` into
+    its output row. The partials were written by other programs: read through L2 (``.cg``), never
+    from a stale L1 line of an earlier launch."""
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    g_mask = offs_g < GROUP
+    mask = g_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    heads = kv_head * GROUP + offs_g
+    base = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits  # [BLOCK_G]
+    best = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    weight = tl.zeros([BLOCK_G], dtype=tl.float32)
+    for split in range(0, num_splits):  # split 0 holds a key: the running max is finite from the start
+        lse = tl.load(part_lse_ptr + base + split, mask=g_mask, other=0.0, cache_modifier=".cg")
+        rows = tl.load(
+            part_out_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :],
+            mask=mask,
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        new_best = tl.maximum(best, lse)
+        alpha = tl.exp2(best - new_best)
+        w = tl.exp2(lse - new_best)
+        total = total * alpha[:, None] + w[:, None] * rows
+        weight = weight * alpha + w
+        best = new_best
+    seq = tl.load(seq_ids_ptr + index) if GATHER else index
+    row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
+    out_offs = row * stride_out_token + heads[:, None] * stride_out_head + offs_d[None, :]
+    tl.store(out_ptr + out_offs, (total / weight[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["num_seqs", "num_splits", "chunk_len"])
@@ -302,6 +354,7 @@ def decode_attention(
     chunk_len: int = 0,
     merge_heads: int = 1,
     work: torch.Tensor | None = None,  # chunked: ``chunk_work``'s list for these lengths (built here if None)
+    counters: torch.Tensor | None = None,  # int32, zero: lets even splits merge themselves (see below)
 ) -> None:
     """Attention of one query row per sequence over its whole context.
 
@@ -313,14 +366,22 @@ def decode_attention(
     (the caller's check: the lengths are on the device). A chunked launch is a program per decode and
     KV head, each reading its context's first chunk and then later chunks from the work list: no
     program is spent on a chunk past a context's end (a grid of every chunk slot spent 2.6 ms a
-    step at batch 768 on such programs, on an H200)."""
+    step at batch 768 on such programs, on an H200).
+
+    ``counters`` (even splits; at least ``num_seqs * Hkv`` int32, zero, used by one launch at a time):
+    the last split of each sequence and KV head to finish merges them itself, a launch fewer a layer
+    (the merge kernel is ~2.6 us of a ~9 us layer at batch 1). Each counter is zero again after the
+    launch, so one buffer serves every layer and every replay of a captured step."""
     if chunk_len > 0 and work is None:
         work = chunk_work(kv_indptr, seq_ids, num_seqs, num_splits, chunk_len)
+    fused = (
+        counters is not None and chunk_len == 0 and num_splits > 1 and counters.numel() >= num_seqs * k_pool.shape[1]
+    )
     part_out, part_lse = _split_stage(
         q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale, None, config,
-        out=out, chunk_len=chunk_len, work=work,
+        out=out, chunk_len=chunk_len, work=work, counters=counters if fused else None,
     )  # fmt: skip
-    if num_splits == 1:
+    if num_splits == 1 or fused:
         return
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     gather = seq_ids is not None
@@ -368,6 +429,7 @@ def _split_stage(
     out: torch.Tensor | None = None,  # given: contexts that one split reads whole are written here
     chunk_len: int = 0,
     work: torch.Tensor | None = None,  # chunked (``chunk_len`` > 0): ``chunk_work``'s list
+    counters: torch.Tensor | None = None,  # given: the splits merge themselves (``decode_attention``)
 ):  # fmt: skip
     config = config or decode_config(q.shape[2], tuned(q.device, k_pool.dtype))
     num_q_heads, head_dim = q.shape[1], q.shape[2]
@@ -386,12 +448,14 @@ def _split_stage(
     grid = (num_seqs, num_kv_heads) if chunked else (num_seqs, num_kv_heads, num_splits)
     _decode_split_kernel[grid](
         q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids if gather else qo_indptr,
-        kv_offsets if has_offset else qo_indptr, work if chunked else qo_indptr, part_out, part_lse, out_t,
+        kv_offsets if has_offset else qo_indptr, work if chunked else qo_indptr,
+        counters if counters is not None else qo_indptr, part_out, part_lse, out_t,
         scale * LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), *out_strides,
         num_seqs, num_splits, chunk_len,
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_N=config.block_n, GATHER=gather,
-        HAS_OFFSET=has_offset, USE_DOT=use_dot, HAS_OUT=has_out, CHUNKED=chunked, num_warps=config.num_warps,
+        HAS_OFFSET=has_offset, USE_DOT=use_dot, HAS_OUT=has_out, CHUNKED=chunked, FUSED_MERGE=counters is not None,
+        num_warps=config.num_warps,
         num_stages=config.num_stages,
     )  # fmt: skip
     return part_out, part_lse

@@ -255,17 +255,25 @@ def _decode_step(device, seed: int):
 
 
 @pytest.mark.triton_interpreter
+@pytest.mark.parametrize("fused_merge", [False, True])
 @pytest.mark.parametrize("num_splits", [1, 3, 16, 17, 40, 64])
-def test_triton_decode_any_split_count(num_splits, device):
-    """The split-K decode and its merge (which reads the partials 16 at a time) agree with the
-    reference for split counts below, at and past one chunk, empty splits included."""
+def test_triton_decode_any_split_count(num_splits, fused_merge, device):
+    """The split-K decode and its merge (which reads the partials 16 at a time, or, fused, the last
+    split of each sequence and KV head to finish) agree with the reference for split counts below,
+    at and past one chunk, empty splits included; fused, twice over the same counters, which are
+    zero after each launch."""
     triton_decode, shape, sequences, batch, q, k_pool, v_pool = _decode_step(device, seed=6)
-    out = torch.empty_like(q)
-    triton_decode.decode_attention(
-        q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences), num_splits,
-        shape.head_dim**-0.5,
-    )  # fmt: skip
-    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+    counters = torch.zeros(len(sequences) * NUM_KV_HEADS, dtype=torch.int32, device=device) if fused_merge else None
+    want = reference(sequences, shape, device)
+    for _ in range(2 if fused_merge else 1):
+        out = torch.empty_like(q)
+        triton_decode.decode_attention(
+            q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences),
+            num_splits, shape.head_dim**-0.5, counters=counters,
+        )  # fmt: skip
+        assert_close(out, want, REL_TOL[shape.dtype])
+        if fused_merge:
+            assert not counters.any()
 
 
 @pytest.mark.triton_interpreter
