@@ -282,12 +282,13 @@ def plain_decode_batch(
 
     counters = torch.zeros(batch_size * NUM_KV_HEADS, dtype=torch.int32, device=device)
 
-    def step(splits: int, config: LaunchConfig, fused: bool = False) -> None:
+    def step(splits: int, config: LaunchConfig, fused: bool = False, chunk_len: int = 0) -> None:
         for layer in range(layers):
             k_pool, v_pool = pool.get(layer)
             triton_decode.decode_attention(
                 q, k_pool, v_pool, out[layer], batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
                 batch_size, splits, HEAD_DIM**-0.5, config=config, counters=counters if fused else None,
+                chunk_len=chunk_len,
             )  # fmt: skip
 
     step(captured, default)
@@ -303,6 +304,18 @@ def plain_decode_batch(
                 lambda n=splits, c=config: _graph_time(step, n, c, layers, args.iters, device),
                 lambda: rel_error(out, want),
             )  # fmt: skip
+    layout = launch_configs.graph_layout(
+        target_programs(device), batch_size, NUM_KV_HEADS, launch_configs.MAX_GRAPH_SPLITS, pool.num_slots - 1
+    )
+    if layout.chunk_len:  # a captured step of a batch that fills the card: chunks from the work list
+        measure(
+            table, f"{describe(default)}, chunked: {layout.splits} x {layout.chunk_len} keys (the engine's graphs)",
+            kv_bytes, False,
+            lambda: _graph_time(
+                lambda m, c: step(m, c, chunk_len=layout.chunk_len), layout.splits, default, layers, args.iters, device
+            ),
+            lambda: rel_error(out, want), pinned=True,
+        )  # fmt: skip
     for splits in sorted(n for n in split_counts if n > 1):  # the engine's default: the splits merge themselves
         measure(
             table, f"{describe(default)}, {splits} splits, merge fused", kv_bytes, False,
