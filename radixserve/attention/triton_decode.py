@@ -5,8 +5,7 @@ Stage 1, grid ``(sequence, kv head, split)``, runs every query head of one KV he
 slice of the context (K/V loaded once for the group) and writes a partial output and its
 log-sum-exp; stage 2, grid ``(sequence, q head)``, merges the splits. A context that one split
 reads whole (one split, or a chunked decode's short context) is written by stage 1 directly. With
-even splits and ``counters``, the last split of a sequence and KV head to finish merges them
-itself (no stage 2). A chunked decode (every split a fixed number of keys) launches stage 1 as
+``counters``, the last split of a sequence and KV head to finish merges them itself (no stage 2). A chunked decode (every split a fixed number of keys) launches stage 1 as
 ``(sequence, kv head)``: each program reads its context's first chunk, then later chunks of any
 context from a work list built on the device (``chunk_work``); its merge takes several heads per
 program. Every shape depends only on the batch size and the split count, and lengths are read
@@ -69,28 +68,17 @@ def _decode_split_kernel(
     USE_DOT: tl.constexpr,
     HAS_OUT: tl.constexpr,  # a context read whole by split 0 (see ``_direct``) is written to out, not merged
     CHUNKED: tl.constexpr,  # grid (num_seqs, Hkv): chunks from the work list; else (num_seqs, Hkv, num_splits), even splits
-    FUSED_MERGE: tl.constexpr,  # even splits: the last split of a (sequence, KV head) to finish merges them
+    FUSED_MERGE: tl.constexpr,  # the last split of a (sequence, KV head) to finish merges them (no stage 2)
 ):
     kv_head = tl.program_id(1)
     first = 0 if CHUNKED else tl.program_id(2)  # chunked: the program's own context's first chunk
     _decode_split(
         tl.program_id(0), kv_head, first, q_ptr, k_pool_ptr, v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr,
-        seq_ids_ptr, kv_offsets_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token, stride_q_head,
-        stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head, num_splits, chunk_len if CHUNKED else 0,
-        NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT, HAS_OUT,
+        seq_ids_ptr, kv_offsets_ptr, counters_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token,
+        stride_q_head, stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head, num_splits,
+        chunk_len if CHUNKED else 0, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET,
+        USE_DOT, HAS_OUT, FUSED_MERGE,
     )  # fmt: skip
-    if FUSED_MERGE:
-        # this program's partials are stored, by all its threads, before it takes a ticket; the ticket
-        # (acq_rel, GPU scope) makes every earlier split's partials visible to the last one
-        tl.debug_barrier()
-        counter = counters_ptr + tl.program_id(0) * tl.num_programs(1) + kv_head
-        ticket = tl.atomic_add(counter, 1)
-        if ticket == num_splits - 1:
-            _merge_group(
-                tl.program_id(0), kv_head, num_splits, part_out_ptr, part_lse_ptr, out_ptr, qo_indptr_ptr,
-                seq_ids_ptr, stride_out_token, stride_out_head, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, GATHER,
-            )  # fmt: skip
-            tl.atomic_xchg(counter, 0)  # zero again for the next launch
     if CHUNKED:
         # then the work list's later chunks (of any context) i, i + num_seqs, ...: no program is
         # launched for a chunk past a context's end. (With the first chunk inside this loop too, a
@@ -99,25 +87,26 @@ def _decode_split_kernel(
         for entry in range(tl.program_id(0), tl.load(work_ptr + 2 * work_len), num_seqs):
             _decode_split(
                 tl.load(work_ptr + entry), kv_head, tl.load(work_ptr + work_len + entry), q_ptr, k_pool_ptr,
-                v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr, seq_ids_ptr, kv_offsets_ptr, part_out_ptr,
-                part_lse_ptr, out_ptr, scale_log2, stride_q_token, stride_q_head, stride_pool_slot, stride_pool_head,
-                stride_out_token, stride_out_head, num_splits, chunk_len, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM,
-                BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT, HAS_OUT,
+                v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr, seq_ids_ptr, kv_offsets_ptr, counters_ptr,
+                part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token, stride_q_head, stride_pool_slot,
+                stride_pool_head, stride_out_token, stride_out_head, num_splits, chunk_len, NUM_Q_HEADS, GROUP,
+                BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT, HAS_OUT, FUSED_MERGE,
             )  # fmt: skip
 
 
 @triton.jit
 def _decode_split(
     index, kv_head, split, q_ptr, k_pool_ptr, v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr, seq_ids_ptr,
-    kv_offsets_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token, stride_q_head,
+    kv_offsets_ptr, counters_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token, stride_q_head,
     stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head, num_splits,
     chunk_len,  # > 0: this split reads keys split * chunk_len onwards; 0: the splits share the context evenly
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, GATHER: tl.constexpr, HAS_OFFSET: tl.constexpr,
-    USE_DOT: tl.constexpr, HAS_OUT: tl.constexpr,
+    USE_DOT: tl.constexpr, HAS_OUT: tl.constexpr, FUSED_MERGE: tl.constexpr,
 ):  # fmt: skip
     """One split of decode ``index``'s context for the query heads of ``kv_head``: its partial
-    output and log-sum-exp, or (``HAS_OUT``, a context split 0 reads whole) its output."""
+    output and log-sum-exp, or (``HAS_OUT``, a context split 0 reads whole) its output. With
+    ``FUSED_MERGE`` the last split of the context to finish merges the partials into the output."""
     seq = tl.load(seq_ids_ptr + index) if GATHER else index
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
     kv_start = tl.load(kv_indptr_ptr + seq).to(tl.int64)
@@ -183,17 +172,32 @@ def _decode_split(
     tl.store(part_lse_ptr + part, lse, mask=g_mask & partial)
     part_offs = part[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(part_out_ptr + part_offs, out, mask=g_mask[:, None] & d_mask[None, :] & partial)
+    if FUSED_MERGE:
+        # the splits this context has: every one when even, the chunks it fills when chunked
+        count = tl.where(chunk_len > 0, tl.minimum((keys + split_len - 1) // split_len, num_splits), num_splits)
+        if partial:
+            # this program's partials are stored, by all its threads, before it takes a ticket; the
+            # ticket (acq_rel, GPU scope) makes every other split's partials visible to the last one
+            tl.debug_barrier()
+            counter = counters_ptr + index * tl.num_programs(1) + kv_head
+            ticket = tl.atomic_add(counter, 1)
+            if ticket == count - 1:
+                _merge_group(
+                    index, kv_head, count, num_splits, part_out_ptr, part_lse_ptr, out_ptr, row, stride_out_token,
+                    stride_out_head, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D,
+                )  # fmt: skip
+                tl.atomic_xchg(counter, 0)  # zero again for the next launch
 
 
 @triton.jit
 def _merge_group(
-    index, kv_head, num_splits, part_out_ptr, part_lse_ptr, out_ptr, qo_indptr_ptr, seq_ids_ptr, stride_out_token,
-    stride_out_head, NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr, GATHER: tl.constexpr,
+    index, kv_head, count, num_splits, part_out_ptr, part_lse_ptr, out_ptr, row, stride_out_token, stride_out_head,
+    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """Merges the ``num_splits`` partials of the query heads of ``kv_head`` of decode ``index`` into
-    its output row. The partials were written by other programs: read through L2 (``.cg``), never
-    from a stale L1 line of an earlier launch."""
+    """Merges the first ``count`` partials (of ``num_splits`` slots) of the query heads of ``kv_head``
+    of decode ``index`` into its output row ``row``. The partials were written by other programs:
+    read through L2 (``.cg``), never from a stale L1 line of an earlier launch."""
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
     g_mask = offs_g < GROUP
@@ -203,7 +207,7 @@ def _merge_group(
     best = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     total = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     weight = tl.zeros([BLOCK_G], dtype=tl.float32)
-    for split in range(0, num_splits):  # split 0 holds a key: the running max is finite from the start
+    for split in range(0, count):  # split 0 holds a key: the running max is finite from the start
         lse = tl.load(part_lse_ptr + base + split, mask=g_mask, other=0.0, cache_modifier=".cg")
         rows = tl.load(
             part_out_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :],
@@ -217,8 +221,6 @@ def _merge_group(
         total = total * alpha[:, None] + w[:, None] * rows
         weight = weight * alpha + w
         best = new_best
-    seq = tl.load(seq_ids_ptr + index) if GATHER else index
-    row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
     out_offs = row * stride_out_token + heads[:, None] * stride_out_head + offs_d[None, :]
     tl.store(out_ptr + out_offs, (total / weight[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -369,15 +371,13 @@ def decode_attention(
     program is spent on a chunk past a context's end (a grid of every chunk slot spent 2.6 ms a
     step at batch 768 on such programs, on an H200).
 
-    ``counters`` (even splits; at least ``num_seqs * Hkv`` int32, zero, used by one launch at a time):
-    the last split of each sequence and KV head to finish merges them itself, a launch fewer a layer
-    (the merge kernel is ~2.6 us of a ~9 us layer at batch 1). Each counter is zero again after the
-    launch, so one buffer serves every layer and every replay of a captured step."""
+    ``counters`` (at least ``num_seqs * Hkv`` int32, zero, used by one launch at a time): the last
+    split (or chunk) of each sequence and KV head to finish merges them itself, a launch fewer a
+    layer (the merge kernel is ~2.6 us of a ~9 us layer at batch 1). Each counter is zero again
+    after the launch, so one buffer serves every layer and every replay of a captured step."""
     if chunk_len > 0 and work is None:
         work = chunk_work(kv_indptr, seq_ids, num_seqs, num_splits, chunk_len)
-    fused = (
-        counters is not None and chunk_len == 0 and num_splits > 1 and counters.numel() >= num_seqs * k_pool.shape[1]
-    )
+    fused = counters is not None and num_splits > 1 and counters.numel() >= num_seqs * k_pool.shape[1]
     part_out, part_lse = _split_stage(
         q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale, None, config,
         out=out, chunk_len=chunk_len, work=work, counters=counters if fused else None,

@@ -277,11 +277,12 @@ def test_triton_decode_any_split_count(num_splits, fused_merge, device):
 
 
 @pytest.mark.triton_interpreter
-@pytest.mark.parametrize("merge_heads", [1, 4, 8])
+@pytest.mark.parametrize("merge_heads", [1, 4, 8, "fused"])
 @pytest.mark.parametrize("gather", [False, True])
 def test_triton_chunked_decode(merge_heads, gather, device):
     """Chunked decode (every split reads ``chunk_len`` keys): a context of one chunk is written by
-    stage 1, a longer one merged several heads a program, whole batch or gathered rows alike."""
+    stage 1, a longer one merged several heads a program (or by its last chunk to finish, with
+    counters, which are zero again after), whole batch or gathered rows alike."""
     triton_decode, shape, sequences, batch, q, k_pool, v_pool = _decode_step(device, seed=7)
     chunk = 64
     splits = -(-max(s.seq_len for s in sequences) // chunk)
@@ -290,11 +291,14 @@ def test_triton_chunked_decode(merge_heads, gather, device):
     if gather:  # every sequence, listed last first
         seq_ids = torch.arange(len(sequences) - 1, -1, -1, dtype=torch.int32, device=device)
     out = torch.empty_like(q)
+    fused = merge_heads == "fused"
+    counters = torch.zeros(len(sequences) * NUM_KV_HEADS, dtype=torch.int32, device=device) if fused else None
     triton_decode.decode_attention(
         q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, seq_ids, len(sequences), splits,
-        shape.head_dim**-0.5, chunk_len=chunk, merge_heads=merge_heads,
+        shape.head_dim**-0.5, chunk_len=chunk, merge_heads=1 if fused else merge_heads, counters=counters,
     )  # fmt: skip
     assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+    assert counters is None or not counters.any()
 
 
 @pytest.mark.triton_interpreter
