@@ -282,13 +282,15 @@ def plain_decode_batch(
 
     counters = torch.zeros(batch_size * NUM_KV_HEADS, dtype=torch.int32, device=device)
 
+    merge_heads = triton_cascade.merge_heads_per_program(batch_size, NUM_Q_HEADS, target_programs(device))
+
     def step(splits: int, config: LaunchConfig, fused: bool = False, chunk_len: int = 0) -> None:
         for layer in range(layers):
             k_pool, v_pool = pool.get(layer)
             triton_decode.decode_attention(
                 q, k_pool, v_pool, out[layer], batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
                 batch_size, splits, HEAD_DIM**-0.5, config=config, counters=counters if fused else None,
-                chunk_len=chunk_len,
+                chunk_len=chunk_len, merge_heads=merge_heads,
             )  # fmt: skip
 
     step(captured, default)
@@ -307,12 +309,13 @@ def plain_decode_batch(
     layout = launch_configs.graph_layout(
         target_programs(device), batch_size, NUM_KV_HEADS, launch_configs.MAX_GRAPH_SPLITS, pool.num_slots - 1
     )
-    if layout.chunk_len:  # a captured step of a batch that fills the card: chunks from the work list
+    for fused in (True, False) if layout.chunk_len else ():  # a captured step of a batch that fills the card
+        what = "merged by the last chunk (the engine's graphs)" if fused else "merge kernel"
         measure(
-            table, f"{describe(default)}, chunked: {layout.splits} x {layout.chunk_len} keys (the engine's graphs)",
-            kv_bytes, False,
-            lambda: _graph_time(
-                lambda m, c: step(m, c, chunk_len=layout.chunk_len), layout.splits, default, layers, args.iters, device
+            table, f"{describe(default)}, chunked: {layout.splits} x {layout.chunk_len} keys, {what}", kv_bytes, False,
+            lambda f=fused: _graph_time(
+                lambda m, c: step(m, c, fused=f, chunk_len=layout.chunk_len), layout.splits, default, layers,
+                args.iters, device,
             ),
             lambda: rel_error(out, want), pinned=True,
         )  # fmt: skip

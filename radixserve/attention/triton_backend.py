@@ -39,8 +39,8 @@ from radixserve.attention.launch_configs import (
 from radixserve.attention.shared_prefix import SharedPrefixDecode
 from radixserve.attention.upload import upload_aligned
 
-# decodes whose evenly split contexts merge themselves (``decode_attention``'s ``counters``: one int32
-# per sequence and KV head); a larger decode (never split evenly in practice) launches the merge
+# decodes whose splits or chunks merge themselves (``decode_attention``'s ``counters``: one int32 per
+# sequence and KV head); a larger decode (beyond the captured sizes) launches a merge kernel
 MAX_FUSED_MERGE_SEQS = 1024
 
 
@@ -164,9 +164,11 @@ class TritonBackend(AttentionBackend):
         seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
         for ids, num_seqs in ((None, 2), (seq_ids, 1)):  # whole batch, gathered decode rows
-            for splits in (1, 2):  # one split writes its output directly; more merge themselves
+            for splits, counters in ((1, None), (2, self._merge_counters), (2, None)):
+                # one split writes its output directly; more merge themselves (or, past
+                # MAX_FUSED_MERGE_SEQS decodes, in the merge kernel)
                 triton_decode.decode_attention(
-                    step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0, counters=self._merge_counters
+                    step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0, counters=counters
                 )
         triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
         self.shared_prefix.warmup(num_q_heads)

@@ -257,16 +257,18 @@ def _decode_step(device, seed: int):
 @pytest.mark.triton_interpreter
 @pytest.mark.parametrize("fused_merge", [False, True])
 @pytest.mark.parametrize("num_splits", [1, 3, 16, 17, 40, 64])
-def test_triton_decode_any_split_count(num_splits, fused_merge, device):
+def test_triton_decode_any_split_count(num_splits, fused_merge, device, monkeypatch):
     """The split-K decode and its merge (which reads the partials 16 at a time, or, fused, the last
     split of each sequence and KV head to finish) agree with the reference for split counts below,
     at and past one chunk, empty splits included; fused, twice over the same counters, which are
     zero after each launch."""
     triton_decode, shape, sequences, batch, q, k_pool, v_pool = _decode_step(device, seed=6)
     counters = torch.zeros(len(sequences) * NUM_KV_HEADS, dtype=torch.int32, device=device) if fused_merge else None
+    if fused_merge and num_splits > 1:  # the splits merge themselves: no merge kernel may run
+        monkeypatch.setattr(triton_decode, "_decode_merge_kernel", _NoLaunch())
     want = reference(sequences, shape, device)
     for _ in range(2 if fused_merge else 1):
-        out = torch.empty_like(q)
+        out = torch.full_like(q, float("nan"))  # a row nobody writes fails
         triton_decode.decode_attention(
             q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences),
             num_splits, shape.head_dim**-0.5, counters=counters,
@@ -276,10 +278,62 @@ def test_triton_decode_any_split_count(num_splits, fused_merge, device):
             assert not counters.any()
 
 
+class _NoLaunch:
+    """Stands where a kernel must not be launched: indexing it with a grid fails the test."""
+
+    def __getitem__(self, grid):
+        raise AssertionError(f"a merge kernel was launched (grid {grid}) where the splits merge themselves")
+
+
+@pytest.mark.triton_interpreter
+def test_triton_decode_counters_too_small_fall_back_to_the_merge_kernel(device):
+    """A counter buffer smaller than the batch's sequences x KV heads is not used: the merge kernel
+    runs, the output matches, and the buffer is left as it was."""
+    triton_decode, shape, sequences, batch, q, k_pool, v_pool = _decode_step(device, seed=6)
+    counters = torch.full((len(sequences) * NUM_KV_HEADS - 1,), 7, dtype=torch.int32, device=device)
+    out = torch.full_like(q, float("nan"))
+    triton_decode.decode_attention(
+        q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences), 4,
+        shape.head_dim**-0.5, counters=counters,
+    )  # fmt: skip
+    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+    assert bool((counters == 7).all())
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="races show only on a GPU")
+@pytest.mark.parametrize("chunked", [False, True])
+def test_triton_self_merging_decode_under_back_to_back_launches(chunked):
+    """Many programs racing for the merge: 100 launches back to back, each with other queries into
+    NaN-filled outputs (a merger that read a stale or unwritten partial, or a counter left non-zero,
+    shows), against the same launch with the merge kernel."""
+    triton_decode = pytest.importorskip("radixserve.attention.triton_decode", reason="needs triton")
+    device = torch.device("cuda")
+    shape = Shape(NUM_KV_HEADS * 4, 128)
+    lengths = [1 + (37 * i) % 1500 for i in range(256)]
+    sequences = make_sequences([(False, n - 1, 1) for n in lengths], shape, device, seed=11)
+    pool = make_pool(sequences, shape, device)
+    write_past(pool, sequences)
+    batch = make_batch(sequences, device)
+    _, k, v = new_tokens(sequences)
+    k_pool, v_pool = pool.get(LAYER)
+    k_pool[batch.out_slots], v_pool[batch.out_slots] = k, v
+    splits, chunk = (4, 512) if chunked else (16, 0)  # chunked: up to 3 chunks a context
+    counters = torch.zeros(len(sequences) * NUM_KV_HEADS, dtype=torch.int32, device=device)
+    gen = torch.Generator(device=device).manual_seed(12)
+    args = (batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences), splits, shape.head_dim**-0.5)
+    for _ in range(100):
+        q = torch.randn(len(sequences), shape.num_q_heads, shape.head_dim, generator=gen, device=device).to(shape.dtype)
+        fused, merged = torch.full_like(q, float("nan")), torch.full_like(q, float("nan"))
+        triton_decode.decode_attention(q, k_pool, v_pool, fused, *args, chunk_len=chunk, counters=counters)
+        triton_decode.decode_attention(q, k_pool, v_pool, merged, *args, chunk_len=chunk)
+        torch.testing.assert_close(fused, merged, rtol=2e-2, atol=2e-2)
+    assert not counters.any()
+
+
 @pytest.mark.triton_interpreter
 @pytest.mark.parametrize("merge_heads", [1, 4, 8, "fused"])
 @pytest.mark.parametrize("gather", [False, True])
-def test_triton_chunked_decode(merge_heads, gather, device):
+def test_triton_chunked_decode(merge_heads, gather, device, monkeypatch):
     """Chunked decode (every split reads ``chunk_len`` keys): a context of one chunk is written by
     stage 1, a longer one merged several heads a program (or by its last chunk to finish, with
     counters, which are zero again after), whole batch or gathered rows alike."""
@@ -290,9 +344,11 @@ def test_triton_chunked_decode(merge_heads, gather, device):
     seq_ids = None
     if gather:  # every sequence, listed last first
         seq_ids = torch.arange(len(sequences) - 1, -1, -1, dtype=torch.int32, device=device)
-    out = torch.empty_like(q)
+    out = torch.full_like(q, float("nan"))  # a row nobody writes fails
     fused = merge_heads == "fused"
     counters = torch.zeros(len(sequences) * NUM_KV_HEADS, dtype=torch.int32, device=device) if fused else None
+    if fused:  # the last chunk to finish merges: no merge kernel may run
+        monkeypatch.setattr(triton_decode, "_decode_merge_heads_kernel", _NoLaunch())
     triton_decode.decode_attention(
         q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, seq_ids, len(sequences), splits,
         shape.head_dim**-0.5, chunk_len=chunk, merge_heads=1 if fused else merge_heads, counters=counters,
