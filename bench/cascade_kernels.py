@@ -284,13 +284,15 @@ def plain_decode_batch(
 
     merge_heads = triton_cascade.merge_heads_per_program(batch_size, NUM_Q_HEADS, target_programs(device))
 
-    def step(splits: int, config: LaunchConfig, fused: bool = False, chunk_len: int = 0) -> None:
+    def step(
+        splits: int, config: LaunchConfig, fused: bool = False, chunk_len: int = 0, heads_first: bool = False
+    ) -> None:
         for layer in range(layers):
             k_pool, v_pool = pool.get(layer)
             triton_decode.decode_attention(
                 q, k_pool, v_pool, out[layer], batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
                 batch_size, splits, HEAD_DIM**-0.5, config=config, counters=counters if fused else None,
-                chunk_len=chunk_len, merge_heads=merge_heads,
+                chunk_len=chunk_len, merge_heads=merge_heads, heads_first=heads_first,
             )  # fmt: skip
 
     step(captured, default)
@@ -309,20 +311,21 @@ def plain_decode_batch(
     layout = launch_configs.graph_layout(
         target_programs(device), batch_size, NUM_KV_HEADS, launch_configs.MAX_GRAPH_SPLITS, pool.num_slots - 1
     )
-    for fused in (True, False) if layout.chunk_len else ():  # a captured step of a batch that fills the card
-        what = "merged by the last chunk (the engine's graphs)" if fused else "merge kernel"
+    variants = []  # (name, splits, step options): the engine's paths and candidates, listed wherever they rank
+    if layout.chunk_len:  # a captured step of a batch that fills the card
+        chunked, n, c = f"chunked: {layout.splits} x {layout.chunk_len} keys", layout.splits, layout.chunk_len
+        variants += [
+            (f"{chunked}, merged by the last chunk (the engine's graphs)", n, dict(fused=True, chunk_len=c)),
+            (f"{chunked}, merge kernel", n, dict(chunk_len=c)),
+            (f"{chunked}, merged by the last chunk, heads first", n, dict(fused=True, chunk_len=c, heads_first=True)),
+            ("1 split, heads first", 1, dict(heads_first=True)),
+        ]
+    # the engine's default where contexts split evenly: the splits merge themselves
+    variants += [(f"{n} splits, merge fused", n, dict(fused=True)) for n in sorted(split_counts) if n > 1]
+    for name, splits, options in variants:
         measure(
-            table, f"{describe(default)}, chunked: {layout.splits} x {layout.chunk_len} keys, {what}", kv_bytes, False,
-            lambda f=fused: _graph_time(
-                lambda m, c: step(m, c, fused=f, chunk_len=layout.chunk_len), layout.splits, default, layers,
-                args.iters, device,
-            ),
-            lambda: rel_error(out, want), pinned=True,
-        )  # fmt: skip
-    for splits in sorted(n for n in split_counts if n > 1):  # the engine's default: the splits merge themselves
-        measure(
-            table, f"{describe(default)}, {splits} splits, merge fused", kv_bytes, False,
-            lambda n=splits: _graph_time(lambda m, c: step(m, c, fused=True), n, default, layers, args.iters, device),
+            table, f"{describe(default)}, {name}", kv_bytes, False,
+            lambda n=splits, o=options: _graph_time(lambda m, c: step(m, c, **o), n, default, layers, args.iters, device),
             lambda: rel_error(out, want), pinned=True,
         )  # fmt: skip
     if flashinfer:

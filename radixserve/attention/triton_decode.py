@@ -69,11 +69,17 @@ def _decode_split_kernel(
     HAS_OUT: tl.constexpr,  # a context read whole by split 0 (see ``_direct``) is written to out, not merged
     CHUNKED: tl.constexpr,  # grid (num_seqs, Hkv): chunks from the work list; else (num_seqs, Hkv, num_splits), even splits
     FUSED_MERGE: tl.constexpr,  # the last split of a (sequence, KV head) to finish merges them (no stage 2)
+    HEADS_FIRST: tl.constexpr,  # grid axes 0 and 1 swapped: a sequence's KV heads are launched together
 ):
-    kv_head = tl.program_id(1)
+    if HEADS_FIRST:
+        kv_head = tl.program_id(0)
+        own = tl.program_id(1)
+    else:
+        own = tl.program_id(0)
+        kv_head = tl.program_id(1)
     first = 0 if CHUNKED else tl.program_id(2)  # chunked: the program's own context's first chunk
     _decode_split(
-        tl.program_id(0), kv_head, first, q_ptr, k_pool_ptr, v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr,
+        own, kv_head, first, q_ptr, k_pool_ptr, v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr,
         seq_ids_ptr, kv_offsets_ptr, counters_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token,
         stride_q_head, stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head, num_splits,
         chunk_len if CHUNKED else 0, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET,
@@ -84,7 +90,7 @@ def _decode_split_kernel(
         # launched for a chunk past a context's end. (With the first chunk inside this loop too, a
         # batch-768 step took the same time on an H200: 8.43 against 8.41 ms of decode kernel.)
         work_len = num_seqs * (num_splits - 1)
-        for entry in range(tl.program_id(0), tl.load(work_ptr + 2 * work_len), num_seqs):
+        for entry in range(own, tl.load(work_ptr + 2 * work_len), num_seqs):
             _decode_split(
                 tl.load(work_ptr + entry), kv_head, tl.load(work_ptr + work_len + entry), q_ptr, k_pool_ptr,
                 v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr, seq_ids_ptr, kv_offsets_ptr, counters_ptr,
@@ -179,7 +185,7 @@ def _decode_split(
             # this program's partials are stored, by all its threads, before it takes a ticket; the
             # ticket (acq_rel, GPU scope) makes every other split's partials visible to the last one
             tl.debug_barrier()
-            counter = counters_ptr + index * tl.num_programs(1) + kv_head
+            counter = counters_ptr + index * (NUM_Q_HEADS // GROUP) + kv_head
             ticket = tl.atomic_add(counter, 1)
             if ticket == count - 1:
                 _merge_group(
@@ -358,6 +364,7 @@ def decode_attention(
     merge_heads: int = 1,
     work: torch.Tensor | None = None,  # chunked: ``chunk_work``'s list for these lengths (built here if None)
     counters: torch.Tensor | None = None,  # int32, zero: lets even splits merge themselves (see below)
+    heads_first: bool = False,  # launch a sequence's KV heads next to each other (a bench variant)
 ) -> None:
     """Attention of one query row per sequence over its whole context.
 
@@ -380,7 +387,7 @@ def decode_attention(
     fused = counters is not None and num_splits > 1 and counters.numel() >= num_seqs * k_pool.shape[1]
     part_out, part_lse = _split_stage(
         q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale, None, config,
-        out=out, chunk_len=chunk_len, work=work, counters=counters if fused else None,
+        out=out, chunk_len=chunk_len, work=work, counters=counters if fused else None, heads_first=heads_first,
     )  # fmt: skip
     if num_splits == 1 or fused:
         return
@@ -431,6 +438,7 @@ def _split_stage(
     chunk_len: int = 0,
     work: torch.Tensor | None = None,  # chunked (``chunk_len`` > 0): ``chunk_work``'s list
     counters: torch.Tensor | None = None,  # given: the splits merge themselves (``decode_attention``)
+    heads_first: bool = False,
 ):  # fmt: skip
     config = config or decode_config(q.shape[2], tuned(q.device, k_pool.dtype))
     num_q_heads, head_dim = q.shape[1], q.shape[2]
@@ -447,6 +455,8 @@ def _split_stage(
     out_t, out_strides = (out, (out.stride(0), out.stride(1))) if has_out else (part_out, (0, 0))
     gather, has_offset, chunked = seq_ids is not None, kv_offsets is not None, chunk_len > 0
     grid = (num_seqs, num_kv_heads) if chunked else (num_seqs, num_kv_heads, num_splits)
+    if heads_first:
+        grid = (grid[1], grid[0], *grid[2:])
     _decode_split_kernel[grid](
         q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids if gather else qo_indptr,
         kv_offsets if has_offset else qo_indptr, work if chunked else qo_indptr,
@@ -456,6 +466,7 @@ def _split_stage(
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_N=config.block_n, GATHER=gather,
         HAS_OFFSET=has_offset, USE_DOT=use_dot, HAS_OUT=has_out, CHUNKED=chunked, FUSED_MERGE=counters is not None,
+        HEADS_FIRST=heads_first,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )  # fmt: skip

@@ -278,6 +278,22 @@ def test_triton_decode_any_split_count(num_splits, fused_merge, device, monkeypa
             assert not counters.any()
 
 
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("splits, chunk, fused", [(1, 0, False), (3, 0, False), (3, 0, True), (32, 64, True)])
+def test_triton_decode_with_heads_first_grid(splits, chunk, fused, device):
+    """The bench variant that launches a sequence's KV heads next to each other (grid axes swapped)
+    computes the same: one split, even splits merged by the kernel or by themselves, chunks."""
+    triton_decode, shape, sequences, batch, q, k_pool, v_pool = _decode_step(device, seed=6)
+    counters = torch.zeros(len(sequences) * NUM_KV_HEADS, dtype=torch.int32, device=device) if fused else None
+    out = torch.full_like(q, float("nan"))
+    triton_decode.decode_attention(
+        q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences), splits,
+        shape.head_dim**-0.5, chunk_len=chunk, counters=counters, heads_first=True,
+    )  # fmt: skip
+    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+    assert counters is None or not counters.any()
+
+
 class _NoLaunch:
     """Stands where a kernel must not be launched: indexing it with a grid fails the test."""
 
