@@ -30,8 +30,8 @@ AUTO_TRITON_DECODE_MAX_BS = 63
 # large captured batches read their contexts in chunks from a work list (ninth session,
 # docs/benchmarks.md): workload (a) 11,872 -> 11,994, 11,865 -> 12,041 and 11,799 -> 11,935 output tok/s;
 # shared-prefix (cache on, whose decode steps run the same cascade either way) 139,190 and 138,268
-# (the default twice) against 137,848 total tok/s. A batch-768 step: 30.51 ms on FlashInfer's
-# decode, 27.50 on Triton's.
+# (the default twice) against 137,848 total tok/s. A batch-768 step (bench.profile_step, separate
+# runs): 30.51 ms on FlashInfer's decode (eighth session), 27.50 on Triton's (ninth).
 AUTO_TRITON_DECODE_MAX_BS_TUNED = 1 << 30
 
 # --mixed-decode-split -1: on FlashInfer, a mixed step with this many or more decodes runs them on the

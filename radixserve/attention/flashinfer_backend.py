@@ -93,6 +93,7 @@ class FlashInferBackend(AttentionBackend):
         self._store_kv = _fused_store_kv()
         # a mixed step's leading decodes (no cascade) on Triton's decode where its launches are tuned
         self.triton_mixed_decodes = _triton_decode() is not None and measured_for_every_decode(kv_pool, num_q_heads)
+        self._target_programs = target_programs(device)  # (a device query: once, not every mixed step)
         self.step_cascade = None  # the cascade layout of the step last prepared, if it runs one
         self.mixed_decode_split = mixed_decode_split
         self.step_split: _MixedSplit | None = None  # the mixed step last prepared, when split
@@ -164,7 +165,7 @@ class FlashInferBackend(AttentionBackend):
             return _MixedSplit(head, None, cascade)
         if self.triton_mixed_decodes:
             programs = head.batch_size * self.num_kv_heads
-            splits = decode_splits(target_programs(self.kv_pool.device), programs, max(head.seq_lens))
+            splits = decode_splits(self._target_programs, programs, max(head.seq_lens))
             return _MixedSplit(head, None, None, splits)
         return _MixedSplit(head, self._plan_batch_decode(head), None)
 

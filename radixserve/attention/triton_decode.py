@@ -210,23 +210,11 @@ def _merge_group(
     mask = g_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     heads = kv_head * GROUP + offs_g
     base = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits  # [BLOCK_G]
-    best = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-    total = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    weight = tl.zeros([BLOCK_G], dtype=tl.float32)
-    for split in range(0, count):  # split 0 holds a key: the running max is finite from the start
-        lse = tl.load(part_lse_ptr + base + split, mask=g_mask, other=0.0, cache_modifier=".cg")
-        rows = tl.load(
-            part_out_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :],
-            mask=mask,
-            other=0.0,
-            cache_modifier=".cg",
-        )
-        new_best = tl.maximum(best, lse)
-        alpha = tl.exp2(best - new_best)
-        w = tl.exp2(lse - new_best)
-        total = total * alpha[:, None] + w[:, None] * rows
-        weight = weight * alpha + w
-        best = new_best
+    best = heads_lse_max(part_lse_ptr, base, count, g_mask, tl.full([BLOCK_G], float("-inf"), tl.float32), ".cg")
+    total, weight = heads_weighted(
+        part_lse_ptr, part_out_ptr, base, count, best, tl.zeros([BLOCK_G, BLOCK_D], tl.float32),
+        tl.zeros([BLOCK_G], tl.float32), offs_d, g_mask, mask, HEAD_DIM, ".cg",
+    )  # fmt: skip
     out_offs = row * stride_out_token + heads[:, None] * stride_out_head + offs_d[None, :]
     tl.store(out_ptr + out_offs, (total / weight[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
 
