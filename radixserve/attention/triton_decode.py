@@ -323,11 +323,11 @@ def _decode_merge_heads_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask = h_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     base = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits
-    best = heads_lse_max(part_lse_ptr, base, count, h_mask, tl.full([BLOCK_H], float("-inf"), dtype=tl.float32))
+    best = heads_lse_max(part_lse_ptr, base, count, h_mask, tl.full([BLOCK_H], float("-inf"), dtype=tl.float32), "")
     total = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     weight = tl.zeros([BLOCK_H], dtype=tl.float32)
     total, weight = heads_weighted(
-        part_lse_ptr, part_out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM
+        part_lse_ptr, part_out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM, ""
     )
     out = total / tl.where(count > 0, weight, 1.0)[:, None]
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)

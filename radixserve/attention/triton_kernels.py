@@ -56,10 +56,11 @@ def _store_kv_kernel(
 
 
 @triton.jit
-def heads_lse_max(lse_ptr, base, count, h_mask, best, CACHE: tl.constexpr = ""):
+def heads_lse_max(lse_ptr, base, count, h_mask, best, CACHE: tl.constexpr):
     """``best`` ([BLOCK_H]) maxed with each head's ``lse[base : base + count]``, one split at a time.
     ``CACHE``: the loads' cache modifier (``".cg"``: through L2 only, for partials other programs
-    of the same launch wrote)."""
+    of the same launch wrote; ``""``: the default). Callers pass it: compiled Triton 3.6 hands a
+    jit helper's omitted string default through unwrapped and fails to build."""
     for split in range(0, count):
         best = tl.maximum(best, tl.load(lse_ptr + base + split, mask=h_mask, other=0.0, cache_modifier=CACHE))
     return best
@@ -68,7 +69,7 @@ def heads_lse_max(lse_ptr, base, count, h_mask, best, CACHE: tl.constexpr = ""):
 @triton.jit
 def heads_weighted(
     lse_ptr, out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM: tl.constexpr,
-    CACHE: tl.constexpr = "",
+    CACHE: tl.constexpr,
 ):  # fmt: skip
     """Adds each head's partial outputs ``out[base : base + count]``, weighted by
     ``exp2(lse - best)``, to ``total`` ([BLOCK_H, BLOCK_D]) and the weights to ``weight``."""
