@@ -278,7 +278,13 @@ def plain_decode_batch(
     # a captured step's split count
     captured = graph_splits(target_programs(device), batch_size * NUM_KV_HEADS, launch_configs.MAX_GRAPH_SPLITS)
     kv_bytes = batch_size * context * ROW_BYTES
-    default = launch_configs.decode_config(HEAD_DIM, launch_configs.tuned(device, torch.bfloat16))
+    is_tuned = launch_configs.tuned(device, torch.bfloat16)
+
+    def engine_config(splits: int, chunked: bool = False) -> LaunchConfig:  # as ``_split_stage`` picks it
+        programs = batch_size * NUM_KV_HEADS * (1 if chunked else splits)
+        return launch_configs.decode_config(HEAD_DIM, is_tuned, programs)
+
+    default = engine_config(captured)
 
     counters = torch.zeros(batch_size * NUM_KV_HEADS, dtype=torch.int32, device=device)
 
@@ -322,10 +328,13 @@ def plain_decode_batch(
         ]
     # the engine's default where contexts split evenly: the splits merge themselves
     variants += [(f"{n} splits, merge fused", n, dict(fused=True)) for n in sorted(split_counts) if n > 1]
-    for name, splits, options in variants:
+    for name, splits, options in variants:  # each launched as the engine would launch it
+        config = engine_config(splits, options.get("chunk_len", 0) > 0)
         measure(
-            table, f"{describe(default)}, {name}", kv_bytes, False,
-            lambda n=splits, o=options: _graph_time(lambda m, c: step(m, c, **o), n, default, layers, args.iters, device),
+            table, f"{describe(config)}, {name}", kv_bytes, False,
+            lambda n=splits, o=options, c=config: _graph_time(
+                lambda m, c: step(m, c, **o), n, c, layers, args.iters, device
+            ),
             lambda: rel_error(out, want), pinned=True,
         )  # fmt: skip
     if flashinfer:

@@ -22,14 +22,16 @@ shaped by the batch size.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 
-from radixserve.attention import triton_cascade, triton_decode, triton_kernels
+from radixserve.attention import launch_configs, triton_cascade, triton_decode, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
 from radixserve.attention.launch_configs import (
+    MANY_DECODE_PROGRAMS,
     MAX_GRAPH_SPLITS,
     DecodeLayout,
     decode_splits,
@@ -163,13 +165,17 @@ class TritonBackend(AttentionBackend):
         indices = (step.qo_indptr, step.kv_indptr, step.kv_slots)
         seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
-        for ids, num_seqs in ((None, 2), (seq_ids, 1)):  # whole batch, gathered decode rows
+        is_tuned = launch_configs.tuned(step.q.device, k_pool.dtype)
+        # small grids and large ones launch differently (``launch_configs.decode_config``)
+        configs = {launch_configs.decode_config(step.q.shape[2], is_tuned, n) for n in (0, MANY_DECODE_PROGRAMS)}
+        for config, (ids, num_seqs) in itertools.product(configs, ((None, 2), (seq_ids, 1))):
             for splits, counters in ((1, None), (2, self._merge_counters), (2, None)):
-                # one split writes its output directly; more merge themselves (or, past
-                # MAX_FUSED_MERGE_SEQS decodes, in the merge kernel)
+                # whole batch and gathered decode rows; one split writes its output directly, more
+                # merge themselves (or, past MAX_FUSED_MERGE_SEQS decodes, in the merge kernel)
                 triton_decode.decode_attention(
-                    step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0, counters=counters
-                )
+                    step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0, config=config,
+                    counters=counters,
+                )  # fmt: skip
         triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
         self.shared_prefix.warmup(num_q_heads)
         device = step.q.device

@@ -187,16 +187,16 @@ def _cascade_merge_heads_kernel(
     # the largest log-sum-exp per head (suffix split 0 always holds the newest key: finite); heads
     # past NUM_Q_HEADS read 0 and are never stored
     best = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    best = triton_kernels.heads_lse_max(prefix_lse_ptr, prefix_base, num_prefix, h_mask, best, "")
-    best = triton_kernels.heads_lse_max(suffix_lse_ptr, suffix_base, num_suffix_splits, h_mask, best, "")
+    best = triton_kernels.heads_lse_max(prefix_lse_ptr, prefix_base, num_prefix, h_mask, best)
+    best = triton_kernels.heads_lse_max(suffix_lse_ptr, suffix_base, num_suffix_splits, h_mask, best)
     total = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     weight = tl.zeros([BLOCK_H], dtype=tl.float32)
     total, weight = triton_kernels.heads_weighted(
-        prefix_lse_ptr, prefix_out_ptr, prefix_base, num_prefix, best, total, weight, offs_d, h_mask, mask, HEAD_DIM, ""
+        prefix_lse_ptr, prefix_out_ptr, prefix_base, num_prefix, best, total, weight, offs_d, h_mask, mask, HEAD_DIM
     )
     total, weight = triton_kernels.heads_weighted(
         suffix_lse_ptr, suffix_out_ptr, suffix_base, num_suffix_splits, best, total, weight, offs_d, h_mask, mask,
-        HEAD_DIM, "",
+        HEAD_DIM,
     )  # fmt: skip
     out = total / weight[:, None]
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)

@@ -70,6 +70,7 @@ def _decode_split_kernel(
     CHUNKED: tl.constexpr,  # grid (num_seqs, Hkv): chunks from the work list; else (num_seqs, Hkv, num_splits), even splits
     FUSED_MERGE: tl.constexpr,  # the last split of a (sequence, KV head) to finish merges them (no stage 2)
     HEADS_FIRST: tl.constexpr,  # grid axes 0 and 1 swapped: a sequence's KV heads are launched together
+    MERGE_G: tl.constexpr,  # FUSED_MERGE: the GQA group rounded up to a power of two
 ):
     if HEADS_FIRST:
         kv_head = tl.program_id(0)
@@ -83,7 +84,7 @@ def _decode_split_kernel(
         seq_ids_ptr, kv_offsets_ptr, counters_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token,
         stride_q_head, stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head, num_splits,
         chunk_len if CHUNKED else 0, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET,
-        USE_DOT, HAS_OUT, FUSED_MERGE,
+        USE_DOT, HAS_OUT, FUSED_MERGE, MERGE_G,
     )  # fmt: skip
     if CHUNKED:
         # then the work list's later chunks (of any context) i, i + num_seqs, ...: no program is
@@ -96,7 +97,7 @@ def _decode_split_kernel(
                 v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr, seq_ids_ptr, kv_offsets_ptr, counters_ptr,
                 part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token, stride_q_head, stride_pool_slot,
                 stride_pool_head, stride_out_token, stride_out_head, num_splits, chunk_len, NUM_Q_HEADS, GROUP,
-                BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT, HAS_OUT, FUSED_MERGE,
+                BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT, HAS_OUT, FUSED_MERGE, MERGE_G,
             )  # fmt: skip
 
 
@@ -108,7 +109,7 @@ def _decode_split(
     chunk_len,  # > 0: this split reads keys split * chunk_len onwards; 0: the splits share the context evenly
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, GATHER: tl.constexpr, HAS_OFFSET: tl.constexpr,
-    USE_DOT: tl.constexpr, HAS_OUT: tl.constexpr, FUSED_MERGE: tl.constexpr,
+    USE_DOT: tl.constexpr, HAS_OUT: tl.constexpr, FUSED_MERGE: tl.constexpr, MERGE_G: tl.constexpr,
 ):  # fmt: skip
     """One split of decode ``index``'s context for the query heads of ``kv_head``: its partial
     output and log-sum-exp, or (``HAS_OUT``, a context split 0 reads whole) its output. With
@@ -190,33 +191,58 @@ def _decode_split(
             if ticket == count - 1:
                 _merge_group(
                     index, kv_head, count, num_splits, part_out_ptr, part_lse_ptr, out_ptr, row, stride_out_token,
-                    stride_out_head, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D,
+                    stride_out_head, NUM_Q_HEADS, GROUP, MERGE_G, HEAD_DIM, BLOCK_D,
                 )  # fmt: skip
                 tl.atomic_xchg(counter, 0)  # zero again for the next launch
+
+
+# partials per load of the self-merging decode's merge: [MERGE_G, MERGE_SPLITS, BLOCK_D] float32 is 32
+# registers a thread at GQA 4 and head_dim 128, so the split kernel keeps its occupancy
+MERGE_SPLITS = tl.constexpr(8)
 
 
 @triton.jit
 def _merge_group(
     index, kv_head, count, num_splits, part_out_ptr, part_lse_ptr, out_ptr, row, stride_out_token, stride_out_head,
-    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, MERGE_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Merges the first ``count`` partials (of ``num_splits`` slots) of the query heads of ``kv_head``
     of decode ``index`` into its output row ``row``. The partials were written by other programs:
-    read through L2 (``.cg``), never from a stale L1 line of an earlier launch."""
-    offs_g = tl.arange(0, BLOCK_G)
+    read through L2 (``.cg``), never from a stale L1 line of an earlier launch. Every head's
+    partials are read ``MERGE_SPLITS`` at a time in one load with a running maximum: this program
+    ends the launch's critical path, and a split at a time (a load round trip each) took a batch-1
+    layer of 16 splits from 7.1 to 11.3 us on an H200."""
+    offs_g = tl.arange(0, MERGE_G)
+    offs_s = tl.arange(0, MERGE_SPLITS)
     offs_d = tl.arange(0, BLOCK_D)
     g_mask = offs_g < GROUP
-    mask = g_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    d_mask = offs_d < HEAD_DIM
     heads = kv_head * GROUP + offs_g
-    base = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits  # [BLOCK_G]
-    best = heads_lse_max(part_lse_ptr, base, count, g_mask, tl.full([BLOCK_G], float("-inf"), tl.float32), ".cg")
-    total, weight = heads_weighted(
-        part_lse_ptr, part_out_ptr, base, count, best, tl.zeros([BLOCK_G, BLOCK_D], tl.float32),
-        tl.zeros([BLOCK_G], tl.float32), offs_d, g_mask, mask, HEAD_DIM, ".cg",
-    )  # fmt: skip
+    base = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits  # [MERGE_G]
+    best = tl.full([MERGE_G], float("-inf"), tl.float32)
+    total = tl.zeros([MERGE_G, BLOCK_D], tl.float32)
+    weight = tl.zeros([MERGE_G], tl.float32)
+    for start in range(0, count, MERGE_SPLITS):
+        splits = start + offs_s
+        gs_mask = g_mask[:, None] & (splits < count)[None, :]
+        parts = base[:, None] + splits[None, :]  # [MERGE_G, MERGE_SPLITS]
+        lse = tl.load(part_lse_ptr + parts, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
+        rows = tl.load(
+            part_out_ptr + parts[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+            mask=gs_mask[:, :, None] & d_mask[None, None, :], other=0.0, cache_modifier=".cg",
+        )  # fmt: skip
+        # split 0 holds keys, so every real head's maximum is finite from the first load on; padded
+        # heads stay at 0
+        new_best = tl.where(g_mask, tl.maximum(best, tl.max(lse, 1)), 0.0)
+        alpha = tl.exp2(best - new_best)
+        w = tl.exp2(lse - new_best[:, None])  # [MERGE_G, MERGE_SPLITS], 0 for splits past count
+        total = total * alpha[:, None] + tl.sum(w[:, :, None] * rows, 1)
+        weight = weight * alpha + tl.sum(w, 1)
+        best = new_best
     out_offs = row * stride_out_token + heads[:, None] * stride_out_head + offs_d[None, :]
-    tl.store(out_ptr + out_offs, (total / weight[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+    out = total / tl.where(g_mask, weight, 1.0)[:, None]
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_seqs", "num_splits", "chunk_len"])
@@ -323,11 +349,11 @@ def _decode_merge_heads_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask = h_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     base = (index * NUM_Q_HEADS + heads).to(tl.int64) * num_splits
-    best = heads_lse_max(part_lse_ptr, base, count, h_mask, tl.full([BLOCK_H], float("-inf"), dtype=tl.float32), "")
+    best = heads_lse_max(part_lse_ptr, base, count, h_mask, tl.full([BLOCK_H], float("-inf"), dtype=tl.float32))
     total = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     weight = tl.zeros([BLOCK_H], dtype=tl.float32)
     total, weight = heads_weighted(
-        part_lse_ptr, part_out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM, ""
+        part_lse_ptr, part_out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM
     )
     out = total / tl.where(count > 0, weight, 1.0)[:, None]
     row = tl.load(qo_indptr_ptr + seq).to(tl.int64)
@@ -428,9 +454,10 @@ def _split_stage(
     counters: torch.Tensor | None = None,  # given: the splits merge themselves (``decode_attention``)
     heads_first: bool = False,
 ):  # fmt: skip
-    config = config or decode_config(q.shape[2], tuned(q.device, k_pool.dtype))
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_pool.shape[1]
+    programs = num_seqs * num_kv_heads * (1 if chunk_len > 0 else num_splits)
+    config = config or decode_config(head_dim, tuned(q.device, k_pool.dtype), programs)
     group = num_q_heads // num_kv_heads
     use_dot = group > 1  # tl.dot needs >= 16 rows: a GQA group is padded to 16 heads
     block_g = max(16, triton.next_power_of_2(group)) if use_dot else 1
@@ -454,7 +481,7 @@ def _split_stage(
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_N=config.block_n, GATHER=gather,
         HAS_OFFSET=has_offset, USE_DOT=use_dot, HAS_OUT=has_out, CHUNKED=chunked, FUSED_MERGE=counters is not None,
-        HEADS_FIRST=heads_first,
+        HEADS_FIRST=heads_first, MERGE_G=triton.next_power_of_2(group),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )  # fmt: skip

@@ -56,28 +56,20 @@ def _store_kv_kernel(
 
 
 @triton.jit
-def heads_lse_max(lse_ptr, base, count, h_mask, best, CACHE: tl.constexpr):
-    """``best`` ([BLOCK_H]) maxed with each head's ``lse[base : base + count]``, one split at a time.
-    ``CACHE``: the loads' cache modifier (``".cg"``: through L2 only, for partials other programs
-    of the same launch wrote; ``""``: the default). Callers pass it: compiled Triton 3.6 hands a
-    jit helper's omitted string default through unwrapped and fails to build."""
+def heads_lse_max(lse_ptr, base, count, h_mask, best):
+    """``best`` ([BLOCK_H]) maxed with each head's ``lse[base : base + count]``, one split at a time."""
     for split in range(0, count):
-        best = tl.maximum(best, tl.load(lse_ptr + base + split, mask=h_mask, other=0.0, cache_modifier=CACHE))
+        best = tl.maximum(best, tl.load(lse_ptr + base + split, mask=h_mask, other=0.0))
     return best
 
 
 @triton.jit
-def heads_weighted(
-    lse_ptr, out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM: tl.constexpr,
-    CACHE: tl.constexpr,
-):  # fmt: skip
+def heads_weighted(lse_ptr, out_ptr, base, count, best, total, weight, offs_d, h_mask, mask, HEAD_DIM: tl.constexpr):
     """Adds each head's partial outputs ``out[base : base + count]``, weighted by
     ``exp2(lse - best)``, to ``total`` ([BLOCK_H, BLOCK_D]) and the weights to ``weight``."""
     for split in range(0, count):
-        w = tl.exp2(tl.load(lse_ptr + base + split, mask=h_mask, other=0.0, cache_modifier=CACHE) - best)
-        rows = tl.load(
-            out_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0, cache_modifier=CACHE
-        )
+        w = tl.exp2(tl.load(lse_ptr + base + split, mask=h_mask, other=0.0) - best)
+        rows = tl.load(out_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
         total += w[:, None] * rows
         weight += w
     return total, weight

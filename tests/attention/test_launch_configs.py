@@ -76,6 +76,10 @@ def test_tuned_launches_only_where_measured():
     assert lc.decode_config(128, False) == old
     assert lc.decode_config(128, True) == lc.LaunchConfig(64, 4, 3)
     assert lc.decode_config(256, True) == lc.LaunchConfig(32, 4, 2)
+    # a grid that fills the card many times over: two stages, tuned or not
+    assert lc.decode_config(128, True, lc.MANY_DECODE_PROGRAMS - 1) == lc.LaunchConfig(64, 4, 3)
+    assert lc.decode_config(128, True, lc.MANY_DECODE_PROGRAMS) == old
+    assert lc.decode_config(128, False, lc.MANY_DECODE_PROGRAMS) == old
     assert lc.suffix_config(128, False) == old
     assert lc.suffix_config(128, True) == lc.LaunchConfig(32, 2, 4)
     assert lc.prefix_config(64, 128, False) == old

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.gpu import compile_check
+
 HERE = Path(__file__).resolve().parent
 ROOT_SKIP_REASON = "needs a CUDA GPU"  # tests/conftest.py
 
@@ -27,6 +29,24 @@ def pytest_configure(config):
     if interpreting():
         _upcast_bf16_dot_operands()
         _round_bf16_casts_to_nearest_even()
+        if compile_check.enabled():
+            compile_check.install(_LAUNCHES)
+
+
+_LAUNCHES: list[str] = []  # the interpreted launches, for ``compile_check``
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not (interpreting() and compile_check.enabled()):
+        return
+    count, failures = compile_check.check(_LAUNCHES)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"compile check: {count} distinct interpreted launches compiled for sm_90, {len(failures)} failed"]
+    for line in [*lines, *failures]:
+        if reporter is not None:
+            reporter.write_line(line)
+    if failures:
+        session.exitstatus = 1
 
 
 def _upcast_bf16_dot_operands() -> None:
