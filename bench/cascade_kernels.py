@@ -281,7 +281,7 @@ def plain_decode_batch(
     is_tuned = launch_configs.tuned(device, torch.bfloat16)
 
     def engine_config(splits: int, chunked: bool = False) -> LaunchConfig:  # as ``_split_stage`` picks it
-        programs = batch_size * NUM_KV_HEADS * (1 if chunked else splits)
+        programs = 0 if chunked else batch_size * NUM_KV_HEADS * splits
         return launch_configs.decode_config(HEAD_DIM, is_tuned, programs)
 
     default = engine_config(captured)
@@ -291,7 +291,7 @@ def plain_decode_batch(
     merge_heads = triton_cascade.merge_heads_per_program(batch_size, NUM_Q_HEADS, target_programs(device))
 
     def step(
-        splits: int, config: LaunchConfig, fused: bool = False, chunk_len: int = 0, heads_first: bool = False
+        splits: int, config: LaunchConfig, fused: bool = False, chunk_len: int = 0, heads_first: bool | None = None
     ) -> None:
         for layer in range(layers):
             k_pool, v_pool = pool.get(layer)
@@ -323,8 +323,12 @@ def plain_decode_batch(
         variants += [
             (f"{chunked}, merged by the last chunk (the engine's graphs)", n, dict(fused=True, chunk_len=c)),
             (f"{chunked}, merge kernel", n, dict(chunk_len=c)),
-            (f"{chunked}, merged by the last chunk, heads first", n, dict(fused=True, chunk_len=c, heads_first=True)),
-            ("1 split, heads first", 1, dict(heads_first=True)),
+            (
+                f"{chunked}, merged by the last chunk, sequences first",
+                n,
+                dict(fused=True, chunk_len=c, heads_first=False),
+            ),
+            ("1 split, sequences first", 1, dict(heads_first=False)),
         ]
     # the engine's default where contexts split evenly: the splits merge themselves
     variants += [(f"{n} splits, merge fused", n, dict(fused=True)) for n in sorted(split_counts) if n > 1]

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radixserve.attention.launch_configs import LaunchConfig, decode_config, tuned
+from radixserve.attention.launch_configs import MANY_DECODE_PROGRAMS, LaunchConfig, decode_config, tuned
 from radixserve.attention.triton_kernels import (
     LOG2_E,
     exact_dot,
@@ -378,7 +378,7 @@ def decode_attention(
     merge_heads: int = 1,
     work: torch.Tensor | None = None,  # chunked: ``chunk_work``'s list for these lengths (built here if None)
     counters: torch.Tensor | None = None,  # int32, zero: lets even splits merge themselves (see below)
-    heads_first: bool = False,  # launch a sequence's KV heads next to each other (a bench variant)
+    heads_first: bool | None = None,  # launch a sequence's KV heads next to each other; None: on large grids
 ) -> None:
     """Attention of one query row per sequence over its whole context.
 
@@ -452,12 +452,20 @@ def _split_stage(
     chunk_len: int = 0,
     work: torch.Tensor | None = None,  # chunked (``chunk_len`` > 0): ``chunk_work``'s list
     counters: torch.Tensor | None = None,  # given: the splits merge themselves (``decode_attention``)
-    heads_first: bool = False,
+    heads_first: bool | None = None,
 ):  # fmt: skip
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_pool.shape[1]
     programs = num_seqs * num_kv_heads * (1 if chunk_len > 0 else num_splits)
-    config = config or decode_config(head_dim, tuned(q.device, k_pool.dtype), programs)
+    # a chunked grid's programs each loop over the work list: they keep three stages (two took a
+    # batch-768 x 256 layer from 220 to 239 us, a 256 x 1,024 one from 280 to 303; H200)
+    config = config or decode_config(head_dim, tuned(q.device, k_pool.dtype), 0 if chunk_len > 0 else programs)
+    if heads_first is None:
+        # from MANY_DECODE_PROGRAMS on, a sequence's KV heads launched next to each other (sharing
+        # its slot-list reads) took each large layer measured 2-5% faster: 768 x 256 / 768 x 512 /
+        # 256 x 1,024 in 200 / 387 / 249 us against 210 / 395 / 255 (one split), 216 / 396 / 271
+        # against 220 / 410 / 280 (chunked; H200, ``bench.cascade_kernels --parts large``)
+        heads_first = programs >= MANY_DECODE_PROGRAMS
     group = num_q_heads // num_kv_heads
     use_dot = group > 1  # tl.dot needs >= 16 rows: a GQA group is padded to 16 heads
     block_g = max(16, triton.next_power_of_2(group)) if use_dot else 1

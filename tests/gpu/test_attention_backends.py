@@ -279,19 +279,32 @@ def test_triton_decode_any_split_count(num_splits, fused_merge, device, monkeypa
 
 
 @pytest.mark.triton_interpreter
+@pytest.mark.parametrize("heads_first", [True, None])
 @pytest.mark.parametrize("splits, chunk, fused", [(1, 0, False), (3, 0, False), (3, 0, True), (32, 64, True)])
-def test_triton_decode_with_heads_first_grid(splits, chunk, fused, device):
-    """The bench variant that launches a sequence's KV heads next to each other (grid axes swapped)
-    computes the same: one split, even splits merged by the kernel or by themselves, chunks."""
+def test_triton_decode_with_heads_first_grid(splits, chunk, fused, heads_first, device, monkeypatch):
+    """A sequence's KV heads launched next to each other (grid axes swapped), asked for or (None)
+    chosen for a grid of MANY_DECODE_PROGRAMS programs (lowered to 1 here), computes the same: one
+    split, even splits merged by the kernel or by themselves, chunks."""
     triton_decode, shape, sequences, batch, q, k_pool, v_pool = _decode_step(device, seed=6)
+    monkeypatch.setattr(triton_decode, "MANY_DECODE_PROGRAMS", 1)
+    grids = []
+    kernel = triton_decode._decode_split_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(triton_decode, "_decode_split_kernel", Spy())
     counters = torch.zeros(len(sequences) * NUM_KV_HEADS, dtype=torch.int32, device=device) if fused else None
     out = torch.full_like(q, float("nan"))
     triton_decode.decode_attention(
         q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None, len(sequences), splits,
-        shape.head_dim**-0.5, chunk_len=chunk, counters=counters, heads_first=True,
+        shape.head_dim**-0.5, chunk_len=chunk, counters=counters, heads_first=heads_first,
     )  # fmt: skip
     assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
     assert counters is None or not counters.any()
+    assert [grid[:2] for grid in grids] == [(NUM_KV_HEADS, len(sequences))]
 
 
 class _NoLaunch:
