@@ -166,15 +166,16 @@ class TritonBackend(AttentionBackend):
         seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
         is_tuned = launch_configs.tuned(step.q.device, k_pool.dtype)
-        # small grids and large ones launch differently (``launch_configs.decode_config``)
-        configs = {launch_configs.decode_config(step.q.shape[2], is_tuned, n) for n in (0, MANY_DECODE_PROGRAMS)}
-        for config, (ids, num_seqs) in itertools.product(configs, ((None, 2), (seq_ids, 1))):
+        # small grids and large ones launch differently (``triton_decode._split_stage``: stages,
+        # and from MANY_DECODE_PROGRAMS on a sequence's KV heads next to each other)
+        grids = [(launch_configs.decode_config(step.q.shape[2], is_tuned, n), n > 0) for n in (0, MANY_DECODE_PROGRAMS)]
+        for (config, heads_first), (ids, num_seqs) in itertools.product(grids, ((None, 2), (seq_ids, 1))):
             for splits, counters in ((1, None), (2, self._merge_counters), (2, None)):
                 # whole batch and gathered decode rows; one split writes its output directly, more
                 # merge themselves (or, past MAX_FUSED_MERGE_SEQS decodes, in the merge kernel)
                 triton_decode.decode_attention(
                     step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0, config=config,
-                    counters=counters,
+                    counters=counters, heads_first=heads_first,
                 )  # fmt: skip
         triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
         self.shared_prefix.warmup(num_q_heads)

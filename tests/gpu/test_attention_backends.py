@@ -475,6 +475,35 @@ def test_warmup_writes_only_the_dummy_slot_and_steps_still_match(backend_name, d
     assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
 
 
+@pytest.mark.parametrize("many_programs", [8, 1 << 30])
+def test_warmup_compiles_what_an_eager_decode_step_launches(many_programs, device, monkeypatch):
+    """The decode launches differ from MANY_DECODE_PROGRAMS programs on (stages, grid order):
+    after ``warmup`` an eager decode step on either side of it compiles nothing more (a compile
+    stalls a step ~1 s; the tenth session's first run of (a) paid it for the large grids)."""
+    from radixserve.attention import triton_backend, triton_decode
+
+    monkeypatch.setattr(triton_decode, "MANY_DECODE_PROGRAMS", many_programs)
+    monkeypatch.setattr(triton_backend, "MANY_DECODE_PROGRAMS", many_programs)
+    shape = Shape(NUM_KV_HEADS * 4, 128)
+    sequences = make_sequences(DECODE[size(device)], shape, device, seed=4)
+    pool = make_pool(sequences, shape, device)
+    write_past(pool, sequences)
+    backend = make_backend("triton", pool, shape.num_q_heads)
+    backend.warmup(shape.num_q_heads)
+    kernels = (triton_decode._decode_split_kernel, triton_decode._decode_merge_kernel)
+
+    def compiled() -> int:
+        return sum(len(cache[0]) for kernel in kernels for cache in kernel.device_caches.values())
+
+    before = compiled()
+    batch = make_batch(sequences, device)
+    batch.kv_slots = batch.kv_slots.to(torch.int32)  # as the engine's slot table hands them over
+    backend.prepare(batch)
+    out = backend.forward(*new_tokens(sequences), LAYER, batch, shape.head_dim**-0.5)
+    assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
+    assert compiled() == before
+
+
 @pytest.mark.parametrize("backend_name", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
