@@ -278,11 +278,10 @@ def plain_decode_batch(
     # a captured step's split count
     captured = graph_splits(target_programs(device), batch_size * NUM_KV_HEADS, launch_configs.MAX_GRAPH_SPLITS)
     kv_bytes = batch_size * context * ROW_BYTES
-    is_tuned = launch_configs.tuned(device, torch.bfloat16)
 
     def engine_config(splits: int, chunked: bool = False) -> LaunchConfig:  # as ``_split_stage`` picks it
-        programs = 0 if chunked else batch_size * NUM_KV_HEADS * splits
-        return launch_configs.decode_config(HEAD_DIM, is_tuned, programs)
+        programs = batch_size * NUM_KV_HEADS * (1 if chunked else splits)
+        return triton_decode.launch(HEAD_DIM, device, torch.bfloat16, programs, chunked)[0]
 
     default = engine_config(captured)
 

@@ -117,10 +117,13 @@ class FlashInferBackend(AttentionBackend):
             step = dummy_step(self.kv_pool, num_q_heads)
             k_pool, v_pool = self.kv_pool.get(0)
             indices = (step.qo_indptr, step.kv_indptr, step.kv_slots)
-            for splits in (1, 2):
-                _triton_decode().decode_attention(
-                    step.q, k_pool, v_pool, step.q.clone(), *indices, None, 2, splits, 1.0
-                )
+            triton_decode = _triton_decode()
+            for config, heads_first in triton_decode.launch_forms(step.q.shape[2], step.q.device, k_pool.dtype):
+                for splits in (1, 2):  # a mixed step's leading decodes, few or many
+                    triton_decode.decode_attention(
+                        step.q, k_pool, v_pool, step.q.clone(), *indices, None, 2, splits, 1.0, config=config,
+                        heads_first=heads_first,
+                    )  # fmt: skip
         torch.cuda.synchronize(self.kv_pool.device)
 
     def wants_eager(self, batch: ForwardBatch) -> bool:

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from radixserve.attention import launch_configs, triton_cascade, triton_decode, triton_kernels
+from radixserve.attention import triton_cascade, triton_decode, triton_kernels
 from radixserve.attention.base import AttentionBackend, ForwardBatch
 from radixserve.attention.dummy_step import dummy_step
 from radixserve.attention.launch_configs import (
-    MANY_DECODE_PROGRAMS,
     MAX_GRAPH_SPLITS,
     DecodeLayout,
     decode_splits,
@@ -165,11 +164,8 @@ class TritonBackend(AttentionBackend):
         indices = (step.qo_indptr, step.kv_indptr, step.kv_slots)
         seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
-        is_tuned = launch_configs.tuned(step.q.device, k_pool.dtype)
-        # small grids and large ones launch differently (``triton_decode._split_stage``: stages,
-        # and from MANY_DECODE_PROGRAMS on a sequence's KV heads next to each other)
-        grids = [(launch_configs.decode_config(step.q.shape[2], is_tuned, n), n > 0) for n in (0, MANY_DECODE_PROGRAMS)]
-        for (config, heads_first), (ids, num_seqs) in itertools.product(grids, ((None, 2), (seq_ids, 1))):
+        forms = triton_decode.launch_forms(step.q.shape[2], step.q.device, k_pool.dtype)  # small and large grids
+        for (config, heads_first), (ids, num_seqs) in itertools.product(forms, ((None, 2), (seq_ids, 1))):
             for splits, counters in ((1, None), (2, self._merge_counters), (2, None)):
                 # whole batch and gathered decode rows; one split writes its output directly, more
                 # merge themselves (or, past MAX_FUSED_MERGE_SEQS decodes, in the merge kernel)

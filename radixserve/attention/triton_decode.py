@@ -71,6 +71,7 @@ def _decode_split_kernel(
     FUSED_MERGE: tl.constexpr,  # the last split of a (sequence, KV head) to finish merges them (no stage 2)
     HEADS_FIRST: tl.constexpr,  # grid axes 0 and 1 swapped: a sequence's KV heads are launched together
     MERGE_G: tl.constexpr,  # FUSED_MERGE: the GQA group rounded up to a power of two
+    MERGE_S: tl.constexpr,  # FUSED_MERGE: splits merged a load (``MERGE_TILE``)
 ):
     if HEADS_FIRST:
         kv_head = tl.program_id(0)
@@ -84,7 +85,7 @@ def _decode_split_kernel(
         seq_ids_ptr, kv_offsets_ptr, counters_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token,
         stride_q_head, stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head, num_splits,
         chunk_len if CHUNKED else 0, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET,
-        USE_DOT, HAS_OUT, FUSED_MERGE, MERGE_G,
+        USE_DOT, HAS_OUT, FUSED_MERGE, MERGE_G, MERGE_S,
     )  # fmt: skip
     if CHUNKED:
         # then the work list's later chunks (of any context) i, i + num_seqs, ...: no program is
@@ -98,6 +99,7 @@ def _decode_split_kernel(
                 part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token, stride_q_head, stride_pool_slot,
                 stride_pool_head, stride_out_token, stride_out_head, num_splits, chunk_len, NUM_Q_HEADS, GROUP,
                 BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT, HAS_OUT, FUSED_MERGE, MERGE_G,
+                MERGE_S,
             )  # fmt: skip
 
 
@@ -110,6 +112,7 @@ def _decode_split(
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, GATHER: tl.constexpr, HAS_OFFSET: tl.constexpr,
     USE_DOT: tl.constexpr, HAS_OUT: tl.constexpr, FUSED_MERGE: tl.constexpr, MERGE_G: tl.constexpr,
+    MERGE_S: tl.constexpr,
 ):  # fmt: skip
     """One split of decode ``index``'s context for the query heads of ``kv_head``: its partial
     output and log-sum-exp, or (``HAS_OUT``, a context split 0 reads whole) its output. With
@@ -191,30 +194,31 @@ def _decode_split(
             if ticket == count - 1:
                 _merge_group(
                     index, kv_head, count, num_splits, part_out_ptr, part_lse_ptr, out_ptr, row, stride_out_token,
-                    stride_out_head, NUM_Q_HEADS, GROUP, MERGE_G, HEAD_DIM, BLOCK_D,
+                    stride_out_head, NUM_Q_HEADS, GROUP, MERGE_G, MERGE_S, HEAD_DIM, BLOCK_D,
                 )  # fmt: skip
                 tl.atomic_xchg(counter, 0)  # zero again for the next launch
 
 
-# partials per load of the self-merging decode's merge: [MERGE_G, MERGE_SPLITS, BLOCK_D] float32 is 32
-# registers a thread at GQA 4 and head_dim 128, so the split kernel keeps its occupancy
-MERGE_SPLITS = tl.constexpr(8)
+# the self-merging decode's merge tile, [MERGE_G, MERGE_S, BLOCK_D] float32, holds at most this many
+# values: 32 registers a thread at 4 warps, so the split kernel (whose registers it shares) keeps
+# its occupancy; 8 splits a load at GQA 4 and head_dim 128
+MERGE_TILE = 4096
 
 
 @triton.jit
 def _merge_group(
     index, kv_head, count, num_splits, part_out_ptr, part_lse_ptr, out_ptr, row, stride_out_token, stride_out_head,
-    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, MERGE_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, MERGE_G: tl.constexpr, MERGE_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Merges the first ``count`` partials (of ``num_splits`` slots) of the query heads of ``kv_head``
     of decode ``index`` into its output row ``row``. The partials were written by other programs:
     read through L2 (``.cg``), never from a stale L1 line of an earlier launch. Every head's
-    partials are read ``MERGE_SPLITS`` at a time in one load with a running maximum: this program
+    partials are read ``MERGE_S`` splits at a time in one load with a running maximum: this program
     ends the launch's critical path, and a split at a time (a load round trip each) took a batch-1
     layer of 16 splits from 7.1 to 11.3 us on an H200."""
     offs_g = tl.arange(0, MERGE_G)
-    offs_s = tl.arange(0, MERGE_SPLITS)
+    offs_s = tl.arange(0, MERGE_S)
     offs_d = tl.arange(0, BLOCK_D)
     g_mask = offs_g < GROUP
     d_mask = offs_d < HEAD_DIM
@@ -223,10 +227,10 @@ def _merge_group(
     best = tl.full([MERGE_G], float("-inf"), tl.float32)
     total = tl.zeros([MERGE_G, BLOCK_D], tl.float32)
     weight = tl.zeros([MERGE_G], tl.float32)
-    for start in range(0, count, MERGE_SPLITS):
+    for start in range(0, count, MERGE_S):
         splits = start + offs_s
         gs_mask = g_mask[:, None] & (splits < count)[None, :]
-        parts = base[:, None] + splits[None, :]  # [MERGE_G, MERGE_SPLITS]
+        parts = base[:, None] + splits[None, :]  # [MERGE_G, MERGE_S]
         lse = tl.load(part_lse_ptr + parts, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
         rows = tl.load(
             part_out_ptr + parts[:, :, None] * HEAD_DIM + offs_d[None, None, :],
@@ -236,7 +240,7 @@ def _merge_group(
         # heads stay at 0
         new_best = tl.where(g_mask, tl.maximum(best, tl.max(lse, 1)), 0.0)
         alpha = tl.exp2(best - new_best)
-        w = tl.exp2(lse - new_best[:, None])  # [MERGE_G, MERGE_SPLITS], 0 for splits past count
+        w = tl.exp2(lse - new_best[:, None])  # [MERGE_G, MERGE_S], 0 for splits past count
         total = total * alpha[:, None] + tl.sum(w[:, :, None] * rows, 1)
         weight = weight * alpha + tl.sum(w, 1)
         best = new_best
@@ -361,6 +365,26 @@ def _decode_merge_heads_kernel(
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=mask & (count > 0))
 
 
+def launch(
+    head_dim: int, device: torch.device, kv_dtype: torch.dtype, programs: int, chunked: bool = False
+) -> tuple[LaunchConfig, bool]:
+    """How a decode grid of ``programs`` programs launches: its config, and whether a sequence's
+    KV heads are launched next to each other. From MANY_DECODE_PROGRAMS on they are (sharing the
+    sequence's slot-list reads): each large layer measured ran 2-5% faster, 768 x 256 / 768 x 512 /
+    256 x 1,024 in 200 / 387 / 249 us against 210 / 395 / 255 (one split), 216 / 396 / 271 against
+    220 / 410 / 280 (chunked; H200, ``bench.cascade_kernels --parts large``). A chunked grid's
+    programs each loop over the work list: they keep three stages (two took a 768 x 256 layer from
+    220 to 239 us, a 256 x 1,024 one from 280 to 303)."""
+    config = decode_config(head_dim, tuned(device, kv_dtype), 0 if chunked else programs)
+    return config, programs >= MANY_DECODE_PROGRAMS
+
+
+def launch_forms(head_dim: int, device: torch.device, kv_dtype: torch.dtype) -> list[tuple[LaunchConfig, bool]]:
+    """The two ways an even-split decode launches (``launch``), for small grids and large ones.
+    Each compiles its own variants, so a warmup launches both (a compile stalls a step ~1 s)."""
+    return [launch(head_dim, device, kv_dtype, programs) for programs in (0, MANY_DECODE_PROGRAMS)]
+
+
 def decode_attention(
     q: torch.Tensor,  # [T, Hq, D], last dim contiguous
     k_pool: torch.Tensor,  # [num_slots, Hkv, D] contiguous
@@ -440,10 +464,12 @@ def decode_partials(
     """Stage 1 of ``decode_attention``: per split, the normalized partial output (float32) and its
     log-sum-exp (float32, base 2; ``-inf`` for a split without keys). With ``kv_offsets`` every
     sequence must keep at least one key (``kv_offsets[s] < seq_len``): its split 0 is never empty.
-    """
+    Launched sequences first at any size: the cascade's suffix launch was tuned so, and its warmup
+    compiles that form only."""
     return _split_stage(
-        q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale, kv_offsets, config
-    )
+        q, k_pool, v_pool, qo_indptr, kv_indptr, kv_slots, seq_ids, num_seqs, num_splits, scale, kv_offsets, config,
+        heads_first=False,
+    )  # fmt: skip
 
 
 def _split_stage(
@@ -457,15 +483,9 @@ def _split_stage(
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_pool.shape[1]
     programs = num_seqs * num_kv_heads * (1 if chunk_len > 0 else num_splits)
-    # a chunked grid's programs each loop over the work list: they keep three stages (two took a
-    # batch-768 x 256 layer from 220 to 239 us, a 256 x 1,024 one from 280 to 303; H200)
-    config = config or decode_config(head_dim, tuned(q.device, k_pool.dtype), 0 if chunk_len > 0 else programs)
-    if heads_first is None:
-        # from MANY_DECODE_PROGRAMS on, a sequence's KV heads launched next to each other (sharing
-        # its slot-list reads) took each large layer measured 2-5% faster: 768 x 256 / 768 x 512 /
-        # 256 x 1,024 in 200 / 387 / 249 us against 210 / 395 / 255 (one split), 216 / 396 / 271
-        # against 220 / 410 / 280 (chunked; H200, ``bench.cascade_kernels --parts large``)
-        heads_first = programs >= MANY_DECODE_PROGRAMS
+    picked, picked_heads_first = launch(head_dim, q.device, k_pool.dtype, programs, chunk_len > 0)
+    config = config or picked
+    heads_first = picked_heads_first if heads_first is None else heads_first
     group = num_q_heads // num_kv_heads
     use_dot = group > 1  # tl.dot needs >= 16 rows: a GQA group is padded to 16 heads
     block_g = max(16, triton.next_power_of_2(group)) if use_dot else 1
@@ -477,6 +497,7 @@ def _split_stage(
         part_lse = torch.empty(num_seqs, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
     out_t, out_strides = (out, (out.stride(0), out.stride(1))) if has_out else (part_out, (0, 0))
     gather, has_offset, chunked = seq_ids is not None, kv_offsets is not None, chunk_len > 0
+    merge_g, block_d = triton.next_power_of_2(group), triton.next_power_of_2(head_dim)
     grid = (num_seqs, num_kv_heads) if chunked else (num_seqs, num_kv_heads, num_splits)
     if heads_first:
         grid = (grid[1], grid[0], *grid[2:])
@@ -487,9 +508,9 @@ def _split_stage(
         scale * LOG2_E, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), *out_strides,
         num_seqs, num_splits, chunk_len,
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_N=config.block_n, GATHER=gather,
+        BLOCK_D=block_d, BLOCK_N=config.block_n, GATHER=gather,
         HAS_OFFSET=has_offset, USE_DOT=use_dot, HAS_OUT=has_out, CHUNKED=chunked, FUSED_MERGE=counters is not None,
-        HEADS_FIRST=heads_first, MERGE_G=triton.next_power_of_2(group),
+        HEADS_FIRST=heads_first, MERGE_G=merge_g, MERGE_S=max(1, min(8, MERGE_TILE // (merge_g * block_d))),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )  # fmt: skip

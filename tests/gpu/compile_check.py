@@ -3,10 +3,10 @@
 Triton's interpreter (the CPU runs of ``triton_interpreter`` tests) executes kernels as Python: it
 accepts code the compiler rejects (the ninth session's helper with a string default built there and
 failed 37 GPU tests). With ``RADIXSERVE_COMPILE_CHECK=1`` next to ``RADIXSERVE_TRITON_INTERPRET=1``
-each interpreted launch is recorded (kernel, argument types, constexpr values, warps, stages) and,
-when the session ends, a subprocess without the interpreter compiles every distinct one to a cubin
-for sm_90 (ptxas ships in the triton wheel; no driver is needed). A kernel that does not compile
-fails the session.
+each interpreted launch is recorded (kernel, arguments specialised as a GPU launch would, warps,
+stages). When the session ends, a subprocess without the interpreter compiles every distinct one to
+a cubin for sm_90 (ptxas ships in the triton wheel; no driver is needed). A kernel that does not
+compile fails the session.
 
     python -m tests.gpu.compile_check RECORDS.json   # the subprocess: prints one line per failure
 """
@@ -29,20 +29,46 @@ def enabled() -> bool:
     return os.environ.get("RADIXSERVE_COMPILE_CHECK") == "1"
 
 
-def _describe(value):
-    """An argument as JSON: tensors by element type, scalars by kind and value."""
-    import torch
+def _constant(value):
+    """A constexpr argument as JSON."""
     import triton.language as tl
 
-    if isinstance(value, torch.Tensor):
-        return {"tensor": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, tl.dtype):
-        return {"tl_dtype": str(value)}
+        return {"tl_dtype": value.name}
     if isinstance(value, tl.constexpr):
         value = value.value
     if value is None or isinstance(value, bool | int | float | str):
         return {"value": value}
-    raise TypeError(f"compile check: cannot describe a {type(value).__name__} argument")
+    raise TypeError(f"compile check: cannot record a {type(value).__name__} constexpr")
+
+
+def _describe(fn, options: dict, arg_names: list[str], params: dict) -> dict:
+    """A launch as JSON: each argument as Triton's launcher specialises it on a GPU (its type, or
+    ``constexpr`` for an integer 1 or None, and ``D`` where it is divisible by 16 / 16-byte aligned),
+    honouring the kernel's ``do_not_specialize`` lists."""
+    import inspect
+
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    annotations = {name: str(p.annotation) for name, p in inspect.signature(fn.fn).parameters.items()}
+    dns = set(fn.kwargs.get("do_not_specialize") or ())
+    dns_oa = set(fn.kwargs.get("do_not_specialize_on_alignment") or ())
+    args = {}
+    for index, name in enumerate(arg_names):
+        if name not in params:  # left at its default: filled in by the compiling side
+            continue
+        value = params[name]
+        if "constexpr" in annotations[name]:
+            args[name] = {"constexpr": _constant(value)}
+            continue
+        specialize = name not in dns and index not in dns
+        align = name not in dns_oa and index not in dns_oa
+        kind, attr = native_specialize_impl(BaseBackend, value, False, specialize, align)
+        args[name] = {"type": kind, "attr": attr or ""}
+        if kind == "constexpr":
+            args[name]["constexpr"] = _constant(value)
+    return {"module": fn.fn.__module__, "name": fn.fn.__name__, "args": args, "options": options}
 
 
 def install(records: list[str]) -> None:
@@ -55,17 +81,11 @@ def install(records: list[str]) -> None:
         options = {name: kwargs[name] for name in OPTIONS if name in kwargs}
         named = {k: v for k, v in kwargs.items() if k in self.arg_names}
         params = dict(zip(self.arg_names, args)) | named
-        records.append(
-            json.dumps(
-                {
-                    "module": self.fn.__module__,
-                    "name": self.fn.__name__,
-                    "args": {name: _describe(value) for name, value in params.items()},
-                    "options": options,
-                },
-                sort_keys=True,
-            )
-        )
+        try:
+            record = _describe(self, options, self.arg_names, params)
+        except Exception as error:  # noqa: BLE001 -- reported with the compile failures, not as this test's
+            record = {"module": self.fn.__module__, "name": self.fn.__name__, "unsupported": str(error)}
+        records.append(json.dumps(record, sort_keys=True))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     InterpretedFunction.run = recording_run
@@ -94,33 +114,35 @@ def check(records: list[str]) -> tuple[int, list[str]]:
     return len(distinct), failures
 
 
-def _signature(kernel, args: dict) -> tuple[dict, dict]:
+def _source(kernel, record: dict):
+    """Triton's ASTSource for a recorded launch: signature, constexprs and divisibility attributes."""
     import triton.language as tl
+    from triton.backends.compiler import BaseBackend
+    from triton.compiler import ASTSource
 
-    signature, constexprs = {}, {}
+    if "unsupported" in record:
+        raise TypeError(record["unsupported"])
+    args = record["args"]
+    signature, constexprs, attrs = {}, {}, {}
     for index, param in enumerate(kernel.params):
         arg = args.get(param.name)
-        if arg is None:  # a parameter left at its default
-            continue
-        if "tensor" in arg:
-            dtype = arg["tensor"]
-            code = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "bool": "i1"}.get(dtype)
-            signature[param.name] = "*" + (code or dtype.replace("int", "i").replace("ui", "u"))
-            continue
-        value = getattr(tl, arg["tl_dtype"]) if "tl_dtype" in arg else arg["value"]
-        if param.is_constexpr:
+        if arg is None:  # left at its default
+            if not param.has_default:
+                raise TypeError(f"no value recorded for {param.name}")
+            default = param.default
+            value = default.value if isinstance(default, tl.constexpr) else default
+            arg = {"constexpr": {"value": value}} if param.is_constexpr or value is None else None
+            if arg is None:
+                raise TypeError(f"{param.name}: a non-constexpr default is not supported")
+        if "constexpr" in arg:
+            constant = arg["constexpr"]
             signature[param.name] = "constexpr"
-            constexprs[(index,)] = value
-        elif value is None:
-            signature[param.name] = "constexpr"
-            constexprs[(index,)] = None
-        elif isinstance(value, bool):
-            signature[param.name] = "i1"
-        elif isinstance(value, int):
-            signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            constexprs[(index,)] = tl.dtype(constant["tl_dtype"]) if "tl_dtype" in constant else constant["value"]
         else:
-            signature[param.name] = "fp32"
-    return signature, constexprs
+            signature[param.name] = arg["type"]
+            if arg["attr"]:
+                attrs[(index,)] = BaseBackend.parse_attr(arg["attr"])
+    return ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
 
 
 def _compile_all(path: str) -> int:
@@ -128,16 +150,13 @@ def _compile_all(path: str) -> int:
 
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     failed = 0
     for line in json.loads(Path(path).read_text()):
         record = json.loads(line)
         kernel = getattr(importlib.import_module(record["module"]), record["name"])
         try:
-            signature, constexprs = _signature(kernel, record["args"])
-            source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-            triton.compile(source, target=GPUTarget(*TARGET), options=record["options"])
+            triton.compile(_source(kernel, record), target=GPUTarget(*TARGET), options=record["options"])
         except Exception as error:  # noqa: BLE001 -- every failure is reported, the rest still compile
             failed += 1
             message = " ".join(str(error).split())[-400:]  # the error itself comes after the source

@@ -475,22 +475,42 @@ def test_warmup_writes_only_the_dummy_slot_and_steps_still_match(backend_name, d
     assert_close(out, reference(sequences, shape, device), REL_TOL[shape.dtype])
 
 
+@pytest.mark.triton_interpreter
+def test_large_grids_launch_two_stages_heads_first_and_warmups_know_both_forms(monkeypatch):
+    """Tuned (Hopper, 16-bit K/V): a small grid launches three stages, sequences first; from
+    MANY_DECODE_PROGRAMS programs on, two stages, heads first, except that a chunked grid keeps
+    three; ``launch_forms`` (what the warmups compile) lists exactly the even-split forms."""
+    from radixserve.attention import triton_decode
+    from radixserve.attention.launch_configs import LaunchConfig
+
+    monkeypatch.setattr(triton_decode, "tuned", lambda device, dtype: True)
+    many, cpu = triton_decode.MANY_DECODE_PROGRAMS, torch.device("cpu")
+    small = triton_decode.launch(128, cpu, torch.bfloat16, many - 1)
+    large = triton_decode.launch(128, cpu, torch.bfloat16, many)
+    assert small == (LaunchConfig(64, 4, 3), False)
+    assert large == (LaunchConfig(64, 4, 2), True)
+    assert triton_decode.launch(128, cpu, torch.bfloat16, many, chunked=True) == (LaunchConfig(64, 4, 3), True)
+    assert triton_decode.launch_forms(128, cpu, torch.bfloat16) == [small, large]
+
+
 @pytest.mark.parametrize("many_programs", [8, 1 << 30])
 def test_warmup_compiles_what_an_eager_decode_step_launches(many_programs, device, monkeypatch):
     """The decode launches differ from MANY_DECODE_PROGRAMS programs on (stages, grid order):
     after ``warmup`` an eager decode step on either side of it compiles nothing more (a compile
     stalls a step ~1 s; the tenth session's first run of (a) paid it for the large grids)."""
-    from radixserve.attention import triton_backend, triton_decode
+    from radixserve.attention import launch_configs, triton_decode
 
-    monkeypatch.setattr(triton_decode, "MANY_DECODE_PROGRAMS", many_programs)
-    monkeypatch.setattr(triton_backend, "MANY_DECODE_PROGRAMS", many_programs)
+    for module in (triton_decode, launch_configs):  # the grid order and the stages
+        monkeypatch.setattr(module, "MANY_DECODE_PROGRAMS", many_programs)
     shape = Shape(NUM_KV_HEADS * 4, 128)
     sequences = make_sequences(DECODE[size(device)], shape, device, seed=4)
     pool = make_pool(sequences, shape, device)
     write_past(pool, sequences)
     backend = make_backend("triton", pool, shape.num_q_heads)
-    backend.warmup(shape.num_q_heads)
     kernels = (triton_decode._decode_split_kernel, triton_decode._decode_merge_kernel)
+    for kernel in kernels:  # what earlier tests compiled must not stand in for the warmup
+        kernel.device_caches.clear()
+    backend.warmup(shape.num_q_heads)
 
     def compiled() -> int:
         return sum(len(cache[0]) for kernel in kernels for cache in kernel.device_caches.values())
