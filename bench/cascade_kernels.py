@@ -30,6 +30,7 @@ bandwidth measured in the same run, and its output error against the default con
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from types import SimpleNamespace
 
@@ -284,6 +285,8 @@ def plain_decode_batch(
         return triton_decode.launch(HEAD_DIM, device, torch.bfloat16, programs, chunked)[0]
 
     default = engine_config(captured)
+    chunked_config = engine_config(1, chunked=True)
+    other = dataclasses.replace(chunked_config, num_stages=5 - chunked_config.num_stages)  # 2 <-> 3
 
     counters = torch.zeros(batch_size * NUM_KV_HEADS, dtype=torch.int32, device=device)
 
@@ -327,12 +330,16 @@ def plain_decode_batch(
                 n,
                 dict(fused=True, chunk_len=c, heads_first=False),
             ),
+            # the other stage count (with one call site in the kernel, 125 registers in two stages
+            # against 162 in three on sm_90: four programs an SM against three)
+            (f"{chunked}, merged by the last chunk, other stages", n, dict(fused=True, chunk_len=c, config=other)),
             ("1 split, sequences first", 1, dict(heads_first=False)),
         ]
     # the engine's default where contexts split evenly: the splits merge themselves
     variants += [(f"{n} splits, merge fused", n, dict(fused=True)) for n in sorted(split_counts) if n > 1]
-    for name, splits, options in variants:  # each launched as the engine would launch it
-        config = engine_config(splits, options.get("chunk_len", 0) > 0)
+    for name, splits, options in variants:  # each launched as the engine would launch it, or as named
+        options = dict(options)
+        config = options.pop("config", None) or engine_config(splits, options.get("chunk_len", 0) > 0)
         measure(
             table, f"{describe(config)}, {name}", kv_bytes, False,
             lambda n=splits, o=options, c=config: _graph_time(

@@ -79,28 +79,32 @@ def _decode_split_kernel(
     else:
         own = tl.program_id(0)
         kv_head = tl.program_id(1)
-    first = 0 if CHUNKED else tl.program_id(2)  # chunked: the program's own context's first chunk
-    _decode_split(
-        own, kv_head, first, q_ptr, k_pool_ptr, v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr,
-        seq_ids_ptr, kv_offsets_ptr, counters_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token,
-        stride_q_head, stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head, num_splits,
-        chunk_len if CHUNKED else 0, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET,
-        USE_DOT, HAS_OUT, FUSED_MERGE, MERGE_G, MERGE_S,
-    )  # fmt: skip
     if CHUNKED:
-        # then the work list's later chunks (of any context) i, i + num_seqs, ...: no program is
-        # launched for a chunk past a context's end. (With the first chunk inside this loop too, a
-        # batch-768 step took the same time on an H200: 8.43 against 8.41 ms of decode kernel.)
+        # the program's own context's first chunk (entry < 0), then the work list's later chunks (of
+        # any context) own, own + num_seqs, ...: no program is launched for a chunk past a context's
+        # end. One call site: with the first chunk read before the loop the kernel took 164 registers
+        # a thread in two stages (three programs an SM), now 125 (four; sm_90, ``cuobjdump
+        # --dump-resource-usage``). In three stages 159 and 162: a batch-768 step took 8.41 and 8.43 ms.
         work_len = num_seqs * (num_splits - 1)
-        for entry in range(own, tl.load(work_ptr + 2 * work_len), num_seqs):
+        for entry in range(own - num_seqs, tl.load(work_ptr + 2 * work_len), num_seqs):
+            listed = tl.maximum(entry, 0)
             _decode_split(
-                tl.load(work_ptr + entry), kv_head, tl.load(work_ptr + work_len + entry), q_ptr, k_pool_ptr,
+                tl.where(entry < 0, own, tl.load(work_ptr + listed)), kv_head,
+                tl.where(entry < 0, 0, tl.load(work_ptr + work_len + listed)), q_ptr, k_pool_ptr,
                 v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr, kv_slots_ptr, seq_ids_ptr, kv_offsets_ptr, counters_ptr,
                 part_out_ptr, part_lse_ptr, out_ptr, scale_log2, stride_q_token, stride_q_head, stride_pool_slot,
                 stride_pool_head, stride_out_token, stride_out_head, num_splits, chunk_len, NUM_Q_HEADS, GROUP,
                 BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT, HAS_OUT, FUSED_MERGE, MERGE_G,
                 MERGE_S,
             )  # fmt: skip
+    else:
+        _decode_split(
+            own, kv_head, tl.program_id(2), q_ptr, k_pool_ptr, v_pool_ptr, qo_indptr_ptr, kv_indptr_ptr,
+            kv_slots_ptr, seq_ids_ptr, kv_offsets_ptr, counters_ptr, part_out_ptr, part_lse_ptr, out_ptr, scale_log2,
+            stride_q_token, stride_q_head, stride_pool_slot, stride_pool_head, stride_out_token, stride_out_head,
+            num_splits, 0, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT,
+            HAS_OUT, FUSED_MERGE, MERGE_G, MERGE_S,
+        )  # fmt: skip
 
 
 @triton.jit
