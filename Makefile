@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 SERVE_ARGS ?=
 
-.PHONY: serve test lint venv clean-venv bench-cpu gpu-wheels gpu-model-parts
+.PHONY: serve test test-kernels lint venv clean-venv bench-cpu gpu-wheels gpu-model-parts
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,24 @@ lint: $(TEST_STAMP)
 
 test: lint
 	$(VENV)/bin/pytest -q -x --durations=15 tests
+	$(MAKE) test-kernels
+
+# The Triton kernels' tests on CPU under Triton's interpreter, each launch then compiled for sm_90
+# (tests/gpu/compile_check.py): the interpreter runs code the compiler rejects. Triton 3.6 (the GPU
+# machine's) and the numpy its interpreter needs (< 2.4) go to a folder of their own, outside the
+# venv's site-packages, so the rest of the suite runs without triton as a CPU-only user's would.
+KERNEL_SITE := $(VENV)/triton-interpreter
+KERNEL_STAMP := $(VENV)/.triton-interpreter-installed
+KERNEL_TESTS := tests/gpu/test_attention_backends.py tests/gpu/test_shared_prefix_attention.py \
+	tests/gpu/test_fused_kernels.py tests/gpu/test_gemv_probe.py
+
+$(KERNEL_STAMP): $(TEST_STAMP)
+	$(PIP) install --target $(KERNEL_SITE) --no-deps triton==3.6.0 "numpy>=2,<2.4"
+	touch $@
+
+test-kernels: $(KERNEL_STAMP)
+	PYTHONPATH=$(KERNEL_SITE) RADIXSERVE_TRITON_INTERPRET=1 RADIXSERVE_COMPILE_CHECK=1 \
+		$(VENV)/bin/pytest -q -x -p no:warnings $(KERNEL_TESTS)
 
 bench-cpu: $(RUNTIME_STAMP)
 	$(PY) bench/cpu_shared_prefix.py
