@@ -52,12 +52,13 @@ KERNEL_STAMP := $(VENV)/.triton-interpreter-installed
 KERNEL_TESTS := tests/gpu/test_attention_backends.py tests/gpu/test_shared_prefix_attention.py \
 	tests/gpu/test_fused_kernels.py tests/gpu/test_gemv_probe.py
 
-$(KERNEL_STAMP): $(TEST_STAMP)
+$(KERNEL_STAMP): $(TEST_STAMP) Makefile
+	rm -rf $(KERNEL_SITE)
 	$(PIP) install --target $(KERNEL_SITE) --no-deps triton==3.6.0 "numpy>=2,<2.4"
 	touch $@
 
 test-kernels: $(KERNEL_STAMP)
-	PYTHONPATH=$(KERNEL_SITE) RADIXSERVE_TRITON_INTERPRET=1 RADIXSERVE_COMPILE_CHECK=1 \
+	PYTHONPATH=$(CURDIR)/$(KERNEL_SITE) RADIXSERVE_TRITON_INTERPRET=1 RADIXSERVE_COMPILE_CHECK=1 \
 		$(VENV)/bin/pytest -q -x -p no:warnings $(KERNEL_TESTS)
 
 bench-cpu: $(RUNTIME_STAMP)

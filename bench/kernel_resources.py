@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# an H100 / H200 SM: registers, shared memory, resident threads
-SM_REGISTERS, SM_SHARED_BYTES, SM_THREADS = 65536, 228 * 1024, 2048
+# an H100 / H200 SM: four sub-partitions of 16K registers, shared memory, resident threads and programs
+SM_PARTITIONS, PARTITION_REGISTERS = 4, 16384
+SM_SHARED_BYTES, SM_THREADS, SM_PROGRAMS = 228 * 1024, 2048, 32
 BLOCK_SHARED_RESERVED = 1024  # the driver's reservation a program
 
 
@@ -43,15 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def record_launches(args) -> list[str]:
     """Runs the launches under the interpreter (this module's ``--record`` child) and returns them."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = f.name
     env = os.environ | {"TRITON_INTERPRET": "1"}
-    command = [sys.executable, "-m", "bench.kernel_resources", "--record", path]
-    command += ["--q-heads", str(args.q_heads), "--kv-heads", str(args.kv_heads), "--head-dim", str(args.head_dim)]
-    subprocess.run(command, cwd=ROOT, env=env, check=True)
-    records = json.loads(Path(path).read_text())
-    os.unlink(path)
-    return records
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "launches.json")
+        command = [sys.executable, "-m", "bench.kernel_resources", "--record", path]
+        command += ["--q-heads", str(args.q_heads), "--kv-heads", str(args.kv_heads), "--head-dim", str(args.head_dim)]
+        subprocess.run(command, cwd=ROOT, env=env, check=True)
+        return json.loads(Path(path).read_text())
 
 
 def _run_launches(args) -> None:
@@ -74,10 +73,11 @@ def _run_launches(args) -> None:
     for module in (launch_configs, triton_cascade, triton_decode):
         module.tuned = hopper
     hq, hkv, d, dtype = args.q_heads, args.kv_heads, args.head_dim, torch.bfloat16
-    pool = KVPool(64, 1, hkv, d, dtype)
+    pool = KVPool(256, 1, hkv, d, dtype)
     TritonBackend(pool, num_q_heads=hq).warmup(hq)
-    # the chunked decode of the captured steps, in both stage counts
-    lens = [40, 20]
+    # the chunked decode of the captured steps, in both stage counts (chunks of one key block)
+    block_n = triton_decode.decode_config(d, True).block_n
+    lens = [2 * block_n + 20, 20]
     slots = torch.arange(1, sum(lens) + 1, dtype=torch.int32)
     q = torch.randn(len(lens), hq, d).to(dtype)
     qo = torch.tensor([0, 1, 2], dtype=torch.int64)
@@ -85,10 +85,10 @@ def _run_launches(args) -> None:
     counters = torch.zeros(len(lens) * hkv, dtype=torch.int32)
     k_pool, v_pool = pool.get(0)
     for stages in (2, 3):
-        config = triton_decode.LaunchConfig(triton_decode.decode_config(d, True).block_n, 4, stages)
+        config = triton_decode.LaunchConfig(block_n, 4, stages)
         triton_decode.decode_attention(
             q, k_pool, v_pool, torch.empty_like(q), qo, kv, slots, None, len(lens), 4, d**-0.5, config=config,
-            counters=counters, chunk_len=16, heads_first=True,
+            counters=counters, chunk_len=block_n, heads_first=True,
         )  # fmt: skip
     # the fused elementwise kernels of a layer
     hidden = hq * d
@@ -117,11 +117,13 @@ def _variant(record: dict) -> str:
 
 
 def occupancy(registers: int, shared_bytes: int, num_warps: int) -> int:
-    """Programs an SM holds at once (registers are allocated in 8s a thread, 256 a warp)."""
+    """Programs an SM holds at once. Registers go to warps in 8s a thread (256 a warp), each warp
+    within one of the four sub-partitions; shared memory in 128-byte units."""
     threads = 32 * num_warps
-    by_registers = SM_REGISTERS // (max(-(-registers // 8) * 8, 8) * threads)
-    by_shared = SM_SHARED_BYTES // (shared_bytes + BLOCK_SHARED_RESERVED)
-    return min(by_registers, by_shared, SM_THREADS // threads)
+    warp_registers = max(-(-registers // 8) * 8, 8) * 32
+    by_registers = (PARTITION_REGISTERS // warp_registers) * SM_PARTITIONS // num_warps
+    by_shared = SM_SHARED_BYTES // (-(-(shared_bytes + BLOCK_SHARED_RESERVED) // 128) * 128)
+    return min(by_registers, by_shared, SM_THREADS // threads, SM_PROGRAMS)
 
 
 def main(argv=None) -> None:

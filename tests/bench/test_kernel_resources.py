@@ -1,5 +1,6 @@
 """``bench.kernel_resources``: programs an SM holds, from registers, shared memory and warps (an
-H100 / H200 SM: 64K registers, 228 KiB of shared memory, 2,048 threads)."""
+H100 / H200 SM: four sub-partitions of 16K registers, 228 KiB of shared memory, 2,048 threads,
+32 programs)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from bench.kernel_resources import occupancy
         (96, 46, 4, 4),  # 5 x 47 KiB (a program reserves 1 KiB more) does not fit in 228
         (29, 0, 4, 16),  # threads: 2,048 / 128
         (224, 96, 8, 1),
-        (1, 0, 1, 64),  # at least 8 registers a thread are allocated; 64 warps of 32
+        (1, 0, 1, 32),  # at most 32 programs an SM
+        (200, 0, 1, 8),  # a warp's 6,400 registers fit twice in a 16K sub-partition, four of them
     ],
 )
 def test_programs_an_sm_holds(registers, shared_kib, warps, programs):
