@@ -90,6 +90,11 @@ class ServerArgs:
         "CUDA: one-row (batch-1) projections through F.linear, instead of the form (F.linear, torch.mv or a"
         " swapped GEMM) that timed fastest for each weight shape at startup",
     )
+    enable_pdl: bool = _opt(
+        False,
+        "CUDA, compute capability 9.0 and later: launch radixserve's Triton kernels with programmatic"
+        " dependent launch (each waits in-kernel for the kernel before it), to shorten the gaps between kernels",
+    )
     disable_overlap_schedule: bool = _opt(
         False, "detokenize a step's output before launching the next one instead of while the device runs"
     )

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 TARGET = ("cuda", 90, 32)  # sm_90 (H100 / H200), warp size 32
-OPTIONS = ("num_warps", "num_stages")
+OPTIONS = ("num_warps", "num_stages", "launch_pdl")
 
 
 def _constant(value):
@@ -63,8 +63,9 @@ def describe(fn, options: dict, arg_names: list[str], params: dict) -> dict:
     return {"module": fn.fn.__module__, "name": fn.fn.__name__, "args": args, "options": options}
 
 
-def install(records: list[str]) -> None:
-    """Wraps the interpreter's launch so that each launch appends its description to ``records``."""
+def install(records: list[str]):
+    """Wraps the interpreter's launch so that each launch appends its description to ``records``;
+    returns a function that puts the previous launch back."""
     from triton.runtime.interpreter import InterpretedFunction
 
     run = InterpretedFunction.run
@@ -81,6 +82,11 @@ def install(records: list[str]) -> None:
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     InterpretedFunction.run = recording_run
+
+    def restore() -> None:
+        InterpretedFunction.run = run
+
+    return restore
 
 
 def source(kernel, record: dict):

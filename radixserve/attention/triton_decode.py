@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from radixserve.attention.launch_configs import MANY_DECODE_PROGRAMS, LaunchConfig, decode_config, tuned
 from radixserve.attention.triton_kernels import (
@@ -28,6 +29,7 @@ from radixserve.attention.triton_kernels import (
     lse_max,
     weighted_partials,
 )
+from radixserve.kernels import pdl
 
 MERGE_CHUNK = 16  # split partials a merge reads at a time (any split count: one compiled variant)
 
@@ -72,7 +74,10 @@ def _decode_split_kernel(
     HEADS_FIRST: tl.constexpr,  # grid axes 0 and 1 swapped: a sequence's KV heads are launched together
     MERGE_G: tl.constexpr,  # FUSED_MERGE: the GQA group rounded up to a power of two
     MERGE_S: tl.constexpr,  # FUSED_MERGE: splits merged a load (``MERGE_TILE``)
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (``radixserve.kernels.pdl``)
 ):
+    if PDL:
+        gdc_wait()
     if HEADS_FIRST:
         kv_head = tl.program_id(0)
         own = tl.program_id(1)
@@ -105,6 +110,8 @@ def _decode_split_kernel(
             num_splits, 0, NUM_Q_HEADS, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, GATHER, HAS_OFFSET, USE_DOT,
             HAS_OUT, FUSED_MERGE, MERGE_G, MERGE_S,
         )  # fmt: skip
+    if PDL:
+        gdc_launch_dependents()
 
 
 @triton.jit
@@ -517,6 +524,7 @@ def _split_stage(
         HEADS_FIRST=heads_first, MERGE_G=merge_g, MERGE_S=max(1, min(8, MERGE_TILE // (merge_g * block_d))),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **pdl.launch_options(),
     )  # fmt: skip
     return part_out, part_lse
 

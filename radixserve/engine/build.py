@@ -12,6 +12,7 @@ import torch
 from radixserve.attention import available_gpu_backend, create_backend
 from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.config import ServerArgs
+from radixserve.kernels import pdl
 from radixserve.model.layers import Linear, prepack_cpu_linears
 from radixserve.model.linear_tuning import tune_one_row_linears
 from radixserve.model.loader import load_model, resolve_model_path
@@ -60,10 +61,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def _wants_pdl(args: ServerArgs, device: torch.device) -> bool:
+    """``--enable-pdl``, checked: programmatic dependent launch needs a CUDA GPU of compute
+    capability 9.0 or later."""
+    if not args.enable_pdl:
+        return False
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        raise ValueError("--enable-pdl needs a CUDA GPU of compute capability 9.0 or later (Hopper)")
+    return True
+
+
 def build_engine_parts(args: ServerArgs) -> EngineParts:
     _check_counts(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    pdl.enable(_wants_pdl(args, device))  # before any launch is captured in a graph
     torch.manual_seed(args.random_seed)
     model_path = resolve_model_path(args.model_path)
     model, model_config = load_model(model_path, load_format=args.load_format, dtype=dtype, device=device)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from radixserve.kernels import pdl
 
 
 @triton.jit
@@ -35,7 +38,10 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (``pdl``)
 ):
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
@@ -51,6 +57,8 @@ def _rms_norm_kernel(
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
     out = weight.to(tl.float32) * normed.to(tl.float32)
     tl.store(out_ptr + row * hidden + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if PDL:
+        gdc_launch_dependents()
 
 
 @triton.jit
@@ -106,7 +114,10 @@ def _rope_kernel(
     BLOCK_HKV: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     STORE: tl.constexpr,  # also write the rotated k and v into the pool (the backend's K/V store)
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()
     token = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -129,6 +140,8 @@ def _rope_kernel(
         v2 = tl.load(v_ptr + v_offs + HALF, mask=mask, other=0.0)
         tl.store(v_pool_ptr + pool_offs, v1.to(v_pool_ptr.dtype.element_ty), mask=mask)
         tl.store(v_pool_ptr + pool_offs + HALF, v2.to(v_pool_ptr.dtype.element_ty), mask=mask)
+    if PDL:
+        gdc_launch_dependents()
 
 
 @triton.jit
@@ -138,7 +151,10 @@ def _silu_and_mul_kernel(
     stride_gate_up,
     size,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < size
@@ -147,6 +163,8 @@ def _silu_and_mul_kernel(
     dtype = out_ptr.dtype.element_ty
     activation = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
     tl.store(out_ptr + row * size + offs, (activation * up).to(dtype), mask=mask)
+    if PDL:
+        gdc_launch_dependents()
 
 
 # ---- launch wrappers ----------------------------------------------------------------------------
@@ -173,7 +191,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     block = triton.next_power_of_2(hidden)
     _rms_norm_kernel[(num_rows,)](
         x, x, out, out, weight, x.stride(0), stride_inner, 0, num_inner, hidden, eps,
-        HAS_RESIDUAL=False, BLOCK=block, num_warps=_row_warps(block),
+        HAS_RESIDUAL=False, BLOCK=block, num_warps=_row_warps(block), **pdl.launch_options(),
     )  # fmt: skip
     return out
 
@@ -196,7 +214,7 @@ def fused_add_rms_norm(
     block = triton.next_power_of_2(hidden)
     _rms_norm_kernel[(num_rows,)](
         x, residual, out, residual_out, weight, x.stride(0), 0, residual.stride(0), 1, hidden, eps,
-        HAS_RESIDUAL=True, BLOCK=block, num_warps=_row_warps(block),
+        HAS_RESIDUAL=True, BLOCK=block, num_warps=_row_warps(block), **pdl.launch_options(),
     )  # fmt: skip
     return out, residual_out
 
@@ -240,7 +258,7 @@ def rope_inplace(
         k_pool.stride(0), k_pool.stride(1), cos_cache.stride(0),
         NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HALF=half,
         BLOCK_HQ=block_hq, BLOCK_HKV=block_hkv, BLOCK_HALF=triton.next_power_of_2(half), STORE=store is not None,
-        num_warps=4 if block_hq * half >= 2048 else 2,
+        num_warps=4 if block_hq * half >= 2048 else 2, **pdl.launch_options(),
     )  # fmt: skip
 
 
@@ -253,6 +271,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         return out
     block = min(triton.next_power_of_2(size), 1024)
     _silu_and_mul_kernel[(num_tokens, triton.cdiv(size, block))](
-        gate_up, out, gate_up.stride(0), size, BLOCK=block, num_warps=4 if block >= 512 else 2
-    )
+        gate_up, out, gate_up.stride(0), size, BLOCK=block, num_warps=4 if block >= 512 else 2,
+        **pdl.launch_options(),
+    )  # fmt: skip
     return out

@@ -1,0 +1,34 @@
+"""Programmatic dependent launch (PDL; Hopper and later), off unless the engine turns it on.
+
+A kernel launched with PDL may be placed on the GPU while the kernel before it in the stream is
+still finishing, instead of after that kernel has completed and its writes have been flushed. Each
+of our Triton kernels launched so waits (``griddepcontrol.wait``) in every program before its
+first global read, which returns once the previous kernel has completed and its writes are
+visible. So results do not change; what can change is the gap between kernels (~1.5 us each in a
+batch-1 decode step, about 0.45 ms of a 4.8 ms step on an H200). Each program signals
+(``griddepcontrol.launch_dependents``) after its last store, so a following PDL kernel never takes
+resources from one still running. cuBLAS's GEMMs are launched as torch launches them.
+
+Importing this module needs neither torch nor triton. The launch wrappers read ``enabled()`` when
+they launch, so it must be set before CUDA graphs are captured (the engine does it at start-up).
+"""
+
+from __future__ import annotations
+
+_enabled = False
+
+
+def enable(on: bool) -> None:
+    """Turns PDL launches on or off for every later launch of our Triton kernels."""
+    global _enabled
+    _enabled = bool(on)
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def launch_options() -> dict:
+    """The launch keyword and constexpr of a kernel launch: ``PDL`` in the kernel, ``launch_pdl``
+    for Triton's launcher."""
+    return {"PDL": True, "launch_pdl": True} if _enabled else {"PDL": False}
