@@ -62,12 +62,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _wants_pdl(args: ServerArgs, device: torch.device) -> bool:
-    """``--enable-pdl``, checked: programmatic dependent launch needs a CUDA GPU of compute
-    capability 9.0 or later."""
+    """``--enable-pdl``, checked: programmatic dependent launch needs compute capability 9.0 or
+    later, and is allowed on Hopper (9.x) only, the cards it was built on (CUDA-graph capture of
+    PDL launches has failed elsewhere: sglang#18596, on SM 12.0)."""
     if not args.enable_pdl:
         return False
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
-        raise ValueError("--enable-pdl needs a CUDA GPU of compute capability 9.0 or later (Hopper)")
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        raise ValueError("--enable-pdl needs a Hopper GPU (CUDA compute capability 9.x)")
     return True
 
 

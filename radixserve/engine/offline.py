@@ -9,6 +9,7 @@ from radixserve.config import ServerArgs
 from radixserve.core.sampling_params import InvalidParamError, SamplingParams, child_seed
 from radixserve.engine.engine_core import EngineCore
 from radixserve.engine.output_processor import RequestOutput
+from radixserve.kernels import pdl
 
 
 class _Collected:
@@ -119,6 +120,7 @@ class Engine:
 
     def shutdown(self) -> None:
         self.core = None
+        pdl.enable(False)  # launches outside an engine (benches, tests) go back to plain ones
 
     def __enter__(self):
         return self

@@ -6,8 +6,14 @@ of our Triton kernels launched so waits (``griddepcontrol.wait``) in every progr
 first global read, which returns once the previous kernel has completed and its writes are
 visible. So results do not change; what can change is the gap between kernels (~1.5 us each in a
 batch-1 decode step, about 0.45 ms of a 4.8 ms step on an H200). Each program signals
-(``griddepcontrol.launch_dependents``) after its last store, so a following PDL kernel never takes
-resources from one still running. cuBLAS's GEMMs are launched as torch launches them.
+(``griddepcontrol.launch_dependents``) after its last store, so a following PDL kernel is placed
+only once every program has reached its end (it may then wait on an SM while the last ones
+finish). cuBLAS's GEMMs are launched as torch launches them.
+
+The rule that keeps results exact: every program of a kernel launched with PDL calls
+``gdc_wait()`` before its first global read and before any early return. Then no such kernel can
+finish before the kernel ahead of it has, and by induction every earlier kernel's writes are
+visible to it.
 
 Importing this module needs neither torch nor triton. The launch wrappers read ``enabled()`` when
 they launch, so it must be set before CUDA graphs are captured (the engine does it at start-up).

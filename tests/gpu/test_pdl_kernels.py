@@ -1,12 +1,16 @@
 """``--enable-pdl`` compiles our Triton kernels with ``griddepcontrol`` waits and signals and
 launches them with programmatic dependent launch. Triton's interpreter cannot run those
 instructions, so on CPU each kernel is launched with PDL off under the interpreter, its recorded
-launch is switched to PDL, and the variant is compiled for sm_90 (``compile_check``). On a GPU,
-``test_engine_gpu`` runs them."""
+launch is switched to PDL, and the variant is compiled for sm_90 (``compile_check``), its wait
+ahead of its first global load. On a Hopper GPU a layer chain of them runs with PDL on and off,
+eagerly and replayed from a CUDA graph, to the same bits (``test_engine_gpu`` runs the engine)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -66,3 +70,94 @@ def test_every_kernel_compiles_for_sm90_with_programmatic_dependent_launch(devic
     assert kernels == {"_rms_norm_kernel", "_rope_kernel", "_silu_and_mul_kernel", "_decode_split_kernel"}
     count, failures = compile_check.check(switched)
     assert count >= 6 and not failures, failures
+    # each compiled variant waits before its first global load and signals its dependents
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RADIXSERVE_TRITON_INTERPRET")}
+    script = (
+        "import json, sys\n"
+        "from bench.harness.triton_compile import compile_record\n"
+        "for line in json.loads(sys.stdin.read()):\n"
+        "    kernel = compile_record(json.loads(line))\n"
+        "    ptx = kernel.asm['ptx']\n"
+        "    wait, load = ptx.find('griddepcontrol.wait'), ptx.find('ld.global')\n"
+        "    assert kernel.metadata.launch_pdl, kernel.name\n"
+        "    assert 0 <= wait < load, (kernel.name, wait, load)\n"
+        "    assert 'griddepcontrol.launch_dependents' in ptx, kernel.name\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(switched), cwd=compile_check.ROOT, env=env,
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _layers(x, weights, pool, batch, counters, positions, cos, sin, shape):
+    """A decode step's chain of our kernels, layer after layer (GEMMs by torch in between)."""
+    from radixserve.attention import triton_decode
+    from radixserve.kernels import fused
+
+    hq, hkv, d = shape
+    residual = torch.zeros_like(x)
+    for layer, (norm, qkv_w, up_w, down_w) in enumerate(weights):
+        h, residual = fused.fused_add_rms_norm(x, residual, norm, 1e-5)
+        q, k, v = (t.view(len(x), -1, d) for t in (h @ qkv_w.T).split([hq * d, hkv * d, hkv * d], dim=1))
+        k_pool, v_pool = pool[layer]
+        fused.rope_inplace(positions, q, k, cos, sin, store=(v, k_pool, v_pool, batch["out_slots"]))
+        out = torch.empty(len(x), hq, d, dtype=x.dtype, device=x.device)
+        triton_decode.decode_attention(
+            q, k_pool, v_pool, out, batch["qo_indptr"], batch["kv_indptr"], batch["kv_slots"], None, len(x), 4,
+            d**-0.5, counters=counters,
+        )  # fmt: skip
+        x = fused.silu_and_mul(out.view(len(x), -1) @ up_w.T) @ down_w.T
+    return x
+
+
+def test_a_layer_chain_gives_the_same_bits_with_programmatic_dependent_launch(device):
+    """Norm, projection, RoPE with the K/V store, the self-merging decode and SiLU over 4 layers:
+    PDL on, eager and replayed 200 times from a CUDA graph, gives the bits of PDL off."""
+    if device.type != "cuda" or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("programmatic dependent launch: Hopper only")
+    from radixserve.attention import triton_decode
+    from radixserve.kernels import pdl
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    hq, hkv, d, hidden, inter, layers = 8, 2, 64, 512, 256, 4
+    lens = [100, 300, 37, 1000]
+    dtype = torch.bfloat16
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=gen) * 0.1).to(device=device, dtype=dtype)
+
+    weights = [(rand(hidden) + 1, rand((hq + 2 * hkv) * d, hidden), rand(2 * inter, hidden), rand(hidden, inter))]
+    weights *= layers
+    slots = sum(lens) + 1
+    pool = [(rand(slots, hkv, d), rand(slots, hkv, d)) for _ in range(layers)]
+    starts = [1 + sum(lens[:i]) for i in range(len(lens))]
+    batch = {
+        "qo_indptr": torch.arange(len(lens) + 1, device=device),
+        "kv_indptr": torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=device),
+        "kv_slots": torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lens)]).to(device, torch.int32),
+        "out_slots": torch.tensor([s + n - 1 for s, n in zip(starts, lens)], device=device),
+    }
+    positions = torch.tensor([n - 1 for n in lens], device=device)
+    cos = torch.rand(1024, d // 2, generator=gen).to(device)
+    sin = torch.rand(1024, d // 2, generator=gen).to(device)
+    counters = torch.zeros(len(lens) * hkv, dtype=torch.int32, device=device)
+    x = rand(len(lens), hidden)
+    args = (x, weights, pool, batch, counters, positions, cos, sin, (hq, hkv, d))
+    want = _layers(*args)
+    try:
+        pdl.enable(True)
+        assert torch.equal(_layers(*args), want)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = _layers(*args)
+        for _ in range(200):
+            graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(got, want)
+        assert not counters.any()
+        compiled = triton_decode._decode_split_kernel.device_caches.values()
+        assert any(kernel.metadata.launch_pdl for cache in compiled for kernel in cache[0].values())
+    finally:
+        pdl.enable(False)
