@@ -69,6 +69,8 @@ def _wants_pdl(args: ServerArgs, device: torch.device) -> bool:
         return False
     if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
         raise ValueError("--enable-pdl needs a Hopper GPU (CUDA compute capability 9.x)")
+    if not pdl.supported():
+        raise ValueError("--enable-pdl needs a Triton with triton.language.extra.cuda.gdc_wait (3.6 has it)")
     return True
 
 

@@ -34,6 +34,15 @@ def enabled() -> bool:
     return _enabled
 
 
+def supported() -> bool:
+    """Whether the installed Triton has the grid-dependency instructions (``gdc_wait``)."""
+    try:
+        from triton.language.extra.cuda import gdc_wait  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def launch_options() -> dict:
     """The launch keyword and constexpr of a kernel launch: ``PDL`` in the kernel, ``launch_pdl``
     for Triton's launcher."""
