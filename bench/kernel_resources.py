@@ -53,26 +53,19 @@ def record_launches(args) -> list[str]:
         return json.loads(Path(path).read_text())
 
 
-def _run_launches(args) -> None:
-    """The launches themselves, on CPU tensors (the ``--record`` child, TRITON_INTERPRET=1)."""
+def launch_engine_kernels(hq: int, hkv: int, d: int) -> None:
+    """The engine's Triton launches on tiny CPU tensors (under TRITON_INTERPRET=1): the Triton
+    backend's warmup (decode kernels in both launch forms with their merges, extend, K/V store,
+    shared-prefix cascade), the chunked decode in two and three stages, and the fused RMSNorm /
+    RoPE (with the K/V store) / SiLU kernels of a layer."""
     import torch
 
-    from bench.harness import triton_compile
-
-    records: list[str] = []
-    triton_compile.install(records)
-    from radixserve.attention import launch_configs, triton_cascade, triton_decode
+    from radixserve.attention import triton_decode
     from radixserve.attention.triton_backend import TritonBackend
     from radixserve.kernels import fused
     from radixserve.runner.kv_pool import KVPool
 
-    # launched as on Hopper with 16-bit K/V (``launch_configs.tuned``), the target compiled for
-    def hopper(device, dtype):
-        return dtype in (torch.bfloat16, torch.float16)
-
-    for module in (launch_configs, triton_cascade, triton_decode):
-        module.tuned = hopper
-    hq, hkv, d, dtype = args.q_heads, args.kv_heads, args.head_dim, torch.bfloat16
+    dtype = torch.bfloat16
     pool = KVPool(256, 1, hkv, d, dtype)
     TritonBackend(pool, num_q_heads=hq).warmup(hq)
     # the chunked decode of the captured steps, in both stage counts (chunks of one key block)
@@ -96,13 +89,31 @@ def _run_launches(args) -> None:
     fused.rms_norm(x, weight.to(dtype), 1e-5)
     fused.fused_add_rms_norm(x, residual, weight.to(dtype), 1e-5)
     qkv = torch.randn(2, (hq + 2 * hkv) * d).to(dtype)
-    qh, kh, vh = qkv.split([hq * d, hkv * d, hkv * d], dim=1)
+    qh, kh, vh = (t.view(2, -1, d) for t in qkv.split([hq * d, hkv * d, hkv * d], dim=1))
     cos, sin = torch.ones(8, d // 2), torch.zeros(8, d // 2)
     positions = torch.tensor([1, 2])
-    fused.rope_inplace(positions, qh.view(2, hq, d), kh.view(2, hkv, d), cos, sin)
-    store = (vh.view(2, hkv, d), k_pool, v_pool, torch.tensor([1, 2]))
-    fused.rope_inplace(positions, qh.view(2, hq, d), kh.view(2, hkv, d), cos, sin, store=store)
+    fused.rope_inplace(positions, qh, kh, cos, sin)
+    fused.rope_inplace(positions, qh, kh, cos, sin, store=(vh, k_pool, v_pool, torch.tensor([1, 2])))
     fused.silu_and_mul(torch.randn(2, 2 * hidden).to(dtype))
+
+
+def _run_launches(args) -> None:
+    """The ``--record`` child (TRITON_INTERPRET=1): the launches, recorded, as on Hopper."""
+    import torch
+
+    from bench.harness import triton_compile
+
+    records: list[str] = []
+    triton_compile.install(records)
+    from radixserve.attention import launch_configs, triton_cascade, triton_decode
+
+    # launched as on Hopper with 16-bit K/V (``launch_configs.tuned``), the target compiled for
+    def hopper(device, dtype):
+        return dtype in (torch.bfloat16, torch.float16)
+
+    for module in (launch_configs, triton_cascade, triton_decode):
+        module.tuned = hopper
+    launch_engine_kernels(args.q_heads, args.kv_heads, args.head_dim)
     Path(args.record).write_text(json.dumps(sorted(set(records))))
 
 

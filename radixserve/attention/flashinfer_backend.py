@@ -92,7 +92,8 @@ class FlashInferBackend(AttentionBackend):
         self.shared_prefix = _shared_prefix_decode(kv_pool, num_q_heads)
         self._store_kv = _fused_store_kv()
         # a mixed step's leading decodes (no cascade) on Triton's decode where its launches are tuned
-        self.triton_mixed_decodes = _triton_decode() is not None and measured_for_every_decode(kv_pool, num_q_heads)
+        self._triton_decode = _triton_decode()
+        self.triton_mixed_decodes = self._triton_decode is not None and measured_for_every_decode(kv_pool, num_q_heads)
         self._target_programs = target_programs(device)  # (a device query: once, not every mixed step)
         self.step_cascade = None  # the cascade layout of the step last prepared, if it runs one
         self.mixed_decode_split = mixed_decode_split
@@ -113,17 +114,10 @@ class FlashInferBackend(AttentionBackend):
             self._write_kv(0, step.out_slots, step.k, step.v)
         if self.shared_prefix is not None:
             self.shared_prefix.warmup(num_q_heads)
-        if self.triton_mixed_decodes:  # one split writes its rows directly; more are merged
+        if self.triton_mixed_decodes:  # a mixed step's leading decodes, few or many
             step = dummy_step(self.kv_pool, num_q_heads)
-            k_pool, v_pool = self.kv_pool.get(0)
             indices = (step.qo_indptr, step.kv_indptr, step.kv_slots)
-            triton_decode = _triton_decode()
-            for config, heads_first in triton_decode.launch_forms(step.q.shape[2], step.q.device, k_pool.dtype):
-                for splits in (1, 2):  # a mixed step's leading decodes, few or many
-                    triton_decode.decode_attention(
-                        step.q, k_pool, v_pool, step.q.clone(), *indices, None, 2, splits, 1.0, config=config,
-                        heads_first=heads_first,
-                    )  # fmt: skip
+            self._triton_decode.warmup(step.q, *self.kv_pool.get(0), step.q.clone(), *indices)
         torch.cuda.synchronize(self.kv_pool.device)
 
     def wants_eager(self, batch: ForwardBatch) -> bool:
@@ -309,7 +303,7 @@ class FlashInferBackend(AttentionBackend):
             out[:rows] = self.shared_prefix.run(cascade_q[:rows], layer_id, split.head, split.cascade, scale)
         elif split.triton_splits:  # writes the rows of the batch's first head.batch_size sequences
             k_pool, v_pool = self.kv_pool.get(layer_id)
-            _triton_decode().decode_attention(
+            self._triton_decode.decode_attention(
                 q, k_pool, v_pool, out, batch.qo_indptr, batch.kv_indptr, batch.kv_slots, None,
                 split.head.batch_size, split.triton_splits, default_scale,
             )  # fmt: skip

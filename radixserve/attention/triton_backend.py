@@ -22,7 +22,6 @@ shaped by the batch size.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -164,15 +163,10 @@ class TritonBackend(AttentionBackend):
         indices = (step.qo_indptr, step.kv_indptr, step.kv_slots)
         seq_ids, block = upload_aligned(([1], [0]), step.q.device, torch.int32)
         triton_kernels.store_kv(step.k, step.v, k_pool, v_pool, step.out_slots)
-        forms = triton_decode.launch_forms(step.q.shape[2], step.q.device, k_pool.dtype)  # small and large grids
-        for (config, heads_first), (ids, num_seqs) in itertools.product(forms, ((None, 2), (seq_ids, 1))):
-            for splits, counters in ((1, None), (2, self._merge_counters), (2, None)):
-                # whole batch and gathered decode rows; one split writes its output directly, more
-                # merge themselves (or, past MAX_FUSED_MERGE_SEQS decodes, in the merge kernel)
-                triton_decode.decode_attention(
-                    step.q, k_pool, v_pool, out, *indices, ids, num_seqs, splits, 1.0, config=config,
-                    counters=counters, heads_first=heads_first,
-                )  # fmt: skip
+        # whole batch and gathered decode rows; one split writes its output directly, more merge
+        # themselves (or, past MAX_FUSED_MERGE_SEQS decodes, in the merge kernel)
+        rows = ((None, 2), (seq_ids, 1))
+        triton_decode.warmup(step.q, k_pool, v_pool, out, *indices, rows=rows, counters=self._merge_counters)
         triton_kernels.extend_attention(step.q, k_pool, v_pool, out, *indices, block, block, 1.0)
         self.shared_prefix.warmup(num_q_heads)
         device = step.q.device

@@ -15,6 +15,8 @@ per-sequence first position (the shared-prefix cascade of ``triton_cascade.py`` 
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
@@ -398,6 +400,24 @@ def launch_forms(head_dim: int, device: torch.device, kv_dtype: torch.dtype) -> 
     """The two ways an even-split decode launches (``launch``), for small grids and large ones.
     Each compiles its own variants, so a warmup launches both (a compile stalls a step ~1 s)."""
     return [launch(head_dim, device, kv_dtype, programs) for programs in (0, MANY_DECODE_PROGRAMS)]
+
+
+def warmup(
+    q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots,
+    rows=((None, 2),),  # (seq_ids, num_seqs) launches: whole batch, and gathered rows where given
+    counters: torch.Tensor | None = None,  # given: the self-merging variants too
+) -> None:  # fmt: skip
+    """Compiles, on a dummy step's tensors, every even-split decode an eager step of these shapes
+    can launch: both launch forms (``launch_forms``), one split (written directly), two merged by
+    the merge kernel and, with ``counters``, two merged by themselves."""
+    merges = [(2, None)] + ([(2, counters)] if counters is not None else [])
+    forms = launch_forms(q.shape[2], q.device, k_pool.dtype)
+    for (config, heads_first), (ids, num_seqs) in itertools.product(forms, rows):
+        for splits, merge_counters in [(1, None), *merges]:
+            decode_attention(
+                q, k_pool, v_pool, out, qo_indptr, kv_indptr, kv_slots, ids, num_seqs, splits, 1.0, config=config,
+                counters=merge_counters, heads_first=heads_first,
+            )  # fmt: skip
 
 
 def decode_attention(

@@ -43,7 +43,10 @@ def supported() -> bool:
     return True
 
 
+_ON, _OFF = {"PDL": True, "launch_pdl": True}, {"PDL": False}
+
+
 def launch_options() -> dict:
-    """The launch keyword and constexpr of a kernel launch: ``PDL`` in the kernel, ``launch_pdl``
-    for Triton's launcher."""
-    return {"PDL": True, "launch_pdl": True} if _enabled else {"PDL": False}
+    """The launch keyword and constexpr of a kernel launch (``**`` them; not to be changed):
+    ``PDL`` in the kernel, ``launch_pdl`` for Triton's launcher."""
+    return _ON if _enabled else _OFF

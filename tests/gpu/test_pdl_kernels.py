@@ -17,34 +17,11 @@ import torch
 
 pytest.importorskip("triton", reason="needs triton")
 
+from bench.kernel_resources import launch_engine_kernels  # noqa: E402
 from tests.gpu import compile_check  # noqa: E402
 from tests.gpu.conftest import interpreting  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.triton_interpreter]
-
-
-def _launch_every_pdl_kernel() -> None:
-    from radixserve.attention import triton_decode
-    from radixserve.kernels import fused
-
-    dtype, hq, hkv, d = torch.bfloat16, 8, 2, 64
-    x, residual, weight = torch.randn(2, hq * d).to(dtype), torch.randn(2, hq * d).to(dtype), torch.ones(hq * d)
-    fused.rms_norm(x, weight.to(dtype), 1e-5)
-    fused.fused_add_rms_norm(x, residual, weight.to(dtype), 1e-5)
-    qkv = torch.randn(2, (hq + 2 * hkv) * d).to(dtype)
-    q, k, v = (t.view(2, -1, d) for t in qkv.split([hq * d, hkv * d, hkv * d], dim=1))
-    k_pool, v_pool = torch.zeros(8, hkv, d, dtype=dtype), torch.zeros(8, hkv, d, dtype=dtype)
-    cos, sin = torch.ones(4, d // 2), torch.zeros(4, d // 2)
-    fused.rope_inplace(torch.tensor([1, 2]), q, k, cos, sin, store=(v, k_pool, v_pool, torch.tensor([1, 2])))
-    fused.silu_and_mul(torch.randn(2, 2 * hq * d).to(dtype))
-    indptr = torch.tensor([0, 1, 2])
-    slots = torch.tensor([1, 2], dtype=torch.int32)
-    counters = torch.zeros(2 * hkv, dtype=torch.int32)
-    for splits, chunk_len in ((1, 0), (2, 0), (2, 64)):
-        triton_decode.decode_attention(
-            q.contiguous(), k_pool, v_pool, torch.empty(2, hq, d, dtype=dtype), indptr, indptr, slots, None, 2,
-            splits, d**-0.5, counters=counters, chunk_len=chunk_len,
-        )  # fmt: skip
 
 
 def test_every_kernel_compiles_for_sm90_with_programmatic_dependent_launch(device):
@@ -55,7 +32,7 @@ def test_every_kernel_compiles_for_sm90_with_programmatic_dependent_launch(devic
     records: list[str] = []
     restore = triton_compile.install(records)
     try:
-        _launch_every_pdl_kernel()
+        launch_engine_kernels(8, 2, 64)  # the engine's launches, as ``bench.kernel_resources`` records them
     finally:
         restore()
     switched = []
