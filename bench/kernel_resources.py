@@ -57,7 +57,7 @@ def launch_engine_kernels(hq: int, hkv: int, d: int) -> None:
     """The engine's Triton launches on tiny CPU tensors (under TRITON_INTERPRET=1): the Triton
     backend's warmup (decode kernels in both launch forms with their merges, extend, K/V store,
     shared-prefix cascade), the chunked decode in two and three stages, and the fused RMSNorm /
-    RoPE (with the K/V store) / SiLU kernels of a layer."""
+    RoPE (with the K/V store) / SiLU kernels of a layer, and the one-row GEMV."""
     import torch
 
     from radixserve.attention import triton_decode
@@ -95,6 +95,11 @@ def launch_engine_kernels(hq: int, hkv: int, d: int) -> None:
     fused.rope_inplace(positions, qh, kh, cos, sin)
     fused.rope_inplace(positions, qh, kh, cos, sin, store=(vh, k_pool, v_pool, torch.tensor([1, 2])))
     fused.silu_and_mul(torch.randn(2, 2 * hidden).to(dtype))
+    # the one-row GEMV in each launch the startup timing tries for the layer's K
+    from radixserve.kernels import gemv
+
+    for config in gemv.configs(hidden):
+        gemv.gemv(x[:1], qkv[:, :hidden].contiguous(), config)
 
 
 def _run_launches(args) -> None:

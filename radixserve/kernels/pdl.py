@@ -11,9 +11,11 @@ only once every program has reached its end (it may then wait on an SM while the
 finish). cuBLAS's GEMMs are launched as torch launches them.
 
 The rule that keeps results exact: every program of a kernel launched with PDL calls
-``gdc_wait()`` before its first global read and before any early return. Then no such kernel can
-finish before the kernel ahead of it has, and by induction every earlier kernel's writes are
-visible to it.
+``gdc_wait()`` before its first global read of anything a kernel writes, and before any early
+return. Then no such kernel can finish before the kernel ahead of it has, and by induction every
+earlier kernel's writes are visible to it. Weights, which no kernel writes, may be read ahead of
+the wait: the one-row GEMV (``gemv.py``) loads its weight tile there, while the kernel ahead
+finishes.
 
 Importing this module needs neither torch nor triton. The launch wrappers read ``enabled()`` when
 they launch, so it must be set before CUDA graphs are captured (the engine does it at start-up).

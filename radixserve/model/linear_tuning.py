@@ -7,7 +7,9 @@ can be asked of cuBLAS in other forms, which it serves with other kernels:
 
 - ``linear``: ``F.linear(x, W)`` (the default);
 - ``mv``: ``torch.mv(W, x[0])``, a matrix-vector product (cuBLAS gemv);
-- ``mm_t``: ``(W @ x.T).T``, the GEMM with the operands swapped (a tall-skinny product).
+- ``mm_t``: ``(W @ x.T).T``, the GEMM with the operands swapped (a tall-skinny product);
+- ``gemv BxW``: our Triton GEMV (``radixserve.kernels.gemv``: B rows of W a program over the whole
+  of K in one load, W warps), in each launch ``gemv.configs(K)`` offers, where Triton is installed.
 
 ``tune_one_row_linears`` times each form on every distinct weight shape of a model at startup,
 cycling through all the model's weights of that shape (a 32-layer model reads 32 different
@@ -33,12 +35,28 @@ MIN_GAIN = 0.95
 ITERATIONS = 20  # timed passes over all the weights of a shape
 
 
-def one_row_forms() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    """``name -> f(x [1, K], W [N, K]) -> [1, N]``: the candidate forms of ``x @ W.T``."""
-    return {
+def one_row_forms(k: int | None = None) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """``name -> f(x [1, K], W [N, K]) -> [1, N]``: the candidate forms of ``x @ W.T``; with ``k``,
+    also the Triton GEMV's launches for that K (none without Triton)."""
+    forms = {
         "linear": lambda x, w: F.linear(x, w),
         "mv": lambda x, w: torch.mv(w, x[0]).unsqueeze(0),
         "mm_t": lambda x, w: torch.mm(w, x.t()).t(),
+    }
+    if k is not None:
+        forms.update(gemv_forms(k))
+    return forms
+
+
+def gemv_forms(k: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """``gemv BxW -> f``: the Triton GEMV in each of its launches for K (none without Triton)."""
+    try:
+        from radixserve.kernels import gemv
+    except ImportError:  # no triton: cuBLAS's forms only
+        return {}
+    return {
+        f"gemv {block_n}x{num_warps}": lambda x, w, config=(block_n, num_warps): gemv.gemv(x, w, config)
+        for block_n, num_warps in gemv.configs(k)
     }
 
 
@@ -55,9 +73,9 @@ def tune_one_row_linears(model: nn.Module, linear_type: type) -> dict[tuple[int,
     for module in model.modules():
         if isinstance(module, linear_type) and module.bias is None and module.weight.is_cuda:
             groups.setdefault((tuple(module.weight.shape), module.weight.dtype), []).append(module)
-    forms = one_row_forms()
     results = {}
     for (shape, dtype), modules in groups.items():
+        forms = one_row_forms(shape[1])
         weights = [m.weight.detach() for m in modules]
         x = torch.randn(1, shape[1], dtype=dtype, device=weights[0].device)
         times = {name: _time_us(form, x, weights) for name, form in forms.items()}
