@@ -6,8 +6,8 @@ the MLP and LM head at 3.6-4.4, and the output and down projections add a split-
 Triton GEMV with a K loop lost on every shape. This probe times, at one row, ``F.linear``, cuBLAS on
 the weight stored transposed (``x @ w_t``), ``torch.mv``, and ``radixserve.kernels.gemv`` (each
 program reads its rows across the whole of K in one load) in every launch the engine's startup
-timing tries, each weight cycled through enough copies to miss the L2 cache, and prints the
-bandwidth of each next to the card's copy bandwidth. No record.
+timing tries, each weight cycled through enough copies to miss the L2 cache, all replayed from a
+CUDA graph as a decode step runs them, and prints the bandwidth of each next to the card's copy bandwidth. No record.
 
   python -m bench.gemv_probe                 # Llama-3.1-8B shapes, batch 1
   python -m bench.gemv_probe --pdl           # the GEMV launched with programmatic dependent launch
@@ -27,6 +27,7 @@ except ImportError as exc:  # a CPU machine
     raise SystemExit("bench.gemv_probe needs triton and a CUDA GPU") from exc
 
 from radixserve.kernels import gemv, pdl  # noqa: E402
+from radixserve.model.linear_tuning import replay_time_us  # noqa: E402
 
 LLAMA_8B_SHAPES = {  # name -> (out_features, in_features)
     "qkv": (6144, 4096),
@@ -39,17 +40,10 @@ L2_MISS_BYTES = 512 << 20  # cycle weight copies through at least this much memo
 
 
 def _time_us(fn, copies: int, iters: int) -> float:
-    """Mean µs of ``fn(i)`` over ``iters`` calls, ``i`` cycling through the weight copies."""
-    for i in range(copies):  # warm-up: compile, heuristics
-        fn(i)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(iters):
-        fn(i % copies)
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / iters
+    """Mean µs of ``fn(i)``, ``i`` cycling through the weight copies, replayed from a CUDA graph (as a
+    decode step runs its projections; eager timing would time a Triton launch's host cost)."""
+    replays = max(1, iters // copies)
+    return replay_time_us(lambda: [fn(i) for i in range(copies)], replays, torch.device("cuda")) / copies
 
 
 def probe(name: str, n: int, k: int, m: int, iters: int) -> dict:

@@ -51,7 +51,17 @@ def _arm_stack_dump() -> None:
 
 def _child_setup() -> None:
     _configure_step_log()
+    _log_one_row_tuning()
     _arm_stack_dump()
+
+
+def _log_one_row_tuning() -> None:
+    """The startup timing's one line per projection shape (which form a batch-1 step uses)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(relativeCreated)9.0f ms] %(message)s"))
+    tuning_log = logging.getLogger("radixserve.model.linear_tuning")
+    tuning_log.setLevel(logging.INFO)
+    tuning_log.addHandler(handler)
 
 
 def _configure_step_log() -> None:

@@ -13,7 +13,8 @@ can be asked of cuBLAS in other forms, which it serves with other kernels:
 
 ``tune_one_row_linears`` times each form on every distinct weight shape of a model at startup,
 cycling through all the model's weights of that shape (a 32-layer model reads 32 different
-matrices, so the timing misses the L2 cache as a real step does), and sets each ``Linear``'s
+matrices, so the timing misses the L2 cache as a real step does) in a CUDA graph (as a decode step
+runs them: no launch cost between calls), and sets each ``Linear``'s
 ``one_row`` form where one beats ``linear`` by ``MIN_GAIN``. ``Linear.forward`` uses it for inputs
 of exactly one row (a batch-1 decode step, CUDA-graph captured or not); every other input takes
 ``F.linear``. The forms compute the same dot products; only the summation order may differ.
@@ -96,15 +97,26 @@ def tune_one_row_linears(model: nn.Module, linear_type: type) -> dict[tuple[int,
 
 @torch.inference_mode()
 def _time_us(form, x: torch.Tensor, weights: list[torch.Tensor]) -> float:
-    """Mean µs of one call, the weights taken in turn."""
-    for w in weights[:2]:  # warm-up: cuBLAS handles, heuristics
-        form(x, w)
-    torch.cuda.synchronize(x.device)
+    """Mean µs of one call, the weights taken in turn, replayed from a CUDA graph."""
+    return replay_time_us(lambda: [form(x, w) for w in weights], ITERATIONS, x.device) / len(weights)
+
+
+def replay_time_us(run: Callable[[], object], replays: int, device: torch.device) -> float:
+    """Mean µs of one replay of a CUDA graph of ``run()``. A decode step's projections run from a
+    captured graph, launch after launch with no host work between; timed eagerly, a small kernel
+    would be timed by its launch's host cost instead (a Triton launch costs ~20 µs of Python, more
+    than a 4096 x 4096 projection takes on the GPU)."""
+    run()  # warm-up outside the capture: compiles, cuBLAS heuristics and handles
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    graph.replay()
+    torch.cuda.synchronize(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(ITERATIONS):
-        for w in weights:
-            form(x, w)
+    for _ in range(replays):
+        graph.replay()
     end.record()
-    torch.cuda.synchronize(x.device)
-    return start.elapsed_time(end) * 1e3 / (ITERATIONS * len(weights))
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end) * 1e3 / replays
