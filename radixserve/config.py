@@ -87,14 +87,16 @@ class ServerArgs:
     disable_cuda_graph: bool = _opt(False, "run every step eagerly on CUDA (no decode or piecewise graphs)")
     disable_one_row_tuning: bool = _opt(
         False,
-        "CUDA: one-row (batch-1) projections through F.linear, instead of the form (F.linear, torch.mv or a"
-        " swapped GEMM) that timed fastest for each weight shape at startup",
+        "CUDA: one-row (batch-1) projections through F.linear, instead of the form (F.linear, torch.mv, a"
+        " swapped GEMM or the Triton GEMV) that timed fastest for each weight shape at startup",
     )
     enable_pdl: bool = _opt(
         False,
-        "CUDA, compute capability 9.0 and later: launch radixserve's Triton kernels with programmatic"
-        " dependent launch (each waits in-kernel for the kernel before it), to shorten the gaps between kernels",
+        "require programmatic dependent launch of radixserve's Triton kernels (each waits in-kernel for the kernel"
+        " before it, shortening the gaps between kernels): an error where it cannot run. It is on by default on"
+        " Hopper GPUs (compute capability 9.x) with a Triton that has it",
     )
+    disable_pdl: bool = _opt(False, "launch every kernel plainly, also on Hopper (no programmatic dependent launch)")
     disable_overlap_schedule: bool = _opt(
         False, "detokenize a step's output before launching the next one instead of while the device runs"
     )

@@ -62,16 +62,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _wants_pdl(args: ServerArgs, device: torch.device) -> bool:
-    """``--enable-pdl``, checked: programmatic dependent launch needs compute capability 9.0 or
-    later, and is allowed on Hopper (9.x) only, the cards it was built on (CUDA-graph capture of
-    PDL launches has failed elsewhere: sglang#18596, on SM 12.0)."""
-    if not args.enable_pdl:
+    """Programmatic dependent launch: on by default on Hopper (9.x) with a Triton that has it, the
+    cards it was built and measured on (CUDA-graph capture of PDL launches has failed elsewhere:
+    sglang#18596, on SM 12.0); ``--disable-pdl`` turns it off; ``--enable-pdl`` requires it and
+    says why it cannot run where it cannot."""
+    if args.enable_pdl and args.disable_pdl:
+        raise ValueError("--enable-pdl and --disable-pdl contradict each other: give one")
+    if args.disable_pdl:
         return False
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+    if args.enable_pdl and not hopper:
         raise ValueError("--enable-pdl needs a Hopper GPU (CUDA compute capability 9.x)")
-    if not pdl.supported():
+    if args.enable_pdl and not pdl.supported():
         raise ValueError("--enable-pdl needs a Triton with triton.language.extra.cuda.gdc_wait (3.6 has it)")
-    return True
+    return hopper and pdl.supported()
 
 
 def build_engine_parts(args: ServerArgs) -> EngineParts:

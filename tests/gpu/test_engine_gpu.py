@@ -452,9 +452,10 @@ def test_batch_one_decode_with_tuned_projections_matches_f_linear(form, model_di
 
 @pytest.mark.parametrize("backend", ["triton", "default"])
 def test_programmatic_dependent_launch_changes_no_output(backend, model_dir, tokenizer_path):
-    """``--enable-pdl`` launches the same kernels, each program of ours waiting in-kernel for the
-    kernel before it: the outputs match those without it (graphs and the overlapped loop on;
-    near-ties only where the overlapped loop's batch compositions differ)."""
+    """Programmatic dependent launch (on by default on Hopper) launches the same kernels, each
+    program of ours waiting in-kernel for the kernel before it: the outputs match those of
+    ``--disable-pdl`` (graphs and the overlapped loop on; near-ties only where the overlapped
+    loop's batch compositions differ)."""
     from radixserve.kernels import pdl
 
     if torch.cuda.get_device_capability()[0] != 9:
@@ -464,10 +465,11 @@ def test_programmatic_dependent_launch_changes_no_output(backend, model_dir, tok
     prompts = _prompts(16)
     chosen = {"attention_backend": "auto", "triton_decode_max_bs": -1} if backend == "default" else {}
     options = {"attention_backend": backend, **chosen, "cuda_graph_max_bs": 32}
-    plain = _engine(model_dir, tokenizer_path, **options)
+    plain = _engine(model_dir, tokenizer_path, **options, disable_pdl=True)
+    assert not pdl.enabled()
     expected = _greedy(plain, prompts)
     _release(plain)
-    launched = _engine(model_dir, tokenizer_path, **options, enable_pdl=True)
+    launched = _engine(model_dir, tokenizer_path, **options)
     try:
         assert pdl.enabled()
         _assert_same_up_to_near_ties(_greedy(launched, prompts), expected)
