@@ -389,10 +389,12 @@ def launch(
     KV heads are launched next to each other. From MANY_DECODE_PROGRAMS on they are (sharing the
     sequence's slot-list reads): each large layer measured ran 2-5% faster, 768 x 256 / 768 x 512 /
     256 x 1,024 in 200 / 387 / 249 us against 210 / 395 / 255 (one split), 216 / 396 / 271 against
-    220 / 410 / 280 (chunked; H200, ``bench.cascade_kernels --parts large``). A chunked grid's
-    programs each loop over the work list: they keep three stages (two took a 768 x 256 layer from
-    220 to 239 us, a 256 x 1,024 one from 280 to 303)."""
-    config = decode_config(head_dim, tuned(device, kv_dtype), 0 if chunked else programs)
+    220 / 410 / 280 (chunked; H200, ``bench.cascade_kernels --parts large``). A chunked grid (a
+    batch that fills the card) launches two stages too, since its kernel has one call site (125
+    registers a thread in two stages, four programs an SM): 211.0 / 390.6 / 255.9 us against 213.8
+    / 393.8 / 272.7 in three (eleventh session; with two call sites, 164 registers, two stages had
+    been 8-10% slower)."""
+    config = decode_config(head_dim, tuned(device, kv_dtype), MANY_DECODE_PROGRAMS if chunked else programs)
     return config, programs >= MANY_DECODE_PROGRAMS
 
 

@@ -478,8 +478,9 @@ def test_warmup_writes_only_the_dummy_slot_and_steps_still_match(backend_name, d
 @pytest.mark.triton_interpreter
 def test_large_grids_launch_two_stages_heads_first_and_warmups_know_both_forms(monkeypatch):
     """Tuned (Hopper, 16-bit K/V): a small grid launches three stages, sequences first; from
-    MANY_DECODE_PROGRAMS programs on, two stages, heads first, except that a chunked grid keeps
-    three; ``launch_forms`` (what the warmups compile) lists exactly the even-split forms."""
+    MANY_DECODE_PROGRAMS programs on, two stages, heads first, and a chunked grid (a batch that
+    fills the card) so at any size; ``launch_forms`` (what the warmups compile) lists exactly the
+    even-split forms."""
     from radixserve.attention import triton_decode
     from radixserve.attention.launch_configs import LaunchConfig
 
@@ -489,7 +490,7 @@ def test_large_grids_launch_two_stages_heads_first_and_warmups_know_both_forms(m
     large = triton_decode.launch(128, cpu, torch.bfloat16, many)
     assert small == (LaunchConfig(64, 4, 3), False)
     assert large == (LaunchConfig(64, 4, 2), True)
-    assert triton_decode.launch(128, cpu, torch.bfloat16, many, chunked=True) == (LaunchConfig(64, 4, 3), True)
+    assert triton_decode.launch(128, cpu, torch.bfloat16, many, chunked=True) == (LaunchConfig(64, 4, 2), True)
     assert triton_decode.launch_forms(128, cpu, torch.bfloat16) == [small, large]
 
 
