@@ -7,8 +7,9 @@ interpreter; each is recorded specialised as it would be on a GPU
 (``bench.harness.triton_compile``) and compiled for sm_90, and the wheel's ``cuobjdump`` reads its
 cubin. The launches are the Triton backend's warmup (the decode kernels in both launch forms,
 their merge, the extend kernel, the K/V store, the shared-prefix cascade), the chunked decode in
-two and three stages, and the fused RMSNorm / RoPE / SiLU kernels, at Llama-3.1-8B's attention
-shape by default. Timings still need the GPU (``bench.cascade_kernels``). The tenth session used
+two and three stages, the fused RMSNorm / RoPE / SiLU kernels, and the one-row GEMV in each launch
+the startup tuning tries (K the hidden size, and 3.5 times it: Llama-3.1-8B's down projection), at
+Llama-3.1-8B's attention shape by default. Timings still need the GPU (``bench.cascade_kernels``). The tenth session used
 this to find that the chunked decode took 164 registers in two stages (three programs an SM),
 against 114 for one split (four).
 
@@ -98,8 +99,10 @@ def launch_engine_kernels(hq: int, hkv: int, d: int) -> None:
     # the one-row GEMV in each launch the startup timing tries for the layer's K
     from radixserve.kernels import gemv
 
-    for config in gemv.configs(hidden):
-        gemv.gemv(x[:1], qkv[:, :hidden].contiguous(), config)
+    for k in (hidden, hidden * 7 // 2):  # the down projection's K: 14,336 at hidden 4,096
+        w = torch.randn(2, k).to(dtype)
+        for config in gemv.configs(k):
+            gemv.gemv(w[:1], w, config)
 
 
 def _run_launches(args) -> None:

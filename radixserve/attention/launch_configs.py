@@ -71,14 +71,16 @@ def decode_block_n(head_dim: int) -> int:
 MANY_DECODE_PROGRAMS = 2048
 
 
-def decode_config(head_dim: int, is_tuned: bool, programs: int = 0) -> LaunchConfig:
+def decode_config(head_dim: int, is_tuned: bool, programs: int = 0, chunked: bool = False) -> LaunchConfig:
     """The plain decode kernel's launch for a grid of ``programs`` (0: unknown, a small one). Tuned:
     three pipeline stages instead of two took a batch-32 layer over 1,024-token contexts from 49.3
     to 41.6 us (2 splits each). From ``MANY_DECODE_PROGRAMS`` on, two again: a third stage's shared
     memory leaves room for fewer programs on an SM while the queue of programs is long. One split
     over 768 x 256 / 768 x 512 / 256 x 1,024 contexts took 208 / 395 / 254 us a layer in two stages
-    against 214 / 402 / 276 in three (H200, ``bench.cascade_kernels --parts large``)."""
-    stages = 3 if is_tuned and head_dim <= 128 and programs < MANY_DECODE_PROGRAMS else 2
+    against 214 / 402 / 276 in three (H200, ``bench.cascade_kernels --parts large``). ``chunked``
+    (the captured steps of a batch that fills the card; see ``triton_decode.launch``): two."""
+    few = programs < MANY_DECODE_PROGRAMS and not chunked
+    stages = 3 if is_tuned and head_dim <= 128 and few else 2
     return LaunchConfig(decode_block_n(head_dim), num_warps=4, num_stages=stages)
 
 

@@ -394,7 +394,7 @@ def launch(
     registers a thread in two stages, four programs an SM): 211.0 / 390.6 / 255.9 us against 213.8
     / 393.8 / 272.7 in three (eleventh session; with two call sites, 164 registers, two stages had
     been 8-10% slower)."""
-    config = decode_config(head_dim, tuned(device, kv_dtype), MANY_DECODE_PROGRAMS if chunked else programs)
+    config = decode_config(head_dim, tuned(device, kv_dtype), programs, chunked)
     return config, programs >= MANY_DECODE_PROGRAMS
 
 

@@ -70,7 +70,8 @@ def _wants_pdl(args: ServerArgs, device: torch.device) -> bool:
         raise ValueError("--enable-pdl and --disable-pdl contradict each other: give one")
     if args.disable_pdl:
         return False
-    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+    # ROCm's torch reports its GPUs as "cuda" too, and MI200/MI300 as major 9: NVIDIA's only
+    hopper = device.type == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability(device)[0] == 9
     if args.enable_pdl and not hopper:
         raise ValueError("--enable-pdl needs a Hopper GPU (CUDA compute capability 9.x)")
     if args.enable_pdl and not pdl.supported():
@@ -83,13 +84,24 @@ def build_engine_parts(args: ServerArgs) -> EngineParts:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     pdl.enable(_wants_pdl(args, device))  # before any launch is captured in a graph
+    try:
+        return _build_parts(args, device, dtype)
+    except BaseException:
+        pdl.enable(False)  # a failed start leaves the process as it found it (shutdown does it after a good one)
+        raise
+
+
+def _build_parts(args: ServerArgs, device: torch.device, dtype: torch.dtype) -> EngineParts:
     torch.manual_seed(args.random_seed)
     model_path = resolve_model_path(args.model_path)
     model, model_config = load_model(model_path, load_format=args.load_format, dtype=dtype, device=device)
     if device.type == "cpu":
         prepack_cpu_linears(model)
     elif device.type == "cuda" and not args.disable_one_row_tuning:
-        tune_one_row_linears(model, Linear)  # before any graph captures the projections
+        # before any graph captures the projections; timed as batch-1 steps will run them
+        backend_name = _backend_name(args.attention_backend, device, dtype)
+        decode_graphs = not args.disable_cuda_graph and backend_name != "torch_native" and args.cuda_graph_max_bs > 0
+        tune_one_row_linears(model, Linear, graphed=decode_graphs)
     tokenizer = load_tokenizer(args, model_path)
     context_length = args.context_length or model_config.max_position_embeddings
     # captured before the KV pool is sized, so that the pool gets what the pieces leave

@@ -54,7 +54,9 @@ def _gemv_kernel(
     n_mask = offs_n < N
     k_mask = offs_k < K
     rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_w
-    w = tl.load(rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0, eviction_policy="evict_first")
+    w = tl.load(
+        rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0, eviction_policy="evict_first"
+    )
     if PDL:  # weights are never written by a kernel: only x waits for the kernel ahead
         gdc_wait()
     x = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0)
@@ -82,6 +84,11 @@ def gemv(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int]) -> torch.Ten
     new ``[1, N]`` tensor in ``x``'s dtype; ``config`` is one of ``configs(K)``."""
     block_n, num_warps = config
     n, k = w.shape
+    if x.shape != (1, k) or x.dtype != w.dtype or w.stride(1) != 1:
+        raise ValueError(
+            f"gemv: x [1, {k}] and w [N, {k}] with a contiguous last dim, one dtype (got x {tuple(x.shape)} "
+            f"{x.dtype}, w {tuple(w.shape)} {w.dtype} strides {w.stride()})"
+        )
     x = x if x.is_contiguous() else x.contiguous()
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     _gemv_kernel[(triton.cdiv(n, block_n),)](

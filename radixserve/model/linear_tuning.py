@@ -3,7 +3,7 @@
 A batch-1 decode step is the weight read, and cuBLAS does not read every shape at the card's
 bandwidth through ``F.linear``: ``bench.gemv_probe`` measured Llama-3.1-8B's output projection
 (4096 x 4096) at 1.26 TB/s on an H200 against 3.7-4.3 for the MLP and the LM head. The same product
-can be asked of cuBLAS in other forms, which it serves with other kernels:
+can be asked of cuBLAS in other forms, which it serves with other kernels, or of our own GEMV:
 
 - ``linear``: ``F.linear(x, W)`` (the default);
 - ``mv``: ``torch.mv(W, x[0])``, a matrix-vector product (cuBLAS gemv);
@@ -13,8 +13,8 @@ can be asked of cuBLAS in other forms, which it serves with other kernels:
 
 ``tune_one_row_linears`` times each form on every distinct weight shape of a model at startup,
 cycling through all the model's weights of that shape (a 32-layer model reads 32 different
-matrices, so the timing misses the L2 cache as a real step does) in a CUDA graph (as a decode step
-runs them: no launch cost between calls), and sets each ``Linear``'s
+matrices, so the timing misses the L2 cache as a real step does), replayed from a CUDA graph as a
+decode step runs them (eagerly where decode steps run eagerly), and sets each ``Linear``'s
 ``one_row`` form where one beats ``linear`` by ``MIN_GAIN``. ``Linear.forward`` uses it for inputs
 of exactly one row (a batch-1 decode step, CUDA-graph captured or not); every other input takes
 ``F.linear``. The forms compute the same dot products; only the summation order may differ.
@@ -67,56 +67,102 @@ def choose(times_us: dict[str, float], min_gain: float = MIN_GAIN) -> str:
     return best if times_us[best] <= min_gain * times_us["linear"] else "linear"
 
 
-def tune_one_row_linears(model: nn.Module, linear_type: type) -> dict[tuple[int, int], dict[str, float]]:
+def tune_one_row_linears(
+    model: nn.Module, linear_type: type, graphed: bool = True
+) -> dict[tuple[int, int], dict[str, float]]:
     """Time every form on every distinct bias-free weight shape of ``model``'s CUDA ``linear_type``
-    modules, set their ``one_row`` form, and return ``{(N, K): {form: µs}}``."""
+    modules, set their ``one_row`` form, and return ``{(N, K): {form: µs}}``. ``graphed``: batch-1
+    decode steps replay CUDA graphs, so the forms are timed from graphs; without them, eagerly (a
+    Triton launch's host cost is then part of what a step pays)."""
     groups: dict[tuple, list[nn.Module]] = {}
     for module in model.modules():
         if isinstance(module, linear_type) and module.bias is None and module.weight.is_cuda:
             groups.setdefault((tuple(module.weight.shape), module.weight.dtype), []).append(module)
     results = {}
-    for (shape, dtype), modules in groups.items():
-        forms = one_row_forms(shape[1])
-        weights = [m.weight.detach() for m in modules]
-        x = torch.randn(1, shape[1], dtype=dtype, device=weights[0].device)
-        times = {name: _time_us(form, x, weights) for name, form in forms.items()}
-        chosen = choose(times)
-        for module in modules:
-            module.one_row = None if chosen == "linear" else forms[chosen]
-        results[shape] = times
-        logger.info(
-            "one-row projections %dx%d (%d weights): %s; using %s",
-            shape[0],
-            shape[1],
-            len(modules),
-            ", ".join(f"{name} {us:.1f} us" for name, us in times.items()),
-            chosen,
-        )
+    timer = GraphTimer(next(iter(groups.values()))[0].weight.device) if graphed and groups else None
+    try:
+        for (shape, dtype), modules in groups.items():
+            forms = one_row_forms(shape[1])
+            weights = [m.weight.detach() for m in modules]
+            x = torch.randn(1, shape[1], dtype=dtype, device=weights[0].device)
+            times = {}
+            for name, form in forms.items():
+                try:
+                    times[name] = _time_us(form, x, weights, timer)
+                except Exception as exc:  # e.g. a Triton that cannot build the GEMV here: cuBLAS's forms stay
+                    if name == "linear":
+                        raise
+                    logger.warning("one-row form %s left out for %dx%d: %s", name, shape[0], shape[1], exc)
+            chosen = choose(times)
+            for module in modules:
+                module.one_row = None if chosen == "linear" else forms[chosen]
+            results[shape] = times
+            logger.info(
+                "one-row projections %dx%d (%d weights): %s; using %s",
+                shape[0],
+                shape[1],
+                len(modules),
+                ", ".join(f"{name} {us:.1f} us" for name, us in times.items()),
+                chosen,
+            )
+    finally:
+        del timer  # its graphs' memory pool, before the KV pool is sized from what is free
+        torch.cuda.empty_cache()
     return results
 
 
 @torch.inference_mode()
-def _time_us(form, x: torch.Tensor, weights: list[torch.Tensor]) -> float:
-    """Mean µs of one call, the weights taken in turn, replayed from a CUDA graph."""
-    return replay_time_us(lambda: [form(x, w) for w in weights], ITERATIONS, x.device) / len(weights)
+def _time_us(form, x: torch.Tensor, weights: list[torch.Tensor], timer: GraphTimer | None) -> float:
+    """Mean µs of one call, the weights taken in turn: replayed from a CUDA graph with ``timer``,
+    else launched eagerly."""
+
+    def run() -> None:
+        for w in weights:
+            form(x, w)
+
+    if timer is not None:
+        return timer.time_us(run, ITERATIONS) / len(weights)
+    return eager_time_us(run, ITERATIONS, x.device) / len(weights)
+
+
+class GraphTimer:
+    """Times a call sequence replayed from a CUDA graph. A decode step's projections run from a
+    captured graph, launch after launch with no host work between; timed eagerly, a small kernel
+    would be timed by its launch's host cost instead (a Triton launch costs ~20 µs of Python, more
+    than a 4096 x 4096 projection takes on an H200). Every graph is captured on one side stream,
+    warmed up there first (cuBLAS keeps a workspace per stream), into one memory pool."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def time_us(self, run: Callable[[], object], replays: int) -> float:
+        """Mean µs of one replay of a graph of ``run()``."""
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            run()  # warm-up outside the capture: compiles, cuBLAS heuristics, handles and workspace
+        current.wait_stream(self.stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+            run()
+        return eager_time_us(graph.replay, replays, self.device)
 
 
 def replay_time_us(run: Callable[[], object], replays: int, device: torch.device) -> float:
-    """Mean µs of one replay of a CUDA graph of ``run()``. A decode step's projections run from a
-    captured graph, launch after launch with no host work between; timed eagerly, a small kernel
-    would be timed by its launch's host cost instead (a Triton launch costs ~20 µs of Python, more
-    than a 4096 x 4096 projection takes on the GPU)."""
-    run()  # warm-up outside the capture: compiles, cuBLAS heuristics and handles
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    graph.replay()
+    """Mean µs of one replay of a CUDA graph of ``run()`` (a ``GraphTimer`` of its own)."""
+    return GraphTimer(device).time_us(run, replays)
+
+
+def eager_time_us(run: Callable[[], object], replays: int, device: torch.device) -> float:
+    """Mean µs of one ``run()`` on the current stream, after one untimed call."""
+    run()
     torch.cuda.synchronize(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(replays):
-        graph.replay()
+        run()
     end.record()
     torch.cuda.synchronize(device)
     return start.elapsed_time(end) * 1e3 / replays

@@ -80,6 +80,7 @@ def test_tuned_launches_only_where_measured():
     assert lc.decode_config(128, True, lc.MANY_DECODE_PROGRAMS - 1) == lc.LaunchConfig(64, 4, 3)
     assert lc.decode_config(128, True, lc.MANY_DECODE_PROGRAMS) == old
     assert lc.decode_config(128, False, lc.MANY_DECODE_PROGRAMS) == old
+    assert lc.decode_config(128, True, 8, chunked=True) == old  # chunked graphs: two stages at any size
     assert lc.suffix_config(128, False) == old
     assert lc.suffix_config(128, True) == lc.LaunchConfig(32, 2, 4)
     assert lc.prefix_config(64, 128, False) == old

@@ -31,3 +31,28 @@ def test_the_switch_sets_the_launch_options():
     finally:
         pdl.enable(False)
     assert not pdl.enabled() and pdl.launch_options() == {"PDL": False}
+
+
+@pytest.mark.parametrize(
+    "major, hip, supported, want",
+    [
+        (9, None, True, True),  # Hopper with a Triton that has gdc_wait: on by default
+        (9, None, False, False),  # a Triton without it
+        (8, None, True, False),  # Ampere
+        (10, None, True, False),  # Blackwell: not measured, not on
+        (12, None, True, False),  # SM 12.0: graph capture of PDL launches has failed there
+        (9, "6.2", True, False),  # ROCm (MI200/MI300 report major 9 through torch.cuda)
+    ],
+)
+def test_the_default_is_on_for_nvidia_hopper_only(major, hip, supported, want, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(pdl, "supported", lambda: supported)
+    cuda = torch.device("cuda")
+    assert _wants_pdl(ServerArgs(), cuda) is want
+    assert _wants_pdl(ServerArgs(disable_pdl=True), cuda) is False
+    if want:
+        assert _wants_pdl(ServerArgs(enable_pdl=True), cuda) is True
+    else:
+        with pytest.raises(ValueError, match="--enable-pdl needs"):
+            _wants_pdl(ServerArgs(enable_pdl=True), cuda)

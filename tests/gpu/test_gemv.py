@@ -37,3 +37,13 @@ def test_every_launch_computes_x_times_w_transposed(k, device):
         assert got.shape == (1, n) and got.dtype == dtype
         error = ((got.float() - want).norm() / want.norm()).item()
         assert error < (1e-2 if dtype == torch.bfloat16 else 1e-5), (config, error)
+
+
+def test_inputs_it_cannot_read_are_refused(device):
+    w = torch.randn(8, 64, device=device)
+    with pytest.raises(ValueError, match="gemv"):
+        gemv.gemv(torch.randn(2, 64, device=device), w, (1, 4))  # two rows
+    with pytest.raises(ValueError, match="gemv"):
+        gemv.gemv(torch.randn(1, 64, device=device), w.T.contiguous().T, (1, 4))  # column-major weights
+    with pytest.raises(ValueError, match="gemv"):
+        gemv.gemv(torch.randn(1, 64, device=device, dtype=torch.float16), w, (1, 4))

@@ -3,6 +3,8 @@ shape, and whatever it picks computes ``x @ W.T`` (bf16 rounding aside)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,8 @@ def test_every_shape_is_timed_and_the_chosen_forms_compute_the_same_product(devi
     times = tune_one_row_linears(layers, Linear)
     assert set(times) == {(4096, 4096), (6144, 4096)}
     assert all(set(t) == set(one_row_forms(k)) and min(t.values()) > 0 for (_, k), t in times.items()), times
-    assert all(any(name.startswith("gemv ") for name in t) for t in times.values()), times
+    if importlib.util.find_spec("triton") is not None:  # the GEMV's launches were timed too
+        assert all(any(name.startswith("gemv ") for name in t) for t in times.values()), times
     assert layers[-1].one_row is None
     x = torch.randn(1, 4096, dtype=torch.bfloat16, device=device)
     for layer in layers[:-1]:

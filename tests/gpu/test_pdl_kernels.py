@@ -1,8 +1,8 @@
-"""``--enable-pdl`` compiles our Triton kernels with ``griddepcontrol`` waits and signals and
-launches them with programmatic dependent launch. Triton's interpreter cannot run those
+"""Programmatic dependent launch (on by default on Hopper) compiles our Triton kernels with
+``griddepcontrol`` waits and signals and launches them so. Triton's interpreter cannot run those
 instructions, so on CPU each kernel is launched with PDL off under the interpreter, its recorded
 launch is switched to PDL, and the variant is compiled for sm_90 (``compile_check``), its wait
-ahead of its first global load. On a Hopper GPU a layer chain of them runs with PDL on and off,
+ahead of its first global load (the GEMV's ahead of its last: it reads weights before it). On a Hopper GPU a layer chain of them runs with PDL on and off,
 eagerly and replayed from a CUDA graph, to the same bits (``test_engine_gpu`` runs the engine)."""
 
 from __future__ import annotations
@@ -44,7 +44,13 @@ def test_every_kernel_compiles_for_sm90_with_programmatic_dependent_launch(devic
         record["options"]["launch_pdl"] = True
         switched.append(json.dumps(record, sort_keys=True))
     kernels = {json.loads(line)["name"] for line in switched}
-    assert kernels == {"_rms_norm_kernel", "_rope_kernel", "_silu_and_mul_kernel", "_decode_split_kernel", "_gemv_kernel"}
+    assert kernels == {
+        "_rms_norm_kernel",
+        "_rope_kernel",
+        "_silu_and_mul_kernel",
+        "_decode_split_kernel",
+        "_gemv_kernel",
+    }
     count, failures = compile_check.check(switched)
     assert count >= 6 and not failures, failures
     # each compiled variant waits before its first global load and signals its dependents; the GEMV
@@ -58,9 +64,12 @@ def test_every_kernel_compiles_for_sm90_with_programmatic_dependent_launch(devic
         "    kernel = compile_record(json.loads(line))\n"
         "    ptx = kernel.asm['ptx']\n"
         "    wait = ptx.find('griddepcontrol.wait')\n"
-        "    load = ptx.rfind('ld.global') if kernel.name in PREFETCH else ptx.find('ld.global')\n"
+        "    first, last = ptx.find('ld.global'), ptx.rfind('ld.global')\n"
         "    assert kernel.metadata.launch_pdl, kernel.name\n"
-        "    assert 0 <= wait < load, (kernel.name, wait, load)\n"
+        "    if kernel.name in PREFETCH:  # the weights ahead of the wait, x after it\n"
+        "        assert 0 <= first < wait < last, (kernel.name, first, wait, last)\n"
+        "    else:\n"
+        "        assert 0 <= wait < first, (kernel.name, wait, first)\n"
         "    assert 'griddepcontrol.launch_dependents' in ptx, kernel.name\n"
     )
     done = subprocess.run(
