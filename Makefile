@@ -50,7 +50,7 @@ test: lint
 KERNEL_SITE := $(VENV)/triton-interpreter
 KERNEL_STAMP := $(VENV)/.triton-interpreter-installed
 KERNEL_TESTS := tests/gpu/test_attention_backends.py tests/gpu/test_shared_prefix_attention.py \
-	tests/gpu/test_fused_kernels.py tests/gpu/test_gemv.py tests/gpu/test_pdl_kernels.py
+	tests/gpu/test_fused_kernels.py tests/gpu/test_gemv.py tests/gpu/test_few_rows.py tests/gpu/test_pdl_kernels.py
 
 $(KERNEL_STAMP): $(TEST_STAMP) Makefile
 	rm -rf $(KERNEL_SITE)

@@ -7,8 +7,9 @@ interpreter; each is recorded specialised as it would be on a GPU
 (``bench.harness.triton_compile``) and compiled for sm_90, and the wheel's ``cuobjdump`` reads its
 cubin. The launches are the Triton backend's warmup (the decode kernels in both launch forms,
 their merge, the extend kernel, the K/V store, the shared-prefix cascade), the chunked decode in
-two and three stages, the fused RMSNorm / RoPE / SiLU kernels, and the one-row GEMV in each launch
-the startup tuning tries (K the hidden size, and 3.5 times it: Llama-3.1-8B's down projection), at
+two and three stages, the fused RMSNorm / RoPE / SiLU kernels, the one-row GEMV in each launch
+the startup tuning tries (K the hidden size, and 3.5 times it: Llama-3.1-8B's down projection), and
+the few-row projection in each of its launches, row blocks and with K split or not, at
 Llama-3.1-8B's attention shape by default. Timings still need the GPU (``bench.cascade_kernels``). The tenth session used
 this to find that the chunked decode took 164 registers in two stages (three programs an SM),
 against 114 for one split (four).
@@ -58,7 +59,7 @@ def launch_engine_kernels(hq: int, hkv: int, d: int) -> None:
     """The engine's Triton launches on tiny CPU tensors (under TRITON_INTERPRET=1): the Triton
     backend's warmup (decode kernels in both launch forms with their merges, extend, K/V store,
     shared-prefix cascade), the chunked decode in two and three stages, and the fused RMSNorm /
-    RoPE (with the K/V store) / SiLU kernels of a layer, and the one-row GEMV."""
+    RoPE (with the K/V store) / SiLU kernels of a layer, the one-row GEMV and the few-row projection."""
     import torch
 
     from radixserve.attention import triton_decode
@@ -103,6 +104,15 @@ def launch_engine_kernels(hq: int, hkv: int, d: int) -> None:
         w = torch.randn(2, k).to(dtype)
         for config in gemv.configs(k):
             gemv.gemv(w[:1], w, config)
+    # the few-row projection in each launch the startup timing tries, each row block, K split or not
+    from radixserve.kernels import few_rows
+
+    w = torch.randn(256, hidden).to(dtype)  # 2 to 4 tiles: one SM takes them unsplit, 64 split K
+    for config in few_rows.CONFIGS:
+        for sms in (1, 64):
+            form = few_rows.FewRows(256, hidden, config, torch.device("cpu"), sms=sms)
+            for m in (2, 17, 33):
+                form(torch.randn(m, hidden).to(dtype), w)
 
 
 def _run_launches(args) -> None:

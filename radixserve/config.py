@@ -87,8 +87,9 @@ class ServerArgs:
     disable_cuda_graph: bool = _opt(False, "run every step eagerly on CUDA (no decode or piecewise graphs)")
     disable_one_row_tuning: bool = _opt(
         False,
-        "CUDA: one-row (batch-1) projections through F.linear, instead of the form (F.linear, torch.mv, a"
-        " swapped GEMM or the Triton GEMV) that timed fastest for each weight shape at startup",
+        "CUDA: projections of 1 to 64 rows (small decode batches) through F.linear, instead of the form"
+        " (F.linear, torch.mv, a swapped GEMM, the Triton GEMV or few-row kernel) that timed fastest for each"
+        " weight shape and row count at startup",
     )
     enable_pdl: bool = _opt(
         False,

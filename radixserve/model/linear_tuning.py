@@ -11,13 +11,20 @@ can be asked of cuBLAS in other forms, which it serves with other kernels, or of
 - ``gemv BxW``: our Triton GEMV (``radixserve.kernels.gemv``: B rows of W a program over the whole
   of K in one load, W warps), in each launch ``gemv.configs(K)`` offers, where Triton is installed.
 
+A decode step of a few sequences (2 to 64 rows) is still mostly the weight read, and cuBLAS adds a
+split-K reduce kernel to the short-N shapes there too. For those the forms are ``linear`` and
+``few BNxBKxS``, our few-row kernel (``radixserve.kernels.few_rows``: the product swapped so that
+W's rows fill the tensor-core tile, K split S ways where the shape is short, the splits adding
+themselves up), timed at 16, 32 and 64 rows (``FEW_ROWS``); each choice serves inputs of 2 up to
+that many rows.
+
 ``tune_one_row_linears`` times each form on every distinct weight shape of a model at startup,
 cycling through all the model's weights of that shape (a 32-layer model reads 32 different
 matrices, so the timing misses the L2 cache as a real step does), replayed from a CUDA graph as a
 decode step runs them (eagerly where decode steps run eagerly), and sets each ``Linear``'s
-``one_row`` form where one beats ``linear`` by ``MIN_GAIN``. ``Linear.forward`` uses it for inputs
-of exactly one row (a batch-1 decode step, CUDA-graph captured or not); every other input takes
-``F.linear``. The forms compute the same dot products; only the summation order may differ.
+``one_row`` and ``few_rows`` forms where one beats ``linear`` by ``MIN_GAIN``. ``Linear.forward``
+uses them for inputs of one row (a batch-1 decode step, CUDA-graph captured or not) and of 2 to 64
+rows; every other input takes ``F.linear``. The forms compute the same dot products; only the summation order may differ.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ logger = logging.getLogger(__name__)
 # A form replaces F.linear only if it takes at most this share of F.linear's time.
 MIN_GAIN = 0.95
 ITERATIONS = 20  # timed passes over all the weights of a shape
+# row counts the few-row forms are timed at; each choice serves inputs of 2 up to that many rows
+FEW_ROWS = (16, 32, 64)
 
 
 def one_row_forms(k: int | None = None) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
@@ -61,6 +70,20 @@ def gemv_forms(k: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch
     }
 
 
+def few_row_forms(n: int, k: int, device: torch.device) -> dict[str, Callable]:
+    """``few BNxBKxS -> f(x [2..64, K], W [N, K])``: the few-row kernel (``radixserve.kernels.few_rows``)
+    in each of its launches for the shape, S the splits of K it takes there (none without Triton)."""
+    try:
+        from radixserve.kernels import few_rows
+    except ImportError:  # no triton: F.linear only
+        return {}
+    forms = {}
+    for config in few_rows.CONFIGS:
+        form = few_rows.FewRows(n, k, config, device)
+        forms[f"few {config[0]}x{config[1]}x{form.num_splits}"] = form
+    return forms
+
+
 def choose(times_us: dict[str, float], min_gain: float = MIN_GAIN) -> str:
     """The fastest form, unless it saves less than ``1 - min_gain`` of ``linear``'s time."""
     best = min(times_us, key=times_us.get)
@@ -69,11 +92,12 @@ def choose(times_us: dict[str, float], min_gain: float = MIN_GAIN) -> str:
 
 def tune_one_row_linears(
     model: nn.Module, linear_type: type, graphed: bool = True
-) -> dict[tuple[int, int], dict[str, float]]:
+) -> dict[tuple[int, int, int], dict[str, float]]:
     """Time every form on every distinct bias-free weight shape of ``model``'s CUDA ``linear_type``
-    modules, set their ``one_row`` form, and return ``{(N, K): {form: µs}}``. ``graphed``: batch-1
-    decode steps replay CUDA graphs, so the forms are timed from graphs; without them, eagerly (a
-    Triton launch's host cost is then part of what a step pays)."""
+    modules, at one row and at each of ``FEW_ROWS``; set their ``one_row`` and ``few_rows`` forms,
+    and return ``{(N, K, rows): {form: µs}}``. ``graphed``: decode steps replay CUDA graphs, so the
+    forms are timed from graphs; without them, eagerly (a Triton launch's host cost is then part of
+    what a step pays)."""
     groups: dict[tuple, list[nn.Module]] = {}
     for module in model.modules():
         if isinstance(module, linear_type) and module.bias is None and module.weight.is_cuda:
@@ -85,30 +109,54 @@ def tune_one_row_linears(
             forms = one_row_forms(shape[1])
             weights = [m.weight.detach() for m in modules]
             x = torch.randn(1, shape[1], dtype=dtype, device=weights[0].device)
-            times = {}
-            for name, form in forms.items():
-                try:
-                    times[name] = _time_us(form, x, weights, timer)
-                except Exception as exc:  # e.g. a Triton that cannot build the GEMV here: cuBLAS's forms stay
-                    if name == "linear":
-                        raise
-                    logger.warning("one-row form %s left out for %dx%d: %s", name, shape[0], shape[1], exc)
+            times = _time_forms(forms, x, weights, timer, shape)
             chosen = choose(times)
             for module in modules:
                 module.one_row = None if chosen == "linear" else forms[chosen]
-            results[shape] = times
-            logger.info(
-                "one-row projections %dx%d (%d weights): %s; using %s",
-                shape[0],
-                shape[1],
-                len(modules),
-                ", ".join(f"{name} {us:.1f} us" for name, us in times.items()),
-                chosen,
-            )
+            results[(*shape, 1)] = times
+            _log(shape, 1, len(modules), times, chosen)
+            few = few_row_forms(shape[0], shape[1], weights[0].device)
+            buckets = []
+            for rows in FEW_ROWS if few else ():
+                x = torch.randn(rows, shape[1], dtype=dtype, device=weights[0].device)
+                forms = {"linear": one_row_forms()["linear"], **few}
+                times = _time_forms(forms, x, weights, timer, shape)
+                chosen = choose(times)
+                buckets.append((rows, None if chosen == "linear" else forms[chosen]))
+                results[(*shape, rows)] = times
+                _log(shape, rows, len(modules), times, chosen)
+            for module in modules:
+                module.few_rows = tuple(buckets)
     finally:
         del timer  # its graphs' memory pool, before the KV pool is sized from what is free
         torch.cuda.empty_cache()
     return results
+
+
+def _time_forms(forms: dict, x: torch.Tensor, weights: list[torch.Tensor], timer, shape) -> dict[str, float]:
+    """``{form: µs}`` of every form that runs (one that fails, e.g. a Triton that cannot build a
+    kernel here, is left out with a warning; ``linear`` must run)."""
+    times = {}
+    for name, form in forms.items():
+        try:
+            times[name] = _time_us(form, x, weights, timer)
+        except Exception as exc:
+            if name == "linear":
+                raise
+            logger.warning("projection form %s left out for %dx%d: %s", name, shape[0], shape[1], exc)
+    return times
+
+
+def _log(shape, rows: int, count: int, times: dict[str, float], chosen: str) -> None:
+    logger.info(
+        "%s projections %dx%d (%d weights): %s; using %s",
+        "one-row" if rows == 1 else f"{rows}-row",
+        shape[0],
+        shape[1],
+        count,
+        ", ".join(f"{name} {us:.1f} us" for name, us in times.items()),
+        chosen,
+    )
 
 
 @torch.inference_mode()

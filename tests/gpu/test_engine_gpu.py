@@ -425,27 +425,35 @@ def test_decode_graphs_replay_contexts_that_list_the_pool_many_times_over(backen
     _assert_same_up_to_near_ties(graphed, plain)
 
 
-@pytest.mark.parametrize("form", ["mv", "mm_t", "gemv"])
-def test_batch_one_decode_with_tuned_projections_matches_f_linear(form, model_dir, tokenizer_path):
-    """Every one-row projection in the given form (the startup timing's choice forced, captured
-    in the decode graphs): batch-1 greedy decoding agrees with the engine that runs every
-    projection through F.linear (but for near-ties)."""
+@pytest.mark.parametrize("form", ["mv", "mm_t", "gemv", "few"])
+def test_small_batch_decode_with_tuned_projections_matches_f_linear(form, model_dir, tokenizer_path):
+    """Every one-row projection (``mv``, ``mm_t``, ``gemv``) or every projection of 2 to 64 rows
+    (``few``) in the given form: the startup timing's choice forced, captured in the decode graphs.
+    Greedy decoding, one prompt at a time for a one-row form and eleven together for ``few`` (the
+    prefill chunks, longer, stay on F.linear), agrees with the engine that runs every projection
+    through F.linear (but for near-ties)."""
     pytest.importorskip("flashinfer")
     from radixserve.model import linear_tuning
 
-    prompts = _prompts(3, seed=4)
+    prompts = _prompts(3 if form != "few" else 11, seed=4)
+    batches = [[prompt] for prompt in prompts] if form != "few" else [prompts]
     plain = _engine(model_dir, tokenizer_path, disable_one_row_tuning=True)
-    expected = [_greedy(plain, [prompt], max_new_tokens=32)[0] for prompt in prompts]
+    expected = [out for batch in batches for out in _greedy(plain, batch, max_new_tokens=32)]
     _release(plain)
     with pytest.MonkeyPatch.context() as patch:
-        # the first form of that kind (the Triton GEMV's first launch for the shape's K)
+        # the first form of that kind (its first launch for the shape); linear where there is none
         patch.setattr(
-            linear_tuning, "choose", lambda times, min_gain=None: next(n for n in times if n.split()[0] == form)
+            linear_tuning,
+            "choose",
+            lambda times, min_gain=None: next((n for n in times if n.split()[0] == form), "linear"),
         )
         tuned = _engine(model_dir, tokenizer_path)
-    layers = [m for m in tuned.core.runner.model.modules() if getattr(m, "one_row", None) is not None]
+    attribute = "few_rows" if form == "few" else "one_row"
+    layers = [m for m in tuned.core.runner.model.modules() if getattr(m, attribute, None)]
+    if form == "few":
+        assert layers and all(f is not None for m in layers for _, f in m.few_rows), "no projection took it"
     assert layers, "no projection took the forced form"
-    got = [_greedy(tuned, [prompt], max_new_tokens=32)[0] for prompt in prompts]
+    got = [out for batch in batches for out in _greedy(tuned, batch, max_new_tokens=32)]
     _release(tuned)
     _assert_same_up_to_near_ties(got, expected)
 

@@ -11,9 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.model.layers import Linear
-from radixserve.model.linear_tuning import one_row_forms, tune_one_row_linears
+from radixserve.model.linear_tuning import FEW_ROWS, one_row_forms, tune_one_row_linears
 
 pytestmark = pytest.mark.gpu
+
+try:
+    from radixserve.kernels import few_rows
+except ImportError:  # no triton: F.linear's forms only
+    few_rows = None
 
 
 def test_every_shape_is_timed_and_the_chosen_forms_compute_the_same_product(device):
@@ -30,14 +35,22 @@ def test_every_shape_is_timed_and_the_chosen_forms_compute_the_same_product(devi
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
     times = tune_one_row_linears(layers, Linear)
-    assert set(times) == {(4096, 4096), (6144, 4096)}
-    assert all(set(t) == set(one_row_forms(k)) and min(t.values()) > 0 for (_, k), t in times.items()), times
-    if importlib.util.find_spec("triton") is not None:  # the GEMV's launches were timed too
-        assert all(any(name.startswith("gemv ") for name in t) for t in times.values()), times
-    assert layers[-1].one_row is None
-    x = torch.randn(1, 4096, dtype=torch.bfloat16, device=device)
-    for layer in layers[:-1]:
-        want = F.linear(x.float(), layer.weight.float())
-        got = layer(x).float()
-        assert got.shape == (1, layer.weight.shape[0])
-        assert ((got - want).norm() / want.norm()).item() < 1e-2
+    triton = importlib.util.find_spec("triton") is not None
+    rows = (1, *FEW_ROWS) if triton else (1,)
+    assert set(times) == {(n, 4096, r) for n in (4096, 6144) for r in rows}, set(times)
+    for (_, k, r), t in times.items():
+        assert min(t.values()) > 0 and "linear" in t, t
+        if r == 1:
+            assert set(t) == set(one_row_forms(k)), t
+            assert not triton or any(name.startswith("gemv ") for name in t), t  # the GEMV's launches
+        else:
+            assert len(t) == 1 + len(few_rows.CONFIGS) and all(n.startswith("few ") for n in t if n != "linear"), t
+    assert layers[-1].one_row is None and layers[-1].few_rows == ()
+    assert all(len(layer.few_rows) == len(rows) - 1 for layer in layers[:-1])
+    for m in (1, 2, 16, 17, 40, 64, 65):  # every bucket, and past the last (F.linear)
+        x = torch.randn(m, 4096, dtype=torch.bfloat16, device=device)
+        for layer in layers[:-1]:
+            want = F.linear(x.float(), layer.weight.float())
+            got = layer(x).float()
+            assert got.shape == (m, layer.weight.shape[0])
+            assert ((got - want).norm() / want.norm()).item() < 1e-2, m

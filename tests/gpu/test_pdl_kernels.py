@@ -50,6 +50,7 @@ def test_every_kernel_compiles_for_sm90_with_programmatic_dependent_launch(devic
         "_silu_and_mul_kernel",
         "_decode_split_kernel",
         "_gemv_kernel",
+        "_few_rows_kernel",
     }
     count, failures = compile_check.check(switched)
     assert count >= 6 and not failures, failures
@@ -79,16 +80,23 @@ def test_every_kernel_compiles_for_sm90_with_programmatic_dependent_launch(devic
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+_FEW = {}  # a few-row launch per weight shape, with its split counters (K split up to 8 ways)
+
+
 def _layers(x, weights, pool, batch, counters, positions, cos, sin, shape):
     """A decode step's chain of our kernels, layer after layer (GEMMs by torch in between)."""
     from radixserve.attention import triton_decode
-    from radixserve.kernels import fused, gemv
+    from radixserve.kernels import few_rows, fused, gemv
 
     hq, hkv, d = shape
     residual = torch.zeros_like(x)
 
-    def project(a, w):  # one row: the Triton GEMV (its weights read ahead of its wait)
-        return gemv.gemv(a, w, gemv.configs(w.shape[1])[-1]) if len(a) == 1 else a @ w.T
+    def project(a, w):  # one row: the Triton GEMV (its weights read ahead of its wait); more: few_rows
+        if len(a) == 1:
+            return gemv.gemv(a, w, gemv.configs(w.shape[1])[-1])
+        if w.shape not in _FEW:  # made outside any capture, as the engine's tuning makes them
+            _FEW[w.shape] = few_rows.FewRows(*w.shape, few_rows.CONFIGS[0], w.device, sms=64)
+        return _FEW[w.shape](a, w)
 
     for layer, (norm, qkv_w, up_w, down_w) in enumerate(weights):
         h, residual = fused.fused_add_rms_norm(x, residual, norm, 1e-5)
@@ -107,8 +115,9 @@ def _layers(x, weights, pool, batch, counters, positions, cos, sin, shape):
 @pytest.mark.parametrize("lens", [[100, 300, 37, 1000], [777]])
 def test_a_layer_chain_gives_the_same_bits_with_programmatic_dependent_launch(lens, device):
     """Norm, projection, RoPE with the K/V store, the self-merging decode and SiLU over 4 layers:
-    PDL on, eager and replayed 200 times from a CUDA graph, gives the bits of PDL off. At one
-    sequence the projections are the Triton GEMV's."""
+    PDL on, eager and replayed 200 times from a CUDA graph, gives the bits of PDL off. The
+    projections are the Triton GEMV's at one sequence, the few-row kernel's (K split, the splits
+    adding themselves up) at four."""
     if device.type != "cuda" or torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("programmatic dependent launch: Hopper only")
     from radixserve.attention import triton_decode
@@ -151,9 +160,10 @@ def test_a_layer_chain_gives_the_same_bits_with_programmatic_dependent_launch(le
         torch.cuda.synchronize()
         assert torch.equal(got, want)
         assert not counters.any()
-        from radixserve.kernels import gemv
+        from radixserve.kernels import few_rows, gemv
 
-        for launched in [triton_decode._decode_split_kernel] + ([gemv._gemv_kernel] if len(lens) == 1 else []):
+        projections = gemv._gemv_kernel if len(lens) == 1 else few_rows._few_rows_kernel
+        for launched in (triton_decode._decode_split_kernel, projections):
             compiled = launched.device_caches.values()
             assert any(kernel.metadata.launch_pdl for cache in compiled for kernel in cache[0].values())
     finally:
