@@ -11,6 +11,7 @@ CUDA graph as a decode step runs them, and prints the bandwidth of each next to 
 
   python -m bench.gemv_probe                 # Llama-3.1-8B shapes, batch 1
   python -m bench.gemv_probe --pdl           # the GEMV launched with programmatic dependent launch
+  python -m bench.gemv_probe --batches 16,32,64 --pdl   # F.linear against the few-row kernel
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ try:
 except ImportError as exc:  # a CPU machine
     raise SystemExit("bench.gemv_probe needs triton and a CUDA GPU") from exc
 
-from radixserve.kernels import gemv, pdl  # noqa: E402
+from radixserve.kernels import few_rows, gemv, pdl  # noqa: E402
 from radixserve.model.linear_tuning import replay_time_us  # noqa: E402
 
 LLAMA_8B_SHAPES = {  # name -> (out_features, in_features)
@@ -70,6 +71,14 @@ def probe(name: str, n: int, k: int, m: int, iters: int) -> dict:
         launches = [(timed(lambda i, c=c: gemv.gemv(x, weights[i], c)), "x".join(map(str, c))) for c in gemv.configs(k)]
         row["triton_us"], row["triton_config"] = min(launches)
         row["triton_all"] = " ".join(f"{label}:{us:.1f}" for us, label in launches)
+    elif m <= few_rows.ROW_BLOCKS[-1]:
+        forms = [few_rows.FewRows(n, k, c, device) for c in few_rows.CONFIGS]
+        launches = [
+            (timed(lambda i, f=f: f(x, weights[i])), "x".join(map(str, f.config[:2])) + f"/{f.num_splits}")
+            for f in forms
+        ]
+        row["triton_us"], row["triton_config"] = min(launches)
+        row["triton_all"] = " ".join(f"{label}:{us:.1f}" for us, label in launches)
     fastest = min(value for key, value in row.items() if key.endswith("_us"))
     row["cublas_tb_s"] = weight_bytes / row["cublas_us"] / 1e6
     row["best_tb_s"] = weight_bytes / fastest / 1e6
@@ -85,7 +94,9 @@ def _copy_us(size: int) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__)
-    parser.add_argument("--batches", default="1", help="rows of x (default 1; above 1: cuBLAS only)")
+    parser.add_argument(
+        "--batches", default="1", help="rows of x (default 1; 2 to 64: F.linear against the few-row kernel)"
+    )
     parser.add_argument("--pdl", action="store_true", help="launch the GEMV with programmatic dependent launch")
     parser.add_argument("--iters", type=int, default=200, help="timed calls per case")
     args = parser.parse_args(argv)
@@ -99,11 +110,12 @@ def main(argv=None) -> None:
         for name, (n, k) in LLAMA_8B_SHAPES.items()
     ]
     columns = [(key, key) for key in dict.fromkeys(key for row in rows for key in row)]
-    title = f"batch-1 projections, {torch.cuda.get_device_name()}: copy {2 * (1 << 30) / copy_us / 1e6:.2f} TB/s"
+    title = f"projections of {args.batches} rows, {torch.cuda.get_device_name()}: copy {2 * (1 << 30) / copy_us / 1e6:.2f} TB/s"
     print_table(rows, columns, title=title)
     print(
         "cublas: F.linear; cublas_wt: x @ w stored transposed; cublas_mv: torch.mv; triton: the engine's GEMV "
-        "(radixserve.kernels.gemv) in its fastest launch (BLOCK_N x num_warps), all launches in triton_all"
+        "(radixserve.kernels.gemv) in its fastest launch (BLOCK_N x num_warps), or above one row the few-row "
+        "kernel (radixserve.kernels.few_rows: BLOCK_N x BLOCK_K / splits of K); all launches in triton_all"
     )
 
 
