@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--batches", default="1", help="rows of x (default 1; 2 to 64: F.linear against the few-row kernel)"
     )
-    parser.add_argument("--pdl", action="store_true", help="launch the GEMV with programmatic dependent launch")
+    parser.add_argument("--pdl", action="store_true", help="launch our kernels with programmatic dependent launch")
     parser.add_argument("--iters", type=int, default=200, help="timed calls per case")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

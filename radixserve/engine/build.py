@@ -14,7 +14,7 @@ from radixserve.cache.prefix_cache import PrefixCache
 from radixserve.config import ServerArgs
 from radixserve.kernels import pdl
 from radixserve.model.layers import Linear, prepack_cpu_linears
-from radixserve.model.linear_tuning import tune_one_row_linears
+from radixserve.model.linear_tuning import tune_small_batch_linears
 from radixserve.model.loader import load_model, resolve_model_path
 from radixserve.model.model_config import ModelConfig
 from radixserve.runner.cuda_graph import DecodeGraphRunner, kv_slot_capacity
@@ -101,7 +101,7 @@ def _build_parts(args: ServerArgs, device: torch.device, dtype: torch.dtype) -> 
         # before any graph captures the projections; timed as batch-1 steps will run them
         backend_name = _backend_name(args.attention_backend, device, dtype)
         decode_graphs = not args.disable_cuda_graph and backend_name != "torch_native" and args.cuda_graph_max_bs > 0
-        tune_one_row_linears(model, Linear, graphed=decode_graphs)
+        tune_small_batch_linears(model, Linear, graphed=decode_graphs)
     tokenizer = load_tokenizer(args, model_path)
     context_length = args.context_length or model_config.max_position_embeddings
     # captured before the KV pool is sized, so that the pool gets what the pieces leave

@@ -45,7 +45,7 @@ class Linear(nn.Module):
             if rows == 1:
                 if self.one_row is not None:
                     return self.one_row(x, self.weight)
-            else:
+            elif rows >= 2:  # none: a step that samples nothing asks the LM head for zero rows
                 for most, form in self.few_rows:
                     if rows <= most:
                         if form is not None:

@@ -1,4 +1,4 @@
-"""One-row projections on CUDA: pick, per weight shape, the fastest of a few equivalent calls.
+"""Small-batch projections on CUDA: pick, per weight shape and row count, the fastest of a few equivalent calls.
 
 A batch-1 decode step is the weight read, and cuBLAS does not read every shape at the card's
 bandwidth through ``F.linear``: ``bench.gemv_probe`` measured Llama-3.1-8B's output projection
@@ -15,10 +15,10 @@ A decode step of a few sequences (2 to 64 rows) is still mostly the weight read,
 split-K reduce kernel to the short-N shapes there too. For those the forms are ``linear`` and
 ``few BNxBKxS``, our few-row kernel (``radixserve.kernels.few_rows``: the product swapped so that
 W's rows fill the tensor-core tile, K split S ways where the shape is short, the splits adding
-themselves up), timed at 16, 32 and 64 rows (``FEW_ROWS``); each choice serves inputs of 2 up to
-that many rows.
+themselves up), timed at both ends of 2-16, 17-32 and 33-64 rows (``FEW_ROWS``); each choice
+serves inputs of that many rows.
 
-``tune_one_row_linears`` times each form on every distinct weight shape of a model at startup,
+``tune_small_batch_linears`` times each form on every distinct weight shape of a model at startup,
 cycling through all the model's weights of that shape (a 32-layer model reads 32 different
 matrices, so the timing misses the L2 cache as a real step does), replayed from a CUDA graph as a
 decode step runs them (eagerly where decode steps run eagerly), and sets each ``Linear``'s
@@ -90,12 +90,13 @@ def choose(times_us: dict[str, float], min_gain: float = MIN_GAIN) -> str:
     return best if times_us[best] <= min_gain * times_us["linear"] else "linear"
 
 
-def tune_one_row_linears(
+def tune_small_batch_linears(
     model: nn.Module, linear_type: type, graphed: bool = True
 ) -> dict[tuple[int, int, int], dict[str, float]]:
     """Time every form on every distinct bias-free weight shape of ``model``'s CUDA ``linear_type``
-    modules, at one row and at each of ``FEW_ROWS``; set their ``one_row`` and ``few_rows`` forms,
-    and return ``{(N, K, rows): {form: µs}}``. ``graphed``: decode steps replay CUDA graphs, so the
+    modules, at one row and for each of ``FEW_ROWS`` at the fewest and the most rows it serves (a
+    form must win at both ends); set their ``one_row`` and ``few_rows`` forms, and return
+    ``{(N, K, rows): {form: µs}}`` (above one row: the two ends' sum). ``graphed``: decode steps replay CUDA graphs, so the
     forms are timed from graphs; without them, eagerly (a Triton launch's host cost is then part of
     what a step pays)."""
     groups: dict[tuple, list[nn.Module]] = {}
@@ -117,14 +118,22 @@ def tune_one_row_linears(
             _log(shape, 1, len(modules), times, chosen)
             few = few_row_forms(shape[0], shape[1], weights[0].device)
             buckets = []
+            fewest = 2
             for rows in FEW_ROWS if few else ():
-                x = torch.randn(rows, shape[1], dtype=dtype, device=weights[0].device)
                 forms = {"linear": one_row_forms()["linear"], **few}
-                times = _time_forms(forms, x, weights, timer, shape)
+                # at both ends of the rows it serves: cuBLAS may serve 2 rows faster than 16
+                ends = []
+                for count in (fewest, rows):
+                    x = torch.randn(count, shape[1], dtype=dtype, device=weights[0].device)
+                    ends.append(_time_forms(forms, x, weights, timer, shape))
+                times = {name: ends[0][name] + ends[1][name] for name in ends[0] if name in ends[1]}
                 chosen = choose(times)
+                if any(end[chosen] > end["linear"] for end in ends):
+                    chosen = "linear"
                 buckets.append((rows, None if chosen == "linear" else forms[chosen]))
                 results[(*shape, rows)] = times
-                _log(shape, rows, len(modules), times, chosen)
+                _log(shape, rows, len(modules), times, chosen, fewest)
+                fewest = rows + 1
             for module in modules:
                 module.few_rows = tuple(buckets)
     finally:
@@ -147,10 +156,10 @@ def _time_forms(forms: dict, x: torch.Tensor, weights: list[torch.Tensor], timer
     return times
 
 
-def _log(shape, rows: int, count: int, times: dict[str, float], chosen: str) -> None:
+def _log(shape, rows: int, count: int, times: dict[str, float], chosen: str, fewest: int = 1) -> None:
     logger.info(
         "%s projections %dx%d (%d weights): %s; using %s",
-        "one-row" if rows == 1 else f"{rows}-row",
+        "one-row" if rows == 1 else f"{fewest}- and {rows}-row",
         shape[0],
         shape[1],
         count,

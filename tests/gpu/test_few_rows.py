@@ -16,23 +16,33 @@ pytestmark = [pytest.mark.gpu, pytest.mark.triton_interpreter]
 
 
 def test_short_shapes_split_k_until_every_sm_has_two_programs():
-    assert few_rows.split_count(4096, 4096, 64, 128, sms=132) == 8  # 64 tiles: 512 programs at most 8 splits
-    assert few_rows.split_count(28672, 4096, 64, 128, sms=132) == 1  # 448 tiles already
-    assert few_rows.split_count(6144, 4096, 128, 128, sms=132) == 8
-    assert few_rows.split_count(4096, 256, 64, 128, sms=132) == 2  # a split keeps BLOCK_K keys at least
-    assert few_rows.split_count(4096, 128, 64, 128, sms=132) == 1
+    split = few_rows.split_count
+    assert split(4096, 4096, 16, 64, 128, sms=132) == 8  # 64 tiles of rows: 512 programs, at most 8 splits
+    assert split(4096, 4096, 32, 64, 128, sms=132) == 4  # more rows: partials at most 1/8 of the weights
+    assert split(4096, 4096, 64, 64, 128, sms=132) == 2
+    assert split(28672, 4096, 16, 64, 128, sms=132) == 1  # 448 tiles already
+    assert split(6144, 4096, 16, 128, 128, sms=132) == 8
+    assert split(4096, 8192, 16, 64, 4096, sms=132) == 2  # a split keeps BLOCK_K keys at least
     assert few_rows.row_block(2) == 16 and few_rows.row_block(17) == 32 and few_rows.row_block(64) == 64
 
 
+@pytest.mark.parametrize("k", [1100, 1536, 3584, 4100])
+def test_no_split_is_launched_empty(k):
+    for config in few_rows.CONFIGS:
+        form = few_rows.FewRows(64, k, config, torch.device("cpu"), sms=132)
+        for splits, split_len in form.splits.values():
+            assert split_len % config[1] == 0 and (splits - 1) * split_len < k <= splits * split_len
+
+
 @pytest.mark.parametrize("config", few_rows.CONFIGS)
-@pytest.mark.parametrize("sms", [1, 64])  # 64 SMs: K split (8 ways at most); 1: one split
+@pytest.mark.parametrize("sms", [1, 64])  # 64 SMs: K split in every row block; 1: never
 def test_every_launch_computes_x_times_w_transposed(config, sms, device):
     gen = torch.Generator().manual_seed(sum(config) + sms)
-    n, k = 200, 1000  # no multiple of BLOCK_N; K no multiple of BLOCK_K
+    n, k = 200, 4100  # no multiple of BLOCK_N; K no multiple of BLOCK_K
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     w = torch.randn(n, k, generator=gen).to(device=device, dtype=dtype)
     form = few_rows.FewRows(n, k, config, device, sms=sms)
-    assert (form.num_splits > 1) == (sms > 1)
+    assert all((splits > 1) == (sms > 1) for splits, _ in form.splits.values()), form.splits
     for m in (2, 17, 64):  # each row block: 16, 32, 64
         x = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
         want = x.float() @ w.float().T
@@ -42,6 +52,8 @@ def test_every_launch_computes_x_times_w_transposed(config, sms, device):
         assert error < (1e-2 if dtype == torch.bfloat16 else 1e-5), (config, m, error)
         assert torch.equal(form(x, w), got)  # the splits' sum in split order: the same bits again
         assert not form.counters.any()  # every counter back at zero for the next launch
+    x = torch.randn(8, 2 * k, generator=gen).to(device=device, dtype=dtype)[:, ::2]  # rows not contiguous
+    torch.testing.assert_close(form(x, w).float(), x.float() @ w.float().T, rtol=2e-2, atol=2e-2)
 
 
 def test_inputs_it_cannot_read_are_refused(device):
@@ -51,3 +63,5 @@ def test_inputs_it_cannot_read_are_refused(device):
         form(torch.randn(65, 64, device=device), w)  # more rows than the largest block
     with pytest.raises(ValueError, match="few_rows"):
         form(torch.randn(4, 64, device=device), w.T.contiguous().T)  # column-major weights
+    with pytest.raises(ValueError, match="few_rows"):
+        form(torch.randn(4, 64, device=device), torch.randn(80, 64, device=device))  # not the shape it was made for

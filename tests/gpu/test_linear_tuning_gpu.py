@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.model.layers import Linear
-from radixserve.model.linear_tuning import FEW_ROWS, one_row_forms, tune_one_row_linears
+from radixserve.model.linear_tuning import FEW_ROWS, one_row_forms, tune_small_batch_linears
 
 pytestmark = pytest.mark.gpu
 
@@ -34,7 +34,7 @@ def test_every_shape_is_timed_and_the_chosen_forms_compute_the_same_product(devi
         nn.init.normal_(layer.weight, std=0.02)
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
-    times = tune_one_row_linears(layers, Linear)
+    times = tune_small_batch_linears(layers, Linear)
     triton = importlib.util.find_spec("triton") is not None
     rows = (1, *FEW_ROWS) if triton else (1,)
     assert set(times) == {(n, 4096, r) for n in (4096, 6144) for r in rows}, set(times)

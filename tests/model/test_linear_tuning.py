@@ -44,7 +44,8 @@ def test_a_linear_uses_its_one_row_form_for_one_row_only():
 
 def test_a_linear_uses_its_few_row_forms_by_row_count():
     """Inputs of 2 up to 16 rows take the first bucket's form, up to 32 the second's (None: F.linear);
-    one row and more rows than the last bucket never take a few-row form."""
+    zero rows (a step that samples nothing), one row and more rows than the last bucket never take a
+    few-row form."""
     layer = Linear(8, 4, bias=False, dtype=torch.float32)
     layer.weight.data.copy_(torch.arange(32, dtype=torch.float32).view(4, 8) / 10)
     calls = []
@@ -54,7 +55,7 @@ def test_a_linear_uses_its_few_row_forms_by_row_count():
         return one_row_forms()["mm_t"](x, w)
 
     layer.few_rows = ((16, form), (32, None), (64, form))
-    for rows in (1, 2, 16, 17, 32, 33, 64, 65):
+    for rows in (0, 1, 2, 16, 17, 32, 33, 64, 65):
         x = torch.randn(rows, 8)
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight))
     assert calls == [2, 16, 33, 64]
