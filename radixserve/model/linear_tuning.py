@@ -84,10 +84,13 @@ def few_row_forms(n: int, k: int, device: torch.device) -> dict[str, Callable]:
     return forms
 
 
-def choose(times_us: dict[str, float], min_gain: float = MIN_GAIN) -> str:
-    """The fastest form, unless it saves less than ``1 - min_gain`` of ``linear``'s time."""
+def choose(times_us: dict[str, float], min_gain: float = MIN_GAIN, ends: tuple[dict, ...] = ()) -> str:
+    """The fastest form, unless it saves less than ``1 - min_gain`` of ``linear``'s time, or is
+    slower than ``linear`` in any of ``ends`` (the timings ``times_us`` sums, when it does)."""
     best = min(times_us, key=times_us.get)
-    return best if times_us[best] <= min_gain * times_us["linear"] else "linear"
+    if times_us[best] > min_gain * times_us["linear"] or any(end[best] > end["linear"] for end in ends):
+        return "linear"
+    return best
 
 
 def tune_small_batch_linears(
@@ -96,9 +99,9 @@ def tune_small_batch_linears(
     """Time every form on every distinct bias-free weight shape of ``model``'s CUDA ``linear_type``
     modules, at one row and for each of ``FEW_ROWS`` at the fewest and the most rows it serves (a
     form must win at both ends); set their ``one_row`` and ``few_rows`` forms, and return
-    ``{(N, K, rows): {form: µs}}`` (above one row: the two ends' sum). ``graphed``: decode steps replay CUDA graphs, so the
-    forms are timed from graphs; without them, eagerly (a Triton launch's host cost is then part of
-    what a step pays)."""
+    ``{(N, K, rows): {form: µs}}`` (above one row: the two ends' sum). ``graphed``: decode steps
+    replay CUDA graphs, so the forms are timed from graphs; without them, eagerly (a Triton
+    launch's host cost is then part of what a step pays)."""
     groups: dict[tuple, list[nn.Module]] = {}
     for module in model.modules():
         if isinstance(module, linear_type) and module.bias is None and module.weight.is_cuda:
@@ -116,30 +119,35 @@ def tune_small_batch_linears(
                 module.one_row = None if chosen == "linear" else forms[chosen]
             results[(*shape, 1)] = times
             _log(shape, 1, len(modules), times, chosen)
-            few = few_row_forms(shape[0], shape[1], weights[0].device)
-            buckets = []
-            fewest = 2
-            for rows in FEW_ROWS if few else ():
-                forms = {"linear": one_row_forms()["linear"], **few}
-                # at both ends of the rows it serves: cuBLAS may serve 2 rows faster than 16
-                ends = []
-                for count in (fewest, rows):
-                    x = torch.randn(count, shape[1], dtype=dtype, device=weights[0].device)
-                    ends.append(_time_forms(forms, x, weights, timer, shape))
-                times = {name: ends[0][name] + ends[1][name] for name in ends[0] if name in ends[1]}
-                chosen = choose(times)
-                if any(end[chosen] > end["linear"] for end in ends):
-                    chosen = "linear"
-                buckets.append((rows, None if chosen == "linear" else forms[chosen]))
-                results[(*shape, rows)] = times
-                _log(shape, rows, len(modules), times, chosen, fewest)
-                fewest = rows + 1
+            buckets = _tune_few_rows(shape, dtype, weights, timer, results)
             for module in modules:
-                module.few_rows = tuple(buckets)
+                module.few_rows = buckets
     finally:
         del timer  # its graphs' memory pool, before the KV pool is sized from what is free
         torch.cuda.empty_cache()
     return results
+
+
+def _tune_few_rows(shape, dtype, weights: list[torch.Tensor], timer, results: dict) -> tuple:
+    """``((most rows, form or None), ...)`` for one weight shape: each of ``FEW_ROWS``'s ranges
+    timed at both ends (cuBLAS may serve 2 rows faster than 16); a form must win at both."""
+    few = few_row_forms(shape[0], shape[1], weights[0].device)
+    if not few:
+        return ()
+    forms = {"linear": one_row_forms()["linear"], **few}
+    buckets, fewest = [], 2
+    for rows in FEW_ROWS:
+        ends = []
+        for count in (fewest, rows):
+            x = torch.randn(count, shape[1], dtype=dtype, device=weights[0].device)
+            ends.append(_time_forms(forms, x, weights, timer, shape))
+        times = {name: ends[0][name] + ends[1][name] for name in ends[0] if name in ends[1]}
+        chosen = choose(times, ends=tuple(ends))
+        buckets.append((rows, None if chosen == "linear" else forms[chosen]))
+        results[(*shape, rows)] = times
+        _log(shape, rows, len(weights), times, chosen, fewest)
+        fewest = rows + 1
+    return tuple(buckets)
 
 
 def _time_forms(forms: dict, x: torch.Tensor, weights: list[torch.Tensor], timer, shape) -> dict[str, float]:

@@ -15,6 +15,10 @@ def test_a_form_must_beat_linear_by_the_margin():
     assert choose({"linear": 26.6, "mv": 9.1, "mm_t": 12.0}) == "mv"
     assert choose({"linear": 10.0, "mv": 9.8, "mm_t": 9.9}) == "linear"  # within 5%: not worth a change
     assert choose({"linear": 8.0, "mv": 9.0, "mm_t": 12.0}) == "linear"
+    # summed over two row counts: faster in sum but slower at one end is not taken
+    ends = ({"linear": 5.0, "few": 6.0}, {"linear": 20.0, "few": 12.0})
+    assert choose({"linear": 25.0, "few": 18.0}, ends=ends) == "linear"
+    assert choose({"linear": 25.0, "few": 18.0}, ends=({"linear": 5.0, "few": 5.0}, ends[1])) == "few"
 
 
 @pytest.mark.parametrize("name", list(one_row_forms()))
