@@ -21,11 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # programmatic dependent launch (``radixserve.kernels.pdl``); a Triton without it keeps PDL off
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # only referenced under ``if PDL:``, which such a Triton never compiles
-    gdc_launch_dependents = gdc_wait = None
-
 from radixserve.attention.launch_configs import MANY_DECODE_PROGRAMS, LaunchConfig, decode_config, tuned
 from radixserve.attention.triton_kernels import (
     LOG2_E,
@@ -36,6 +31,7 @@ from radixserve.attention.triton_kernels import (
     weighted_partials,
 )
 from radixserve.kernels import pdl
+from radixserve.kernels.grid_dependency import gdc_launch_dependents, gdc_wait  # under ``if PDL:`` only
 
 MERGE_CHUNK = 16  # split partials a merge reads at a time (any split count: one compiled variant)
 

@@ -29,12 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # programmatic dependent launch; a Triton without it keeps PDL off (see ``fused.py``)
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:
-    gdc_launch_dependents = gdc_wait = None
-
 from radixserve.kernels import pdl
+from radixserve.kernels.grid_dependency import gdc_launch_dependents, gdc_wait  # under ``if PDL:`` only
 
 ROW_BLOCKS = (16, 32, 64)  # BLOCK_M: the row counts the startup timing times (at most this many rows)
 MAX_SPLITS = 8

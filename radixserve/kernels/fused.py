@@ -19,12 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # programmatic dependent launch (``radixserve.kernels.pdl``); a Triton without it keeps PDL off
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # only referenced under ``if PDL:``, which such a Triton never compiles
-    gdc_launch_dependents = gdc_wait = None
-
 from radixserve.kernels import pdl
+from radixserve.kernels.grid_dependency import gdc_launch_dependents, gdc_wait  # under ``if PDL:`` only
 
 
 @triton.jit

@@ -25,12 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # programmatic dependent launch; a Triton without it keeps PDL off (see ``fused.py``)
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:
-    gdc_launch_dependents = gdc_wait = None
-
 from radixserve.kernels import pdl
+from radixserve.kernels.grid_dependency import gdc_launch_dependents, gdc_wait  # under ``if PDL:`` only
 
 # (BLOCK_N, num_warps) launches, by name; each program holds BLOCK_N * next_power_of_2(K) weights
 # in registers, (BLOCK_N * BLOCK_K) / (32 * num_warps) per thread: at most MAX_PER_THREAD.
