@@ -102,7 +102,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench.gemv_probe needs a CUDA GPU")
-    pdl.enable(args.pdl)
+    hopper = torch.cuda.get_device_capability()[0] == 9 and torch.version.hip is None
+    if args.pdl and not (hopper and pdl.supported()):
+        print("--pdl: programmatic dependent launch needs an NVIDIA Hopper GPU and a Triton with gdc_wait; off")
+    pdl.enable(args.pdl and hopper and pdl.supported())
     copy_us = _copy_us(1 << 30)
     rows = [
         probe(name, n, k, int(m), args.iters)

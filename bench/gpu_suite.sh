@@ -105,10 +105,12 @@ part() {
         # one serving-sized prompt: an eager step's host launch cost against its device time (TTFT)
         run_part profile-prefill-one bench.profile_step --phase prefill --batch 1 --input-len 200 --top 14 ;;
     gemv-probe)
-        # batch-1 projections: cuBLAS against a Triton GEMV (whether a GEMV path for (d) pays)
-        # (a diagnostic of its own: none of the engine flags the other parts take)
+        # projections of 1, then 16/32/64 rows: cuBLAS against our GEMV and few-row kernel, with
+        # programmatic dependent launch as the engine runs them on Hopper (the startup tuning's
+        # candidates; a diagnostic of its own: none of the engine flags the other parts take)
         echo "=== gemv-probe"
-        "${LIMIT[@]}" "$PY" -m bench.gemv_probe 2>&1 | tee "$RESULTS/logs/gemv-probe.log" || FAILED+=(gemv-probe) ;;
+        "${LIMIT[@]}" "$PY" -m bench.gemv_probe --batches 1,16,32,64 --pdl 2>&1 | tee "$RESULTS/logs/gemv-probe.log" \
+            || FAILED+=(gemv-probe) ;;
     cascade-kernels | cascade-kernels-plain | cascade-kernels-large | cascade-kernels-spread)
         # the decode kernels' launch configurations, part by part (a diagnostic: no engine flags):
         # all of them; the plain decode's alone at the batch sizes of (d); large decode batches,
