@@ -24,7 +24,9 @@ matrices, so the timing misses the L2 cache as a real step does), replayed from 
 decode step runs them (eagerly where decode steps run eagerly), and sets each ``Linear``'s
 ``one_row`` and ``few_rows`` forms where one beats ``linear`` by ``MIN_GAIN``. ``Linear.forward``
 uses them for inputs of one row (a batch-1 decode step, CUDA-graph captured or not) and of 2 to 64
-rows; every other input takes ``F.linear``. The forms compute the same dot products; only the summation order may differ.
+rows; every other input takes ``F.linear``. The forms compute the same dot products; only the summation order may differ. Each
+is checked against ``F.linear`` on the model's own weights before it is timed (``check_form``):
+one that computes something else on this GPU is left out.
 """
 
 from __future__ import annotations
@@ -151,17 +153,38 @@ def _tune_few_rows(shape, dtype, weights: list[torch.Tensor], timer, results: di
 
 
 def _time_forms(forms: dict, x: torch.Tensor, weights: list[torch.Tensor], timer, shape) -> dict[str, float]:
-    """``{form: µs}`` of every form that runs (one that fails, e.g. a Triton that cannot build a
-    kernel here, is left out with a warning; ``linear`` must run)."""
+    """``{form: µs}`` of every form that runs and computes what ``F.linear`` does on the model's
+    own first weight (``check_form``). One that fails, e.g. a Triton that cannot build a kernel
+    here or builds a wrong one, is left out with a warning; ``linear`` must run."""
     times = {}
     for name, form in forms.items():
         try:
+            if name != "linear":
+                check_form(form, x, weights[0])
             times[name] = _time_us(form, x, weights, timer)
         except Exception as exc:
             if name == "linear":
                 raise
             logger.warning("projection form %s left out for %dx%d: %s", name, shape[0], shape[1], exc)
     return times
+
+
+# the largest relative error a form may show against F.linear (bf16 rounds the output to ~4e-3)
+CHECK_TOLERANCE = 2e-2
+
+
+@torch.inference_mode()
+def check_form(form, x: torch.Tensor, w: torch.Tensor) -> None:
+    """Raises ``ArithmeticError`` unless ``form(x, w)`` is ``F.linear(x, w)`` within
+    ``CHECK_TOLERANCE`` (relative, over the whole output; NaN fails): a kernel that compiles
+    wrongly on this GPU never serves a request."""
+    want = F.linear(x, w).float()
+    got = form(x, w).float()
+    if got.shape != want.shape:
+        raise ArithmeticError(f"shape {tuple(got.shape)} against F.linear's {tuple(want.shape)}")
+    error = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+    if not error <= CHECK_TOLERANCE:
+        raise ArithmeticError(f"relative error {error:.2e} against F.linear")
 
 
 def _log(shape, rows: int, count: int, times: dict[str, float], chosen: str, fewest: int = 1) -> None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from radixserve.model.layers import Linear
-from radixserve.model.linear_tuning import choose, one_row_forms
+from radixserve.model.linear_tuning import check_form, choose, one_row_forms
 
 
 def test_a_form_must_beat_linear_by_the_margin():
@@ -63,3 +63,17 @@ def test_a_linear_uses_its_few_row_forms_by_row_count():
         x = torch.randn(rows, 8)
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight))
     assert calls == [2, 16, 33, 64]
+
+
+def test_a_form_that_computes_something_else_is_refused():
+    gen = torch.Generator().manual_seed(1)
+    x, w = torch.randn(3, 64, generator=gen), torch.randn(40, 64, generator=gen)
+    check_form(one_row_forms()["mm_t"], x, w)  # the same product: accepted
+    check_form(lambda x, w: torch.zeros(3, 40), torch.zeros(3, 64), w)  # zero against zero
+    for wrong in (
+        lambda x, w: F.linear(x, w) * 1.05,  # 5% off
+        lambda x, w: F.linear(x, w)[:, :39],  # a row short
+        lambda x, w: F.linear(x, w) * float("nan"),
+    ):
+        with pytest.raises(ArithmeticError):
+            check_form(wrong, x, w)
