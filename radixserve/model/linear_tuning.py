@@ -32,6 +32,7 @@ one that computes something else on this GPU is left out.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -109,6 +110,7 @@ def tune_small_batch_linears(
         if isinstance(module, linear_type) and module.bias is None and module.weight.is_cuda:
             groups.setdefault((tuple(module.weight.shape), module.weight.dtype), []).append(module)
     results = {}
+    started = time.perf_counter()
     timer = GraphTimer(next(iter(groups.values()))[0].weight.device) if graphed and groups else None
     try:
         for (shape, dtype), modules in groups.items():
@@ -127,6 +129,7 @@ def tune_small_batch_linears(
     finally:
         del timer  # its graphs' memory pool, before the KV pool is sized from what is free
         torch.cuda.empty_cache()
+    logger.info("projection forms of %d weight shapes timed in %.1f s", len(groups), time.perf_counter() - started)
     return results
 
 
