@@ -27,8 +27,13 @@ try:
 except ImportError as exc:  # a CPU machine
     raise SystemExit("bench.gemv_probe needs triton and a CUDA GPU") from exc
 
+from bench.harness.roofline import measure_device  # noqa: E402
+from radixserve.config import ServerArgs  # noqa: E402
+from radixserve.engine.build import _wants_pdl  # noqa: E402
 from radixserve.kernels import few_rows, gemv, pdl  # noqa: E402
-from radixserve.model.linear_tuning import replay_time_us  # noqa: E402
+from radixserve.model.linear_tuning import GraphTimer  # noqa: E402
+
+_TIMER: GraphTimer | None = None  # one capture stream and graph pool for every timing (set in main)
 
 LLAMA_8B_SHAPES = {  # name -> (out_features, in_features)
     "qkv": (6144, 4096),
@@ -44,7 +49,7 @@ def _time_us(fn, copies: int, iters: int) -> float:
     """Mean µs of ``fn(i)``, ``i`` cycling through the weight copies, replayed from a CUDA graph (as a
     decode step runs its projections; eager timing would time a Triton launch's host cost)."""
     replays = max(1, iters // copies)
-    return replay_time_us(lambda: [fn(i) for i in range(copies)], replays, torch.device("cuda")) / copies
+    return _TIMER.time_us(lambda: [fn(i) for i in range(copies)], replays) / copies
 
 
 def probe(name: str, n: int, k: int, m: int, iters: int) -> dict:
@@ -74,7 +79,10 @@ def probe(name: str, n: int, k: int, m: int, iters: int) -> dict:
     elif m <= few_rows.ROW_BLOCKS[-1]:
         forms = [few_rows.FewRows(n, k, c, device) for c in few_rows.CONFIGS]
         launches = [
-            (timed(lambda i, f=f: f(x, weights[i])), "x".join(map(str, f.config[:2])) + f"/{f.num_splits}")
+            (
+                timed(lambda i, f=f: f(x, weights[i])),
+                "x".join(map(str, f.config[:2])) + f"/{f.splits[few_rows.row_block(m)][0]}",
+            )
             for f in forms
         ]
         row["triton_us"], row["triton_config"] = min(launches)
@@ -83,13 +91,6 @@ def probe(name: str, n: int, k: int, m: int, iters: int) -> dict:
     row["cublas_tb_s"] = weight_bytes / row["cublas_us"] / 1e6
     row["best_tb_s"] = weight_bytes / fastest / 1e6
     return row
-
-
-def _copy_us(size: int) -> float:
-    """µs to copy ``size`` bytes device to device (``size`` read and ``size`` written)."""
-    source = torch.empty(size, dtype=torch.uint8, device="cuda")
-    target = torch.empty_like(source)
-    return _time_us(lambda _: target.copy_(source), 1, 20)
 
 
 def main(argv=None) -> None:
@@ -102,18 +103,22 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench.gemv_probe needs a CUDA GPU")
-    hopper = torch.cuda.get_device_capability()[0] == 9 and torch.version.hip is None
-    if args.pdl and not (hopper and pdl.supported()):
-        print("--pdl: programmatic dependent launch needs an NVIDIA Hopper GPU and a Triton with gdc_wait; off")
-    pdl.enable(args.pdl and hopper and pdl.supported())
-    copy_us = _copy_us(1 << 30)
+    global _TIMER
+    device = torch.device("cuda")
+    if args.pdl:  # where the engine would allow it: NVIDIA Hopper with a Triton that has gdc_wait
+        try:
+            pdl.enable(_wants_pdl(ServerArgs(enable_pdl=True), device))
+        except ValueError as exc:
+            print(f"{exc}: PDL off")
+    _TIMER = GraphTimer(device)
+    copy = measure_device("bfloat16").copy_bytes_s
     rows = [
         probe(name, n, k, int(m), args.iters)
         for m in args.batches.split(",")
         for name, (n, k) in LLAMA_8B_SHAPES.items()
     ]
     columns = [(key, key) for key in dict.fromkeys(key for row in rows for key in row)]
-    title = f"projections of {args.batches} rows, {torch.cuda.get_device_name()}: copy {2 * (1 << 30) / copy_us / 1e6:.2f} TB/s"
+    title = f"projections of {args.batches} rows, {torch.cuda.get_device_name()}: copy {copy / 1e12:.2f} TB/s"
     print_table(rows, columns, title=title)
     print(
         "cublas: F.linear; cublas_wt: x @ w stored transposed; cublas_mv: torch.mv; triton: the engine's GEMV "

@@ -97,11 +97,11 @@ def _build_parts(args: ServerArgs, device: torch.device, dtype: torch.dtype) -> 
     model, model_config = load_model(model_path, load_format=args.load_format, dtype=dtype, device=device)
     if device.type == "cpu":
         prepack_cpu_linears(model)
-    elif device.type == "cuda" and not args.disable_one_row_tuning:
-        # before any graph captures the projections; timed as batch-1 steps will run them
-        backend_name = _backend_name(args.attention_backend, device, dtype)
-        decode_graphs = not args.disable_cuda_graph and backend_name != "torch_native" and args.cuda_graph_max_bs > 0
-        tune_small_batch_linears(model, Linear, graphed=decode_graphs)
+    backend_name = _backend_name(args.attention_backend, device, dtype)
+    if device.type == "cuda" and not args.disable_one_row_tuning:
+        # before any graph captures the projections; timed as small decode steps will run them
+        graphed = _graph_batch_limit(args, device, backend_name != "torch_native") > 0
+        tune_small_batch_linears(model, Linear, graphed=graphed)
     tokenizer = load_tokenizer(args, model_path)
     context_length = args.context_length or model_config.max_position_embeddings
     # captured before the KV pool is sized, so that the pool gets what the pieces leave
@@ -110,7 +110,6 @@ def _build_parts(args: ServerArgs, device: torch.device, dtype: torch.dtype) -> 
     kv_pool = KVPool(
         pool_size + 1, model_config.num_layers, model_config.num_kv_heads, model_config.head_dim, dtype, device
     )
-    backend_name = _backend_name(args.attention_backend, device, dtype)
     backend = create_backend(
         backend_name,
         kv_pool,
@@ -171,12 +170,19 @@ def _backend_name(name: str, device: torch.device, dtype: torch.dtype) -> str:
     return "torch_native"
 
 
+def _graph_batch_limit(args: ServerArgs, device: torch.device, backend_graphs: bool) -> int:
+    """The largest decode batch replayed from a captured CUDA graph; 0: decode steps run eagerly."""
+    if device.type != "cuda" or args.disable_cuda_graph or not backend_graphs:
+        return 0
+    return max(0, min(args.cuda_graph_max_bs, args.max_running_requests))
+
+
 def _graph_runner(
     args: ServerArgs, model, backend, pool_size: int, max_seq_len: int, device: torch.device
 ) -> DecodeGraphRunner | None:
-    if device.type != "cuda" or args.disable_cuda_graph or not getattr(backend, "supports_cuda_graph", False):
+    max_bs = _graph_batch_limit(args, device, getattr(backend, "supports_cuda_graph", False))
+    if not max_bs:
         return None
-    max_bs = min(args.cuda_graph_max_bs, args.max_running_requests)
     graphs = DecodeGraphRunner(model, backend, max_bs, kv_slot_capacity(pool_size, max_bs, max_seq_len), device)
     graphs.capture()
     return graphs

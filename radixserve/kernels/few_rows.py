@@ -150,7 +150,6 @@ class FewRows:
             wanted = split_count(n, k, block, block_n, block_k, sms)
             split_len = triton.cdiv(triton.cdiv(k, wanted), block_k) * block_k
             self.splits[block] = (triton.cdiv(k, split_len), split_len)
-        self.num_splits = self.splits[ROW_BLOCKS[0]][0]  # at 16 rows and fewer: the most
         self.counters = torch.zeros(triton.cdiv(n, block_n), dtype=torch.int32, device=device)
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -42,11 +42,9 @@ def enabled() -> bool:
 
 def supported() -> bool:
     """Whether the installed Triton has the grid-dependency instructions (``gdc_wait``)."""
-    try:
-        from triton.language.extra.cuda import gdc_wait  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from radixserve.kernels.grid_dependency import gdc_wait
+
+    return gdc_wait is not None
 
 
 _ON, _OFF = {"PDL": True, "launch_pdl": True}, {"PDL": False}

@@ -33,24 +33,17 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
         self.packed: tuple[torch.Tensor, torch.Tensor | None] | None = None  # oneDNN (weight, bias)
-        # f(x, W) for inputs of one row, where startup timing found a faster form (linear_tuning.py)
-        self.one_row = None
-        # ((most rows, f(x, W) or None for F.linear), ...) by growing row count: the form for inputs
-        # of 2 up to that many rows (linear_tuning.py)
-        self.few_rows: tuple = ()
+        # ((most rows, f(x, W) or None for F.linear), ...) by growing row count, where startup timing
+        # found a faster form for inputs of that many rows or fewer (linear_tuning.py)
+        self.small_rows: tuple = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            rows = x.shape[0]
-            if rows == 1:
-                if self.one_row is not None:
-                    return self.one_row(x, self.weight)
-            elif rows >= 2:  # none: a step that samples nothing asks the LM head for zero rows
-                for most, form in self.few_rows:
-                    if rows <= most:
-                        if form is not None:
-                            return form(x, self.weight)
-                        break
+        if x.dim() == 2 and x.shape[0]:  # zero rows (a step that samples nothing asks the LM head): F.linear
+            for most, form in self.small_rows:
+                if x.shape[0] <= most:
+                    if form is not None:
+                        return form(x, self.weight)
+                    break
         if self.packed is not None:
             weight, bias = self.packed
             return torch.ops.aten.mkldnn_linear(x.contiguous().to_mkldnn(), weight, bias).to_dense()

@@ -13,18 +13,18 @@ can be asked of cuBLAS in other forms, which it serves with other kernels, or of
 
 A decode step of a few sequences (2 to 64 rows) is still mostly the weight read, and cuBLAS adds a
 split-K reduce kernel to the short-N shapes there too. For those the forms are ``linear`` and
-``few BNxBKxS``, our few-row kernel (``radixserve.kernels.few_rows``: the product swapped so that
+``few BNxBK``, our few-row kernel (``radixserve.kernels.few_rows``: the product swapped so that
 W's rows fill the tensor-core tile, K split S ways where the shape is short, the splits adding
-themselves up), timed at both ends of 2-16, 17-32 and 33-64 rows (``FEW_ROWS``); each choice
+themselves up), timed at both ends of 2-16, 17-32 and 33-64 rows (its row blocks); each choice
 serves inputs of that many rows.
 
 ``tune_small_batch_linears`` times each form on every distinct weight shape of a model at startup,
 cycling through all the model's weights of that shape (a 32-layer model reads 32 different
 matrices, so the timing misses the L2 cache as a real step does), replayed from a CUDA graph as a
 decode step runs them (eagerly where decode steps run eagerly), and sets each ``Linear``'s
-``one_row`` and ``few_rows`` forms where one beats ``linear`` by ``MIN_GAIN``. ``Linear.forward``
-uses them for inputs of one row (a batch-1 decode step, CUDA-graph captured or not) and of 2 to 64
-rows; every other input takes ``F.linear``. The forms compute the same dot products; only the summation order may differ. Each
+``small_rows`` forms where one beats ``linear`` by ``MIN_GAIN``. ``Linear.forward`` uses them for
+inputs of 1 to 64 rows (small decode steps, CUDA-graph captured or not); every other input takes
+``F.linear``. The forms compute the same dot products; only the summation order may differ. Each
 is checked against ``F.linear`` on the model's own weights before it is timed (``check_form``):
 one that computes something else on this GPU is left out.
 """
@@ -44,15 +44,17 @@ logger = logging.getLogger(__name__)
 # A form replaces F.linear only if it takes at most this share of F.linear's time.
 MIN_GAIN = 0.95
 ITERATIONS = 20  # timed passes over all the weights of a shape
-# row counts the few-row forms are timed at; each choice serves inputs of 2 up to that many rows
-FEW_ROWS = (16, 32, 64)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w)
 
 
 def one_row_forms(k: int | None = None) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """``name -> f(x [1, K], W [N, K]) -> [1, N]``: the candidate forms of ``x @ W.T``; with ``k``,
     also the Triton GEMV's launches for that K (none without Triton)."""
     forms = {
-        "linear": lambda x, w: F.linear(x, w),
+        "linear": _linear,
         "mv": lambda x, w: torch.mv(w, x[0]).unsqueeze(0),
         "mm_t": lambda x, w: torch.mm(w, x.t()).t(),
     }
@@ -74,17 +76,13 @@ def gemv_forms(k: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch
 
 
 def few_row_forms(n: int, k: int, device: torch.device) -> dict[str, Callable]:
-    """``few BNxBKxS -> f(x [2..64, K], W [N, K])``: the few-row kernel (``radixserve.kernels.few_rows``)
-    in each of its launches for the shape, S the splits of K it takes there (none without Triton)."""
+    """``few BNxBK -> f(x [2..64, K], W [N, K])``: the few-row kernel (``radixserve.kernels.few_rows``)
+    in each of its launches for the shape (none without Triton)."""
     try:
         from radixserve.kernels import few_rows
     except ImportError:  # no triton: F.linear only
         return {}
-    forms = {}
-    for config in few_rows.CONFIGS:
-        form = few_rows.FewRows(n, k, config, device)
-        forms[f"few {config[0]}x{config[1]}x{form.num_splits}"] = form
-    return forms
+    return {f"few {c[0]}x{c[1]}": few_rows.FewRows(n, k, c, device) for c in few_rows.CONFIGS}
 
 
 def choose(times_us: dict[str, float], min_gain: float = MIN_GAIN, ends: tuple[dict, ...] = ()) -> str:
@@ -100,11 +98,11 @@ def tune_small_batch_linears(
     model: nn.Module, linear_type: type, graphed: bool = True
 ) -> dict[tuple[int, int, int], dict[str, float]]:
     """Time every form on every distinct bias-free weight shape of ``model``'s CUDA ``linear_type``
-    modules, at one row and for each of ``FEW_ROWS`` at the fewest and the most rows it serves (a
-    form must win at both ends); set their ``one_row`` and ``few_rows`` forms, and return
-    ``{(N, K, rows): {form: µs}}`` (above one row: the two ends' sum). ``graphed``: decode steps
-    replay CUDA graphs, so the forms are timed from graphs; without them, eagerly (a Triton
-    launch's host cost is then part of what a step pays)."""
+    modules, for one row and for each few-row range at the fewest and the most rows it serves (a
+    form must win at both ends); set their ``small_rows`` and return ``{(N, K, most rows): {form:
+    µs}}`` (the two ends' sum where there are two). ``graphed``: decode steps replay CUDA graphs, so
+    the forms are timed from graphs; without them, eagerly (a Triton launch's host cost is then part
+    of what a step pays)."""
     groups: dict[tuple, list[nn.Module]] = {}
     for module in model.modules():
         if isinstance(module, linear_type) and module.bias is None and module.weight.is_cuda:
@@ -114,18 +112,22 @@ def tune_small_batch_linears(
     timer = GraphTimer(next(iter(groups.values()))[0].weight.device) if graphed and groups else None
     try:
         for (shape, dtype), modules in groups.items():
-            forms = one_row_forms(shape[1])
             weights = [m.weight.detach() for m in modules]
-            x = torch.randn(1, shape[1], dtype=dtype, device=weights[0].device)
-            times = _time_forms(forms, x, weights, timer, shape)
-            chosen = choose(times)
+            buckets = []
+            for fewest, most, forms in _ranges(shape, weights[0].device):
+                ends = [
+                    _time_forms(
+                        forms, torch.randn(rows, shape[1], dtype=dtype, device=weights[0].device), weights, timer
+                    )
+                    for rows in dict.fromkeys((fewest, most))
+                ]
+                times = {name: sum(end[name] for end in ends) for name in ends[0] if all(name in end for end in ends)}
+                chosen = choose(times, ends=tuple(ends) if len(ends) > 1 else ())
+                buckets.append((most, None if chosen == "linear" else forms[chosen]))
+                results[(*shape, most)] = times
+                _log(shape, fewest, most, len(modules), times, chosen)
             for module in modules:
-                module.one_row = None if chosen == "linear" else forms[chosen]
-            results[(*shape, 1)] = times
-            _log(shape, 1, len(modules), times, chosen)
-            buckets = _tune_few_rows(shape, dtype, weights, timer, results)
-            for module in modules:
-                module.few_rows = buckets
+                module.small_rows = tuple(buckets)
     finally:
         del timer  # its graphs' memory pool, before the KV pool is sized from what is free
         torch.cuda.empty_cache()
@@ -133,29 +135,22 @@ def tune_small_batch_linears(
     return results
 
 
-def _tune_few_rows(shape, dtype, weights: list[torch.Tensor], timer, results: dict) -> tuple:
-    """``((most rows, form or None), ...)`` for one weight shape: each of ``FEW_ROWS``'s ranges
-    timed at both ends (cuBLAS may serve 2 rows faster than 16); a form must win at both."""
-    few = few_row_forms(shape[0], shape[1], weights[0].device)
-    if not few:
-        return ()
-    forms = {"linear": one_row_forms()["linear"], **few}
-    buckets, fewest = [], 2
-    for rows in FEW_ROWS:
-        ends = []
-        for count in (fewest, rows):
-            x = torch.randn(count, shape[1], dtype=dtype, device=weights[0].device)
-            ends.append(_time_forms(forms, x, weights, timer, shape))
-        times = {name: ends[0][name] + ends[1][name] for name in ends[0] if name in ends[1]}
-        chosen = choose(times, ends=tuple(ends))
-        buckets.append((rows, None if chosen == "linear" else forms[chosen]))
-        results[(*shape, rows)] = times
-        _log(shape, rows, len(weights), times, chosen, fewest)
-        fewest = rows + 1
-    return tuple(buckets)
+def _ranges(shape: tuple[int, int], device: torch.device) -> list[tuple[int, int, dict]]:
+    """``(fewest rows, most rows, forms)``: one row with ``one_row_forms``, then each of the few-row
+    kernel's row blocks (2-16, 17-32, 33-64) with ``F.linear`` and its launches (none without Triton)."""
+    ranges = [(1, 1, one_row_forms(shape[1]))]
+    few = few_row_forms(*shape, device)
+    if few:
+        from radixserve.kernels.few_rows import ROW_BLOCKS
+
+        fewest = 2
+        for most in ROW_BLOCKS:
+            ranges.append((fewest, most, {"linear": _linear, **few}))
+            fewest = most + 1
+    return ranges
 
 
-def _time_forms(forms: dict, x: torch.Tensor, weights: list[torch.Tensor], timer, shape) -> dict[str, float]:
+def _time_forms(forms: dict, x: torch.Tensor, weights: list[torch.Tensor], timer) -> dict[str, float]:
     """``{form: µs}`` of every form that runs and computes what ``F.linear`` does on the model's
     own first weight (``check_form``). One that fails, e.g. a Triton that cannot build a kernel
     here or builds a wrong one, is left out with a warning; ``linear`` must run."""
@@ -168,7 +163,7 @@ def _time_forms(forms: dict, x: torch.Tensor, weights: list[torch.Tensor], timer
         except Exception as exc:
             if name == "linear":
                 raise
-            logger.warning("projection form %s left out for %dx%d: %s", name, shape[0], shape[1], exc)
+            logger.warning("projection form %s left out for %s: %s", name, tuple(weights[0].shape), exc)
     return times
 
 
@@ -190,10 +185,10 @@ def check_form(form, x: torch.Tensor, w: torch.Tensor) -> None:
         raise ArithmeticError(f"relative error {error:.2e} against F.linear")
 
 
-def _log(shape, rows: int, count: int, times: dict[str, float], chosen: str, fewest: int = 1) -> None:
+def _log(shape, fewest: int, most: int, count: int, times: dict[str, float], chosen: str) -> None:
     logger.info(
         "%s projections %dx%d (%d weights): %s; using %s",
-        "one-row" if rows == 1 else f"{fewest}- and {rows}-row",
+        "one-row" if most == 1 else f"{fewest}- and {most}-row",
         shape[0],
         shape[1],
         count,
@@ -239,11 +234,6 @@ class GraphTimer:
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             run()
         return eager_time_us(graph.replay, replays, self.device)
-
-
-def replay_time_us(run: Callable[[], object], replays: int, device: torch.device) -> float:
-    """Mean µs of one replay of a CUDA graph of ``run()`` (a ``GraphTimer`` of its own)."""
-    return GraphTimer(device).time_us(run, replays)
 
 
 def eager_time_us(run: Callable[[], object], replays: int, device: torch.device) -> float:

@@ -448,11 +448,10 @@ def test_small_batch_decode_with_tuned_projections_matches_f_linear(form, model_
             lambda times, *_, **__: next((n for n in times if n.split()[0] == form), "linear"),
         )
         tuned = _engine(model_dir, tokenizer_path)
-    attribute = "few_rows" if form == "few" else "one_row"
-    layers = [m for m in tuned.core.runner.model.modules() if getattr(m, attribute, None)]
-    assert layers, "no projection took the forced form"
-    if form == "few":
-        assert all(f is not None for m in layers for _, f in m.few_rows), "a row count kept F.linear"
+    # every projection's one-row form (mv, mm_t, gemv) or its few-row forms (few) forced, the rest F.linear
+    layers = [m for m in tuned.core.runner.model.modules() if getattr(m, "small_rows", ())]
+    forced = [(f is not None) == ((most > 1) == (form == "few")) for m in layers for most, f in m.small_rows]
+    assert layers and all(forced), "a projection kept F.linear where the form was forced"
     got = [out for batch in batches for out in _greedy(tuned, batch, max_new_tokens=32)]
     _release(tuned)
     _assert_same_up_to_near_ties(got, expected)

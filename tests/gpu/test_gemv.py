@@ -18,10 +18,7 @@ def test_the_launches_keep_a_thread_to_its_register_budget():
     assert gemv.configs(4096) == [(1, 4), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16)]
     assert gemv.configs(14336) == [(1, 8), (1, 16), (2, 16)]  # a 16,384 tile: 8 warps at the least
     assert gemv.configs(1 << 16) == []  # one row would overflow 16 warps: cuBLAS only
-    for k in (576, 1536, 4096, 14336):
-        for block_n, num_warps in gemv.configs(k):
-            per_thread = block_n * (1 << (k - 1).bit_length()) / (32 * num_warps)
-            assert per_thread in (32, gemv.MAX_PER_THREAD)
+    assert gemv.configs(576) == [(4, 4), (8, 4), (8, 8), (16, 8), (16, 16), (32, 16)]  # a 1,024 tile
 
 
 @pytest.mark.parametrize("k", [576, 1000])

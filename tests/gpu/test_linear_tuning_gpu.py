@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.model.layers import Linear
-from radixserve.model.linear_tuning import FEW_ROWS, one_row_forms, tune_small_batch_linears
+from radixserve.model.linear_tuning import one_row_forms, tune_small_batch_linears
 
 pytestmark = pytest.mark.gpu
 
@@ -36,7 +36,7 @@ def test_every_shape_is_timed_and_the_chosen_forms_compute_the_same_product(devi
             nn.init.zeros_(layer.bias)
     times = tune_small_batch_linears(layers, Linear)
     triton = importlib.util.find_spec("triton") is not None
-    rows = (1, *FEW_ROWS) if triton else (1,)
+    rows = (1, *few_rows.ROW_BLOCKS) if triton else (1,)
     assert set(times) == {(n, 4096, r) for n in (4096, 6144) for r in rows}, set(times)
     for (_, k, r), t in times.items():
         assert min(t.values()) > 0 and "linear" in t, t
@@ -45,8 +45,8 @@ def test_every_shape_is_timed_and_the_chosen_forms_compute_the_same_product(devi
             assert not triton or any(name.startswith("gemv ") for name in t), t  # the GEMV's launches
         else:
             assert len(t) == 1 + len(few_rows.CONFIGS) and all(n.startswith("few ") for n in t if n != "linear"), t
-    assert layers[-1].one_row is None and layers[-1].few_rows == ()
-    assert all(len(layer.few_rows) == len(rows) - 1 for layer in layers[:-1])
+    assert layers[-1].small_rows == ()
+    assert all(tuple(most for most, _ in layer.small_rows) == rows for layer in layers[:-1])
     for m in (1, 2, 16, 17, 40, 64, 65):  # every bucket, and past the last (F.linear)
         x = torch.randn(m, 4096, dtype=torch.bfloat16, device=device)
         for layer in layers[:-1]:

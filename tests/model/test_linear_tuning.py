@@ -30,39 +30,26 @@ def test_every_form_is_x_times_w_transposed(name):
     torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-5)
 
 
-def test_a_linear_uses_its_one_row_form_for_one_row_only():
+def test_a_linear_uses_its_small_row_forms_by_row_count():
+    """One row takes the first range's form, 2 up to 16 rows the second's, up to 32 the third's
+    (None: F.linear); zero rows (a step that samples nothing) and more rows than the last range
+    take F.linear."""
     layer = Linear(8, 4, bias=False, dtype=torch.float32)
     layer.weight.data.copy_(torch.arange(32, dtype=torch.float32).view(4, 8) / 10)
     calls = []
 
-    def form(x, w):
-        calls.append(x.shape)
-        return one_row_forms()["mv"](x, w)
+    def form(name):
+        def run(x, w):
+            calls.append((name, x.shape[0]))
+            return one_row_forms()[name](x, w)
 
-    layer.one_row = form
-    one, three = torch.ones(1, 8), torch.ones(3, 8)
-    torch.testing.assert_close(layer(one), F.linear(one, layer.weight))
-    torch.testing.assert_close(layer(three), F.linear(three, layer.weight))
-    assert calls == [torch.Size([1, 8])]
+        return run
 
-
-def test_a_linear_uses_its_few_row_forms_by_row_count():
-    """Inputs of 2 up to 16 rows take the first bucket's form, up to 32 the second's (None: F.linear);
-    zero rows (a step that samples nothing), one row and more rows than the last bucket never take a
-    few-row form."""
-    layer = Linear(8, 4, bias=False, dtype=torch.float32)
-    layer.weight.data.copy_(torch.arange(32, dtype=torch.float32).view(4, 8) / 10)
-    calls = []
-
-    def form(x, w):
-        calls.append(x.shape[0])
-        return one_row_forms()["mm_t"](x, w)
-
-    layer.few_rows = ((16, form), (32, None), (64, form))
+    layer.small_rows = ((1, form("mv")), (16, form("mm_t")), (32, None), (64, form("mm_t")))
     for rows in (0, 1, 2, 16, 17, 32, 33, 64, 65):
         x = torch.randn(rows, 8)
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight))
-    assert calls == [2, 16, 33, 64]
+    assert calls == [("mv", 1), ("mm_t", 2), ("mm_t", 16), ("mm_t", 33), ("mm_t", 64)]
 
 
 def test_a_form_that_computes_something_else_is_refused():
