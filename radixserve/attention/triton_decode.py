@@ -516,9 +516,10 @@ def _split_stage(
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_pool.shape[1]
     programs = num_seqs * num_kv_heads * (1 if chunk_len > 0 else num_splits)
-    picked, picked_heads_first = launch(head_dim, q.device, k_pool.dtype, programs, chunk_len > 0)
-    config = config or picked
-    heads_first = picked_heads_first if heads_first is None else heads_first
+    if config is None or heads_first is None:  # what the caller left open, as ``launch`` picks it
+        picked, picked_heads_first = launch(head_dim, q.device, k_pool.dtype, programs, chunk_len > 0)
+        config = config or picked
+        heads_first = picked_heads_first if heads_first is None else heads_first
     group = num_q_heads // num_kv_heads
     use_dot = group > 1  # tl.dot needs >= 16 rows: a GQA group is padded to 16 heads
     block_g = max(16, triton.next_power_of_2(group)) if use_dot else 1
